@@ -1,0 +1,48 @@
+"""The ``wavemel`` command line.
+
+Every module in this package whose name does not start with ``_`` is a sub-command: it defines
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the parsed
+``argparse.Namespace`` and returning an exit status. Modules import heavy dependencies (torch)
+inside their ``run`` functions so that ``wavemel --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from wavemel.errors import WavemelError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wavemel",
+        description="Audio tagging with CNNs on raw waveforms and log-mel spectrograms.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except WavemelError as exc:
+        print(f"wavemel: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wavemel: interrupted", file=sys.stderr)
+        return 130
