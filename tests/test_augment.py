@@ -1,0 +1,357 @@
+"""Tests for wavemel.augment: exact index arithmetic on tiny inputs, randomness, eval modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wavemel.augment import (
+    Mixup,
+    RandomCrop,
+    RandomPad,
+    Replicate,
+    TimeShift,
+    WaveformAugment,
+    crop,
+    mixup,
+    pad,
+    replicate,
+    sample_beta,
+    shift,
+)
+
+
+def _long(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three clips 1..L zero-padded to 10 samples, lengths 10, 4 and 0 (empty)."""
+    lengths = _long(10, 4, 0)
+    x = torch.arange(1, 11, dtype=torch.float32).repeat(3, 1)
+    x = x * (torch.arange(10) < lengths.unsqueeze(1))
+    return x, lengths
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- pure functions: exact outputs ---------------------------------------------------------
+
+
+def test_shift_roll_is_circular_within_valid_length():
+    x, lengths = _batch()
+    out = shift(x, lengths, _long(3, 1, 5), mode="roll")
+    assert out[0].tolist() == [8, 9, 10, 1, 2, 3, 4, 5, 6, 7]
+    assert out[1].tolist() == [4, 1, 2, 3, 0, 0, 0, 0, 0, 0]  # padding stays zero
+    assert out[2].tolist() == [0] * 10
+    back = shift(x, lengths, _long(-2, -5, 0), mode="roll")
+    assert back[0].tolist() == [3, 4, 5, 6, 7, 8, 9, 10, 1, 2]
+    assert back[1].tolist() == [2, 3, 4, 1, 0, 0, 0, 0, 0, 0]  # -5 mod 4 = -1
+
+
+def test_shift_zero_fills_and_drops_content():
+    x, lengths = _batch()
+    out = shift(x, lengths, _long(3, -1, 0), mode="zero")
+    assert out[0].tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    assert out[1].tolist() == [2, 3, 4, 0, 0, 0, 0, 0, 0, 0]
+    assert out[2].tolist() == [0] * 10
+
+
+def test_crop_exact():
+    x, lengths = _batch()
+    out = crop(x, lengths, _long(6, 1, 0), 4)
+    assert out.tolist() == [[7, 8, 9, 10], [2, 3, 4, 0], [0, 0, 0, 0]]
+
+
+def test_pad_exact():
+    x, lengths = _batch()
+    out = pad(x[1:], lengths[1:], _long(2, 3), 7)
+    assert out.tolist() == [[0, 0, 1, 2, 3, 4, 0], [0] * 7]
+    # A clip longer than the room after its offset is truncated at its end.
+    assert pad(x[:1], lengths[:1], _long(1), 4).tolist() == [[0, 1, 2, 3]]
+
+
+def test_replicate_exact():
+    x, lengths = _batch()
+    out = replicate(x, lengths, _long(0, 2, 0), 9)
+    assert out[0].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert out[1].tolist() == [3, 4, 1, 2, 3, 4, 1, 2, 3]
+    assert out[2].tolist() == [0] * 9
+
+
+def test_channels_get_the_same_parameters():
+    x, lengths = _batch()
+    stereo = torch.stack([x, -x], dim=1)  # (B, 2, T)
+    out = replicate(stereo, lengths, _long(0, 2, 0), 9)
+    assert out.shape == (3, 2, 9)
+    assert torch.equal(out[:, 0], replicate(x, lengths, _long(0, 2, 0), 9))
+    assert torch.equal(out[:, 1], -out[:, 0])
+
+
+# ---- modules: randomness within the documented ranges ---------------------------------------
+
+
+def test_random_crop_draws_valid_starts_and_matches_crop():
+    x = torch.arange(100, dtype=torch.float32).repeat(64, 1)
+    lengths = torch.randint(0, 101, (64,), generator=_gen(1))
+    module = RandomCrop(20, generator=_gen(2))
+    starts = module.draw_starts(lengths)
+    assert (starts >= 0).all() and (starts <= (lengths - 20).clamp_min(0)).all()
+    assert len(set(starts[lengths > 60].tolist())) > 3  # actually random
+    module.generator = _gen(2)
+    out, out_lengths = module(x, lengths)
+    assert torch.equal(out, crop(x, lengths, starts, 20))
+    assert torch.equal(out_lengths, lengths.clamp_max(20))
+
+
+def test_random_pad_offsets_keep_the_clip_inside():
+    x = torch.arange(1, 31, dtype=torch.float32).repeat(32, 1)
+    lengths = torch.randint(1, 31, (32,), generator=_gen(3))
+    out, _ = RandomPad(40, generator=_gen(4))(x, lengths)
+    # Every clip appears whole and contiguous: its sample sum is preserved.
+    expected = lengths * (lengths + 1) / 2
+    assert torch.equal(out.sum(dim=1), expected.float())
+    assert out.shape == (32, 40)
+
+
+def test_replicate_module_random_phase():
+    x = torch.arange(1, 6, dtype=torch.float32).repeat(16, 1)
+    out, out_lengths = Replicate(12, generator=_gen(5))(x, _long(*([5] * 16)))
+    firsts = out[:, 0]
+    assert set(firsts.tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0} and len(set(firsts.tolist())) > 1
+    # Each row is the clip read circularly from its first value.
+    expected = (firsts.long().unsqueeze(1) - 1 + torch.arange(12)) % 5 + 1
+    assert torch.equal(out, expected.float())
+    assert out_lengths.tolist() == [12] * 16
+
+
+@pytest.mark.parametrize("mode", ["roll", "zero"])
+def test_time_shift_range_and_fraction(mode):
+    lengths = _long(*([1000] * 256), 0)
+    module = TimeShift(0.25, mode, generator=_gen(6))
+    offsets = module.draw_offsets(lengths)
+    assert offsets[:-1].abs().max() <= 250 and offsets[:-1].min() < -150
+    assert offsets[:-1].max() > 150
+    assert offsets[-1] == 0
+    x = torch.arange(1, 1001, dtype=torch.float32).repeat(257, 1)
+    x[-1] = 0
+    module.generator = _gen(6)
+    out, out_lengths = module(x, lengths)
+    assert torch.equal(out, shift(x, lengths, offsets, mode))
+    assert torch.equal(out_lengths, lengths)
+
+
+def test_waveform_augment_train_outputs_are_pieces_of_the_clip():
+    n = 8
+    x = torch.arange(1, 21, dtype=torch.float32).repeat(200, 1)
+    lengths = torch.randint(0, 21, (200,), generator=_gen(7))
+    x = x * (torch.arange(20) < lengths.unsqueeze(1))
+    module = WaveformAugment(n, shift=False, generator=_gen(8))
+    out = module(x, lengths)
+    assert out.shape == (200, n)
+    replicated = padded = 0
+    for row, length in zip(out.tolist(), lengths.tolist()):
+        nonzero = [v for v in row if v != 0]
+        if length == 0:
+            assert nonzero == []
+        elif length >= n:  # a contiguous crop
+            assert all(b == a + 1 for a, b in zip(row, row[1:])) and row[-1] <= length
+        elif len(nonzero) == n:  # replicated: cyclic successor within 1..length
+            assert all(b == a % length + 1 for a, b in zip(row, row[1:]))
+            replicated += 1
+        else:  # padded: the whole clip 1..length, contiguous among zeros
+            assert nonzero == list(range(1, length + 1))
+            start = row.index(1.0)
+            assert row[start : start + length] == nonzero
+            padded += 1
+    assert replicated > 10 and padded > 10  # p_replicate = 0.5 picks both
+
+
+def test_waveform_augment_pad_only_and_replicate_only():
+    x = torch.arange(1, 4, dtype=torch.float32).repeat(50, 1)
+    lengths = _long(*([3] * 50))
+    padded = WaveformAugment(6, shift=False, pad_or_replicate="pad", generator=_gen(0))(x, lengths)
+    assert torch.equal(padded.sum(dim=1), torch.full((50,), 6.0))
+    repl = WaveformAugment(6, shift=False, pad_or_replicate="replicate", generator=_gen(0))
+    assert torch.equal(repl(x, lengths).sum(dim=1), torch.full((50,), 12.0))
+
+
+def test_waveform_augment_with_shift_keeps_clip_content():
+    x = torch.arange(1, 11, dtype=torch.float32).repeat(64, 1)
+    module = WaveformAugment(10, generator=_gen(9))  # full-length clips: shift only
+    out = module(x, _long(*([10] * 64)))
+    assert torch.equal(out.sort(dim=1).values, x)  # a rotation of each clip
+    assert len({row[0] for row in out.tolist()}) > 3
+
+
+def test_reproducible_with_seed():
+    x = torch.randn(16, 50)
+    lengths = torch.randint(0, 51, (16,), generator=_gen(10))
+    a = WaveformAugment(30, generator=_gen(11))(x, lengths)
+    b = WaveformAugment(30, generator=_gen(11))(x, lengths)
+    c = WaveformAugment(30, generator=_gen(12))(x, lengths)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ---- eval mode ------------------------------------------------------------------------------
+
+
+def test_eval_mode_is_identity_or_deterministic():
+    x, lengths = _batch()
+    shift_module = TimeShift(5).eval()
+    out, out_lengths = shift_module(x, lengths)
+    assert out is x and torch.equal(out_lengths, lengths)
+
+    assert RandomCrop(4).eval()(x, lengths)[0].tolist() == [[1, 2, 3, 4], [1, 2, 3, 4], [0] * 4]
+    centre = RandomCrop(4, eval_crop="center").eval()(x, lengths)[0]
+    assert centre[0].tolist() == [4, 5, 6, 7]
+    assert RandomPad(6).eval()(x, lengths)[0][1].tolist() == [1, 2, 3, 4, 0, 0]
+    assert Replicate(6).eval()(x, lengths)[0][1].tolist() == [1, 2, 3, 4, 1, 2]
+
+    augment = WaveformAugment(6).eval()
+    first = augment(x, lengths)
+    assert first.tolist() == [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 1, 2], [0] * 6]
+    assert torch.equal(augment(x, lengths), first)
+    padded = WaveformAugment(6, eval_fill="pad", eval_crop="center").eval()(x, lengths)
+    assert padded.tolist() == [[3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 0, 0], [0] * 6]
+    assert WaveformAugment(6, pad_or_replicate="pad").eval_fill == "pad"
+
+
+def test_mixup_is_noop_in_eval():
+    x, y = torch.randn(4, 10), torch.softmax(torch.randn(4, 3), dim=1)
+    out_x, out_y = Mixup().eval()(x, y)
+    assert out_x is x and out_y is y
+
+
+# ---- mixup ----------------------------------------------------------------------------------
+
+
+def _targets(batch: int, classes: int, seed: int) -> torch.Tensor:
+    labels = torch.randint(0, classes, (batch,), generator=_gen(seed))
+    return torch.nn.functional.one_hot(labels, classes).float()
+
+
+@pytest.mark.parametrize("shape", [(32, 100), (32, 1, 8, 12)])
+def test_mixup_blends_exactly_and_targets_sum_to_one(shape):
+    x = torch.randn(*shape, generator=_gen(13))
+    y = _targets(32, 5, 14)
+    lam, partner = Mixup(0.4, generator=_gen(15)).draw(y)
+    x_mixed, y_mixed = Mixup(0.4, generator=_gen(15))(x, y)
+    lam_x = lam.view(-1, *([1] * (x.dim() - 1)))
+    assert torch.equal(x_mixed, lam_x * x + (1 - lam_x) * x[partner])
+    assert torch.equal(y_mixed, lam[:, None] * y + (1 - lam[:, None]) * y[partner])
+    assert torch.allclose(y_mixed.sum(dim=1), torch.ones(32), atol=1e-6)
+    assert (lam >= 0.5).all() and (lam <= 1).all()  # max(lam, 1 - lam): first clip dominates
+    assert sorted(partner.tolist()) == list(range(32))  # a permutation
+    assert y_mixed.shape == y.shape and x_mixed.shape == x.shape
+
+
+def test_mixup_reproduces_under_seed():
+    x, y = torch.randn(16, 40), _targets(16, 4, 16)
+    first = Mixup(0.4, generator=_gen(17))(x, y)
+    second = Mixup(0.4, generator=_gen(17))(x, y)
+    other = Mixup(0.4, generator=_gen(18))(x, y)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert not torch.equal(first[0], other[0])
+
+
+def test_mixup_same_class_partners():
+    y = _targets(64, 6, 19)
+    classes = y.argmax(dim=1)
+    _, partner = Mixup(0.4, same_class_prob=1.0, generator=_gen(20)).draw(y)
+    assert torch.equal(classes[partner], classes)
+    for index in range(64):  # a different clip whenever the class has another one
+        if (classes == classes[index]).sum() > 1:
+            assert partner[index] != index
+    _, mixed_partner = Mixup(0.4, same_class_prob=0.0, generator=_gen(20)).draw(y)
+    assert (classes[mixed_partner] != classes).any()
+
+
+def test_mixup_p_zero_leaves_batch_unchanged():
+    x, y = torch.randn(8, 20), _targets(8, 3, 21)
+    x_mixed, y_mixed = Mixup(1.0, p=0.0, generator=_gen(22))(x, y)
+    assert torch.equal(x_mixed, x) and torch.equal(y_mixed, y)
+
+
+def test_mixup_function_direct():
+    x = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x_mixed, y_mixed = mixup(x, y, torch.tensor([0.75, 0.5]), _long(1, 0))
+    assert x_mixed.tolist() == [[1.5, 2.75], [2.0, 3.5]]
+    assert y_mixed.tolist() == [[0.75, 0.25], [0.5, 0.5]]
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.4, 2.0])
+def test_sample_beta_moments(alpha):
+    draws = sample_beta(alpha, 40000, generator=_gen(23))
+    assert draws.min() >= 0 and draws.max() <= 1 and not draws.isnan().any()
+    expected_var = 1 / (4 * (2 * alpha + 1))  # Beta(a, a): mean 1/2
+    assert abs(draws.mean().item() - 0.5) < 0.01
+    assert abs(draws.var().item() - expected_var) < 0.01
+
+
+# ---- validation, dtypes, devices ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: TimeShift(-1),
+        lambda: TimeShift(1.5),
+        lambda: TimeShift(0.1, mode="wrap"),
+        lambda: TimeShift(0.1, p=1.2),
+        lambda: RandomCrop(0),
+        lambda: RandomCrop(10, eval_crop="middle"),
+        lambda: RandomPad(-5),
+        lambda: Replicate(2.5),
+        lambda: WaveformAugment(0),
+        lambda: WaveformAugment(10, p_replicate=-0.1),
+        lambda: WaveformAugment(10, pad_or_replicate="tile"),
+        lambda: WaveformAugment(10, eval_fill="zeros"),
+        lambda: WaveformAugment(10, shift=-3),
+        lambda: Mixup(0.0),
+        lambda: Mixup(-1.0),
+        lambda: Mixup(0.4, same_class_prob=2.0),
+        lambda: Mixup(0.4, p=float("nan")),
+    ],
+)
+def test_invalid_parameters_raise(build):
+    with pytest.raises(ValueError):
+        build()
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="lengths"):
+        WaveformAugment(4)(torch.zeros(3, 10), _long(1, 2))
+    with pytest.raises(ValueError, match="soft targets"):
+        Mixup()(torch.zeros(3, 10), _long(0, 1, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtype_preserved(dtype):
+    x = torch.randn(6, 30).to(dtype)
+    lengths = _long(30, 10, 5, 0, 25, 1)
+    assert WaveformAugment(20, generator=_gen(24))(x, lengths).dtype == dtype
+    assert TimeShift(0.3)(x, lengths)[0].dtype == dtype
+    y = _targets(6, 3, 25)
+    x_mixed, y_mixed = Mixup(generator=_gen(26))(x, y)
+    assert x_mixed.dtype == dtype and y_mixed.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_with_cpu_generator():
+    x = torch.randn(8, 64)
+    lengths = torch.randint(0, 65, (8,), generator=_gen(27))
+    y = _targets(8, 3, 28)
+    device = torch.device("cuda")
+    cpu_out = WaveformAugment(32, generator=_gen(29))(x, lengths)
+    gpu_out = WaveformAugment(32, generator=_gen(29))(x.to(device), lengths.to(device))
+    assert gpu_out.device.type == "cuda" and torch.equal(gpu_out.cpu(), cpu_out)
+    # Without a generator the draws happen on the device itself.
+    out = WaveformAugment(32)(x.to(device), lengths.to(device))
+    assert out.device.type == "cuda" and out.shape == (8, 32)
+    x_mixed, y_mixed = Mixup(same_class_prob=0.5)(x.to(device), y.to(device))
+    assert x_mixed.device.type == "cuda"
+    assert torch.allclose(y_mixed.sum(dim=1), torch.ones(8, device=device))

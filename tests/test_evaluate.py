@@ -1,0 +1,156 @@
+"""evaluate_run and ``wavemel evaluate`` on a tiny hand-made dataset and tiny checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from wavemel.cli import main
+from wavemel.data import load_dataset, train_val_split
+from wavemel.errors import CheckpointError, DataError
+from wavemel.evaluate import evaluate_run
+from wavemel.infer import Tagger
+from wavemel.metrics import map_at_k, top_k_accuracy
+from wavemel.models import CnnComb, create_model
+from wavemel.train.checkpoint import save_checkpoint
+
+LABELS = ["beep", "hiss", "hum"]
+RATE = 8000
+
+
+def _clip(label: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    if label == "hiss":
+        return 0.2 * rng.standard_normal(t.shape[0])
+    freq = 1500.0 if label == "beep" else 200.0
+    return 0.5 * np.sin(2 * np.pi * freq * t + rng.random())
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """CSV manifest: 4 train + 2 test clips per class, a corrupt test file, and a test clip whose
+    only label is not a training label (the data layer drops that label: the clip is unscored)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in LABELS:
+        for i in range(6):
+            split = "train" if i < 4 else "test"
+            name = f"{label}_{i}.wav"
+            seconds = 0.3 + 0.4 * i  # from shorter than a window to several windows
+            sf.write(root / name, _clip(label, seconds, rng).astype(np.float32), RATE)
+            usage = ("Public" if i == 4 else "Private") if split == "test" else ""
+            rows.append({"path": name, "label": label, "split": split, "usage": usage})
+    (root / "broken.wav").write_text("this is not audio\n" * 100)
+    rows.append({"path": "broken.wav", "label": "hum", "split": "test", "usage": "Private"})
+    sf.write(root / "odd.wav", _clip("hum", 0.5, rng).astype(np.float32), RATE)
+    rows.append({"path": "odd.wav", "label": "zzz", "split": "test", "usage": "Private"})
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split", "usage"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def _make_run(run_dir, data_root, name="cnn-audio"):
+    torch.manual_seed(0)
+    if name == "cnn-comb":
+        audio = create_model("cnn-audio", len(LABELS), size="tiny", sample_rate=RATE)
+        spec = create_model("cnn-spec", len(LABELS), size="tiny", sample_rate=RATE)
+        model = CnnComb(audio, spec, len(LABELS))
+    else:
+        model = create_model(name, len(LABELS), size="tiny", sample_rate=RATE)
+    meta = {"labels": LABELS, "sample_rate": RATE, "input_seconds": 0.5}
+    save_checkpoint(run_dir / "best", model.eval(), meta)
+    config = {"data": str(data_root), "format": "csv", "folds": 2, "fold": 1, "seed": 3}
+    config.update({"val_split": None, "label_pattern": None, "group_field": None})
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, dataset):
+    return _make_run(tmp_path_factory.mktemp("run"), dataset)
+
+
+def test_test_split_metrics_match_an_independent_computation(run_dir, dataset):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate_run(run_dir, device="cpu")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "broken.wav" in messages
+
+    # Recompute from the files with the block-reading Tagger and the metric functions.
+    index = load_dataset(dataset, "csv")
+    records = [r for r in index.split("test") if r.path.name not in ("broken.wav", "odd.wav")]
+    tagger = Tagger.from_checkpoint(run_dir, device="cpu")
+    scores = np.stack([tagger.predict_proba(r.path) for r in records])
+    targets = np.array([LABELS.index(r.label) for r in records])
+    public = np.array([r.usage == "Public" for r in records])
+
+    assert result["n_clips"] == len(records) == 6
+    assert result["map3"] == pytest.approx(map_at_k(scores, targets), abs=1e-6)
+    assert result["top1"] == pytest.approx(top_k_accuracy(scores, targets), abs=1e-6)
+    assert result["map3_public"] == pytest.approx(map_at_k(scores[public], targets[public]))
+    assert result["map3_private"] == pytest.approx(map_at_k(scores[~public], targets[~public]))
+    assert (result["n_public"], result["n_private"]) == (3, 3)
+    assert set(result["per_class"]) == set(LABELS)
+    assert all(row["n"] == 2 for row in result["per_class"].values())
+    for label in LABELS:
+        rows = targets == LABELS.index(label)
+        expected = map_at_k(scores[rows], targets[rows])
+        assert result["per_class"][label]["map3"] == pytest.approx(expected, abs=1e-6)
+        assert 0.0 < result["per_class"][label]["ap"] <= 1.0
+    assert [p.split("/")[-1] for p in result["excluded"]] == ["broken.wav"]
+    assert np.sum(result["confusion_matrix"]) == 6
+
+    saved = json.loads((run_dir / "evaluation_test.json").read_text())
+    assert saved["map3"] == result["map3"]
+    png = run_dir / "confusion_test.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_val_split_is_the_runs_validation_fold(run_dir, dataset, tmp_path):
+    result = evaluate_run(run_dir, split="val", device="cpu", out_dir=tmp_path)
+    _, val = train_val_split(load_dataset(dataset, "csv"), folds=2, fold=1, seed=3)
+    assert result["n_clips"] == len(val)
+    assert "map3_public" not in result  # training clips carry no leaderboard usage
+    assert (tmp_path / "evaluation_val.json").exists()
+    assert (tmp_path / "confusion_val.png").exists()
+    # A validation split the dataset does not have: a clear DataError.
+    with pytest.raises(DataError, match="'nope'"):
+        evaluate_run(run_dir, split="val", device="cpu", out_dir=tmp_path, val_split="nope")
+
+
+@pytest.mark.filterwarnings("ignore:excluded from evaluation")
+def test_zero_input(tmp_path, run_dir, dataset):
+    with pytest.raises(CheckpointError, match="cnn-comb"):
+        evaluate_run(run_dir, zero_input="audio", device="cpu", out_dir=tmp_path)
+    comb = _make_run(tmp_path / "comb", dataset, name="cnn-comb")
+    full = evaluate_run(comb, device="cpu")
+    ablated = evaluate_run(comb, zero_input="spec", device="cpu")
+    assert ablated["zero_input"] == "spec"
+    assert (comb / "evaluation_test_zero-spec.json").exists()
+    assert (comb / "evaluation_test.json").exists()
+    assert ablated["confusion_matrix"] != full["confusion_matrix"] or ablated["map3"] != full[
+        "map3"
+    ] or ablated["per_class"] != full["per_class"]
+
+
+def test_cli_json_and_table(run_dir, tmp_path, capsys):
+    assert main(["evaluate", str(run_dir), "--json", "--out-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["n_clips"] == 6 and "map3" in result
+    assert "broken.wav" in captured.err and "Traceback" not in captured.err
+    assert main(["evaluate", str(run_dir), "--out-dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "MAP@3 Public" in table and "hum" in table
+    assert main(["evaluate", str(tmp_path / "no-run")]) == 2
+    assert "wavemel: error:" in capsys.readouterr().err

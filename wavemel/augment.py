@@ -1,0 +1,741 @@
+"""Batched train-time augmentations for waveform batches, and mixup.
+
+The trainer hands the device a zero-padded batch ``x: (B, T)`` together with each clip's true
+length ``lengths: (B,)`` (long). Every module here draws its per-example random parameters on
+the device of ``x`` (or from an optional ``torch.Generator`` for reproducibility) and applies
+them with one ``gather`` over index arithmetic, so there is no Python loop over the batch.
+
+The math lives in pure functions that take the offsets explicitly (:func:`shift`,
+:func:`crop`, :func:`pad`, :func:`replicate`, :func:`mixup`), so it can be tested on tiny
+hand-built inputs; the modules only draw parameters and call them.
+
+Individual modules (:class:`TimeShift`, :class:`RandomCrop`, :class:`RandomPad`,
+:class:`Replicate`) take ``(x, lengths)`` and return ``(x_out, lengths_out)`` so that they can be
+chained. :class:`WaveformAugment`, the composition the trainer uses, returns just the
+``(B, input_samples)`` batch. All of them also accept ``(B, C, T)`` input (every channel of an
+example gets the same parameters).
+
+In ``eval()`` mode the random draws are replaced by a fixed, documented choice: TimeShift and
+Mixup are the identity; crops start at the clip's start (or centre, ``eval_crop="center"``);
+short clips are left-aligned (padding) or replicated from their first sample.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Mixup",
+    "RandomCrop",
+    "RandomPad",
+    "Replicate",
+    "TimeShift",
+    "WaveformAugment",
+    "crop",
+    "mixup",
+    "pad",
+    "replicate",
+    "sample_beta",
+    "shift",
+]
+
+_EVAL_CROPS = ("start", "center")
+_FILLS = ("pad", "replicate")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_probability(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return value
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return str(value)
+
+
+def _check_max_shift(value: object) -> int | float:
+    """An int is a number of samples (>= 0); a float is a fraction of the clip in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"max_shift must be a number of samples (int >= 0) or a fraction of the clip "
+            f"(float in [0, 1]), got {value!r}"
+        )
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise ValueError(f"max_shift must be >= 0 samples, got {value}")
+        return int(value)
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"max_shift as a fraction of the clip must be in [0, 1], got {value}")
+    return value
+
+
+def _prepare(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Checks shapes and returns ``lengths`` as a long tensor on ``x.device`` clamped to [0, T]."""
+    if x.dim() not in (2, 3):
+        raise ValueError(
+            f"expected a waveform batch (B, T) or (B, C, T), got shape {tuple(x.shape)}"
+        )
+    batch, time = x.shape[0], x.shape[-1]
+    if lengths is None:
+        return torch.full((batch,), time, dtype=torch.long, device=x.device)
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+    # Clamping instead of checking avoids a device synchronisation on every batch.
+    return lengths.to(device=x.device, dtype=torch.long).clamp(0, time)
+
+
+# --------------------------------------------------------------------------------------------
+# Random draws
+# --------------------------------------------------------------------------------------------
+
+
+def _rand(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """``n`` uniform floats in [0, 1) on ``device``.
+
+    Without a generator they are drawn directly on ``device``. With one, they are drawn on the
+    generator's device and moved, so a CPU generator gives the same parameters on every device.
+    """
+    if generator is None:
+        return torch.rand(n, device=device)
+    return torch.rand(n, device=generator.device, generator=generator).to(device)
+
+
+def _randn(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    if generator is None:
+        return torch.randn(n, device=device)
+    return torch.randn(n, device=generator.device, generator=generator).to(device)
+
+
+def _uniform_int(low: Tensor, high: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One integer per example, uniform on ``[low, high]`` (inclusive; needs high >= low)."""
+    span = (high - low + 1).to(torch.float32)
+    draw = (_rand(low.shape[0], low.device, generator) * span).floor().long()
+    # Float rounding can land exactly on ``span``; clamp back into the range.
+    return torch.minimum(low + draw, high)
+
+
+def _log_standard_gamma(
+    concentration: float, n: int, device: torch.device, generator: torch.Generator | None
+) -> Tensor:
+    """``log`` of ``n`` Gamma(concentration, 1) samples, drawn with ``generator``.
+
+    ``torch.distributions`` cannot take a generator, so this is Marsaglia and Tsang's
+    squeeze-rejection method, vectorised with a fixed number of proposal rounds (each is
+    accepted with probability > 0.95, so 16 rounds fail with probability < 1e-20; a failure falls
+    back to the distribution's centre). Concentrations below 1 use Gamma(a) = Gamma(a + 1) *
+    U ** (1 / a), kept in log space because U ** (1 / a) underflows for small ``a``.
+    """
+    boost = concentration < 1.0
+    a = concentration + 1.0 if boost else concentration
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    rounds = 16
+    z = _randn(n * rounds, device, generator).view(rounds, n)
+    u = _rand(n * rounds, device, generator).view(rounds, n).clamp_min(1e-30)
+    v = (1.0 + c * z) ** 3
+    accept = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+    # Index of the first accepted round per example (argmax of a bool picks the first True).
+    first = accept.to(torch.uint8).argmax(dim=0)
+    chosen = v.gather(0, first.unsqueeze(0)).squeeze(0)
+    chosen = torch.where(accept.any(dim=0), chosen, torch.ones_like(chosen))
+    log_gamma = math.log(d) + torch.log(chosen)
+    if boost:
+        u_boost = _rand(n, device, generator).clamp_min(1e-30)
+        log_gamma = log_gamma + torch.log(u_boost) / concentration
+    return log_gamma
+
+
+def sample_beta(
+    alpha: float,
+    n: int,
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draws ``n`` samples of Beta(alpha, alpha) as float32, reproducibly with ``generator``.
+
+    Uses Beta = G1 / (G1 + G2) with G1, G2 ~ Gamma(alpha) computed in log space, i.e.
+    ``sigmoid(log G1 - log G2)``, which stays exact for small ``alpha`` where both gammas would
+    underflow to zero.
+
+    Args:
+        alpha: Concentration (> 0) of both Beta parameters.
+        n: Number of samples.
+        device: Where the result lives.
+        generator: Optional generator; the draws happen on its device.
+
+    Returns:
+        Samples in [0, 1], shape ``(n,)``.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    device = torch.device(device)
+    log_g1 = _log_standard_gamma(float(alpha), n, device, generator)
+    log_g2 = _log_standard_gamma(float(alpha), n, device, generator)
+    return torch.sigmoid(log_g1 - log_g2)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions: exact index arithmetic with explicit offsets
+# --------------------------------------------------------------------------------------------
+
+
+def _gather(x: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+    """``out[b, ..., i] = x[b, ..., index[b, i]]`` where ``valid[b, i]``, else zero.
+
+    Args:
+        x: ``(B, T)`` or ``(B, C, T)``.
+        index: ``(B, N)`` long source positions (any values where not valid).
+        valid: ``(B, N)`` bool.
+
+    Returns:
+        ``(B, N)`` or ``(B, C, N)``, same dtype and device as ``x``.
+    """
+    batch, n_out = index.shape
+    if x.shape[-1] == 0:  # nothing to read: every output sample is fill
+        return x.new_zeros((*x.shape[:-1], n_out))
+    index = index.clamp(0, x.shape[-1] - 1)
+    if x.dim() == 3:
+        index = index.unsqueeze(1).expand(batch, x.shape[1], n_out)
+        valid = valid.unsqueeze(1)
+    picked = x.gather(-1, index)
+    return torch.where(valid, picked, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _positions(batch: int, n_out: int, device: torch.device) -> Tensor:
+    return torch.arange(n_out, device=device).unsqueeze(0).expand(batch, n_out)
+
+
+def shift(x: Tensor, lengths: Tensor | None, offsets: Tensor, mode: str = "roll") -> Tensor:
+    """Shifts each clip by ``offsets[b]`` samples inside its valid region.
+
+    ``roll``: ``out[b, t] = x[b, (t - offsets[b]) mod lengths[b]]`` for ``t < lengths[b]``
+    (content leaving one end re-enters at the other). ``zero``: ``out[b, t] = x[b, t -
+    offsets[b]]`` when that source lies inside ``[0, lengths[b])``, else zero. In both modes the
+    padding after ``lengths[b]`` stays zero and the lengths do not change. Positive offsets move
+    content later in time.
+
+    Args:
+        x: Waveform batch ``(B, T)`` or ``(B, C, T)``, zero-padded after each clip's length.
+        lengths: True lengths ``(B,)`` (long), or None when every clip fills ``T``.
+        offsets: Shift per example ``(B,)`` in samples, may be negative.
+        mode: ``"roll"`` or ``"zero"``.
+
+    Returns:
+        Shifted batch, same shape and dtype as ``x``.
+    """
+    _check_choice("mode", mode, ("roll", "zero"))
+    lengths = _prepare(x, lengths)
+    offsets = offsets.to(device=x.device, dtype=torch.long)
+    batch, time = x.shape[0], x.shape[-1]
+    t = _positions(batch, time, x.device)
+    source = t - offsets.unsqueeze(1)
+    inside = t < lengths.unsqueeze(1)
+    if mode == "roll":
+        source = torch.remainder(source, lengths.clamp_min(1).unsqueeze(1))
+        valid = inside
+    else:
+        valid = inside & (source >= 0) & (source < lengths.unsqueeze(1))
+    return _gather(x, source, valid)
+
+
+def crop(x: Tensor, lengths: Tensor | None, starts: Tensor, input_samples: int) -> Tensor:
+    """Cuts ``input_samples`` samples from each clip, starting at ``starts[b]``.
+
+    ``out[b, i] = x[b, starts[b] + i]`` while ``starts[b] + i < lengths[b]``, zero after (so a
+    clip shorter than the input comes out left-aligned and zero-padded when its start is 0).
+
+    Args:
+        x: Waveform batch ``(B, T)`` or ``(B, C, T)``.
+        lengths: True lengths ``(B,)`` or None.
+        starts: First sample per example ``(B,)`` (long, >= 0).
+        input_samples: Output length N.
+
+    Returns:
+        ``(B, N)`` or ``(B, C, N)``.
+    """
+    input_samples = _check_positive_int("input_samples", input_samples)
+    lengths = _prepare(x, lengths)
+    starts = starts.to(device=x.device, dtype=torch.long)
+    source = _positions(x.shape[0], input_samples, x.device) + starts.unsqueeze(1)
+    valid = (source >= 0) & (source < lengths.unsqueeze(1))
+    return _gather(x, source, valid)
+
+
+def pad(x: Tensor, lengths: Tensor | None, offsets: Tensor, input_samples: int) -> Tensor:
+    """Places each clip at ``offsets[b]`` inside ``input_samples`` zeros.
+
+    ``out[b, i] = x[b, i - offsets[b]]`` for ``0 <= i - offsets[b] < lengths[b]``, zero
+    elsewhere. A clip longer than the room left after its offset is truncated at the end.
+
+    Args:
+        x: Waveform batch ``(B, T)`` or ``(B, C, T)``.
+        lengths: True lengths ``(B,)`` or None.
+        offsets: Leading zeros per example ``(B,)`` (long, >= 0).
+        input_samples: Output length N.
+
+    Returns:
+        ``(B, N)`` or ``(B, C, N)``.
+    """
+    input_samples = _check_positive_int("input_samples", input_samples)
+    lengths = _prepare(x, lengths)
+    offsets = offsets.to(device=x.device, dtype=torch.long)
+    source = _positions(x.shape[0], input_samples, x.device) - offsets.unsqueeze(1)
+    valid = (source >= 0) & (source < lengths.unsqueeze(1))
+    return _gather(x, source, valid)
+
+
+def replicate(x: Tensor, lengths: Tensor | None, phases: Tensor, input_samples: int) -> Tensor:
+    """Tiles each clip's valid part until it fills ``input_samples``, starting at ``phases[b]``.
+
+    ``out[b, i] = x[b, (i + phases[b]) mod lengths[b]]``; an empty clip gives zeros.
+
+    Args:
+        x: Waveform batch ``(B, T)`` or ``(B, C, T)``.
+        lengths: True lengths ``(B,)`` or None.
+        phases: Position in the clip of the first output sample ``(B,)`` (long).
+        input_samples: Output length N.
+
+    Returns:
+        ``(B, N)`` or ``(B, C, N)``.
+    """
+    input_samples = _check_positive_int("input_samples", input_samples)
+    lengths = _prepare(x, lengths)
+    phases = phases.to(device=x.device, dtype=torch.long)
+    positions = _positions(x.shape[0], input_samples, x.device) + phases.unsqueeze(1)
+    source = torch.remainder(positions, lengths.clamp_min(1).unsqueeze(1))
+    valid = (lengths > 0).unsqueeze(1).expand_as(source)
+    return _gather(x, source, valid)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+
+
+class TimeShift(nn.Module):
+    """Random shift in time of each clip within its valid length (identity in eval mode).
+
+    Args:
+        max_shift: Largest shift magnitude. An ``int`` is a number of samples; a ``float`` is a
+            fraction of each clip's own valid length (in [0, 1]). Each example is shifted by
+            an integer drawn uniformly from ``[-max, max]``.
+        mode: ``"roll"`` keeps the content circular within the valid region; ``"zero"`` shifts
+            and fills the vacated part with zeros (content shifted past an end is lost).
+        p: Probability that an example is shifted at all.
+        generator: Optional generator for reproducible draws.
+
+    Shapes:
+        ``forward(x: (B, T) | (B, C, T), lengths: (B,) | None) -> (x_shifted, lengths)``.
+    """
+
+    def __init__(
+        self,
+        max_shift: int | float = 0.5,
+        mode: str = "roll",
+        *,
+        p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_shift = _check_max_shift(max_shift)
+        self.mode = _check_choice("mode", mode, ("roll", "zero"))
+        self.p = _check_probability("p", p)
+        self.generator = generator
+
+    def draw_offsets(self, lengths: Tensor) -> Tensor:
+        """Random shifts ``(B,)`` in samples for clips of the given lengths."""
+        if isinstance(self.max_shift, float):
+            limit = (lengths.to(torch.float32) * self.max_shift).floor().long()
+        else:
+            limit = torch.full_like(lengths, self.max_shift)
+        if self.mode == "zero":
+            limit = torch.minimum(limit, lengths)
+        offsets = _uniform_int(-limit, limit, self.generator)
+        if self.p < 1.0:
+            keep = _rand(lengths.shape[0], lengths.device, self.generator) < self.p
+            offsets = torch.where(keep, offsets, torch.zeros_like(offsets))
+        return offsets
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        lengths = _prepare(x, lengths)
+        if not self.training or self.max_shift == 0 or self.p == 0.0:
+            return x, lengths
+        return shift(x, lengths, self.draw_offsets(lengths), self.mode), lengths
+
+    def extra_repr(self) -> str:
+        return f"max_shift={self.max_shift}, mode={self.mode!r}, p={self.p}"
+
+
+class RandomCrop(nn.Module):
+    """Crops clips longer than the input at a random start (deterministic start in eval mode).
+
+    A clip of length L >= N starts uniformly in ``[0, L - N]`` during training; in eval mode at
+    0 (``eval_crop="start"``) or ``(L - N) // 2`` (``"center"``). Clips shorter than the input
+    are passed through left-aligned and zero-padded to N (filling them is :class:`RandomPad`'s
+    or :class:`Replicate`'s job; see :class:`WaveformAugment`).
+
+    Args:
+        input_samples: Output length N.
+        eval_crop: ``"start"`` or ``"center"``.
+        generator: Optional generator for reproducible draws.
+
+    Shapes:
+        ``forward(x: (B, T) | (B, C, T), lengths) -> ((B, [C,] N), min(lengths, N))``.
+    """
+
+    def __init__(
+        self,
+        input_samples: int,
+        *,
+        eval_crop: str = "start",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_samples = _check_positive_int("input_samples", input_samples)
+        self.eval_crop = _check_choice("eval_crop", eval_crop, _EVAL_CROPS)
+        self.generator = generator
+
+    def draw_starts(self, lengths: Tensor) -> Tensor:
+        """Start per example ``(B,)``: random when training, fixed in eval mode."""
+        room = (lengths - self.input_samples).clamp_min(0)
+        if not self.training:
+            return room // 2 if self.eval_crop == "center" else torch.zeros_like(room)
+        return _uniform_int(torch.zeros_like(room), room, self.generator)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        lengths = _prepare(x, lengths)
+        out = crop(x, lengths, self.draw_starts(lengths), self.input_samples)
+        return out, lengths.clamp_max(self.input_samples)
+
+    def extra_repr(self) -> str:
+        return f"input_samples={self.input_samples}, eval_crop={self.eval_crop!r}"
+
+
+class RandomPad(nn.Module):
+    """Places clips shorter than the input at a random offset among zeros.
+
+    A clip of length L <= N gets an offset uniform in ``[0, N - L]`` during training and 0
+    (left-aligned) in eval mode. Longer clips keep their first N samples: crop them first.
+
+    Args:
+        input_samples: Output length N.
+        generator: Optional generator for reproducible draws.
+
+    Shapes:
+        ``forward(x: (B, T) | (B, C, T), lengths) -> ((B, [C,] N), min(lengths, N))``; the
+        returned lengths count the clip's samples, not the zeros around them.
+    """
+
+    def __init__(self, input_samples: int, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.input_samples = _check_positive_int("input_samples", input_samples)
+        self.generator = generator
+
+    def draw_offsets(self, lengths: Tensor) -> Tensor:
+        """Leading zeros per example ``(B,)``: random when training, 0 in eval mode."""
+        room = (self.input_samples - lengths).clamp_min(0)
+        if not self.training:
+            return torch.zeros_like(room)
+        return _uniform_int(torch.zeros_like(room), room, self.generator)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        lengths = _prepare(x, lengths)
+        out = pad(x, lengths, self.draw_offsets(lengths), self.input_samples)
+        return out, lengths.clamp_max(self.input_samples)
+
+    def extra_repr(self) -> str:
+        return f"input_samples={self.input_samples}"
+
+
+class Replicate(nn.Module):
+    """Tiles each clip's valid part to fill the input.
+
+    During training with ``random_phase`` the tiling starts at a random sample of the clip
+    (uniform in ``[0, L - 1]``); otherwise, and in eval mode, at its first sample. On a clip
+    longer than the input this amounts to a (wrapping) crop; crop long clips first.
+
+    Args:
+        input_samples: Output length N.
+        random_phase: Draw the starting phase at random during training.
+        generator: Optional generator for reproducible draws.
+
+    Shapes:
+        ``forward(x: (B, T) | (B, C, T), lengths) -> ((B, [C,] N), lengths_out)`` where
+        ``lengths_out`` is N (0 for empty clips, which stay zero).
+    """
+
+    def __init__(
+        self,
+        input_samples: int,
+        *,
+        random_phase: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_samples = _check_positive_int("input_samples", input_samples)
+        self.random_phase = bool(random_phase)
+        self.generator = generator
+
+    def draw_phases(self, lengths: Tensor) -> Tensor:
+        """Starting phase per example ``(B,)``."""
+        if not (self.training and self.random_phase):
+            return torch.zeros_like(lengths)
+        top = (lengths - 1).clamp_min(0)
+        return _uniform_int(torch.zeros_like(top), top, self.generator)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        lengths = _prepare(x, lengths)
+        out = replicate(x, lengths, self.draw_phases(lengths), self.input_samples)
+        filled = torch.where(lengths > 0, self.input_samples, 0)
+        return out, filled
+
+    def extra_repr(self) -> str:
+        return f"input_samples={self.input_samples}, random_phase={self.random_phase}"
+
+
+class WaveformAugment(nn.Module):
+    """The trainer's waveform pipeline: shift, then crop long clips or fill short ones.
+
+    Training mode, per example: (1) a random circular time shift within the clip (see
+    :class:`TimeShift`); (2) a clip of length L >= N is cropped at a random start in
+    ``[0, L - N]``; a shorter one is replicated from a random phase with probability
+    ``p_replicate`` and otherwise placed at a random offset among zeros.
+
+    Eval mode is deterministic: no shift; long clips are cropped from their start
+    (``eval_crop="start"``, the first inference window) or centre; short clips are replicated
+    from their first sample or left-aligned and zero-padded, per ``eval_fill``.
+
+    Args:
+        input_samples: Output length N.
+        shift: ``True`` for the default maximum shift (half of each clip, circular),
+            ``False``/``0`` for none, or a ``max_shift`` as accepted by :class:`TimeShift`.
+        shift_mode: ``"roll"`` or ``"zero"``, see :class:`TimeShift`.
+        pad_or_replicate: How short clips are filled in training: ``"random"`` (replicate with
+            probability ``p_replicate``), ``"pad"`` or ``"replicate"``.
+        p_replicate: Probability of replication for ``"random"``.
+        eval_crop: ``"start"`` or ``"center"``.
+        eval_fill: ``"replicate"`` or ``"pad"``; by default ``"pad"`` when
+            ``pad_or_replicate="pad"``, else ``"replicate"`` (as whole-clip inference fills).
+        generator: Optional generator for reproducible draws.
+
+    Shapes:
+        ``forward(x: (B, T) | (B, C, T), lengths: (B,) | None) -> (B, [C,] N)``.
+    """
+
+    def __init__(
+        self,
+        input_samples: int,
+        *,
+        shift: bool | int | float = True,
+        shift_mode: str = "roll",
+        pad_or_replicate: str = "random",
+        p_replicate: float = 0.5,
+        eval_crop: str = "start",
+        eval_fill: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_samples = _check_positive_int("input_samples", input_samples)
+        self.pad_or_replicate = _check_choice(
+            "pad_or_replicate", pad_or_replicate, ("random", "pad", "replicate")
+        )
+        self.p_replicate = _check_probability("p_replicate", p_replicate)
+        self.eval_crop = _check_choice("eval_crop", eval_crop, _EVAL_CROPS)
+        if eval_fill is None:
+            eval_fill = "pad" if pad_or_replicate == "pad" else "replicate"
+        self.eval_fill = _check_choice("eval_fill", eval_fill, _FILLS)
+        if shift is True:
+            max_shift: int | float = 0.5  # half the clip either way: any onset position
+        elif shift is False:
+            max_shift = 0
+        else:
+            max_shift = shift
+        self.time_shift = TimeShift(max_shift, shift_mode, generator=generator)
+        self.generator = generator
+
+    @property
+    def replicate_probability(self) -> float:
+        """Chance that a short clip is replicated rather than padded in training."""
+        return {"random": self.p_replicate, "pad": 0.0, "replicate": 1.0}[self.pad_or_replicate]
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        lengths = _prepare(x, lengths)
+        x, lengths = self.time_shift(x, lengths)
+        n = self.input_samples
+        batch, device = x.shape[0], x.device
+        zeros = torch.zeros_like(lengths)
+        long_clip = (lengths >= n).unsqueeze(1)
+        if self.training:
+            crop_start = _uniform_int(zeros, (lengths - n).clamp_min(0), self.generator)
+            pad_offset = _uniform_int(zeros, (n - lengths).clamp_min(0), self.generator)
+            phase = _uniform_int(zeros, (lengths - 1).clamp_min(0), self.generator)
+            use_replicate = _rand(batch, device, self.generator) < self.replicate_probability
+        else:
+            room = (lengths - n).clamp_min(0)
+            crop_start = room // 2 if self.eval_crop == "center" else zeros
+            pad_offset = zeros
+            phase = zeros
+            use_replicate = torch.full_like(
+                lengths, self.eval_fill == "replicate", dtype=torch.bool
+            )
+
+        # One gather for the three cases: choose each example's source index arithmetic.
+        positions = _positions(batch, n, device)
+        length_col = lengths.unsqueeze(1)
+        crop_source = positions + crop_start.unsqueeze(1)
+        pad_source = positions - pad_offset.unsqueeze(1)
+        rep_source = torch.remainder(positions + phase.unsqueeze(1), length_col.clamp_min(1))
+        replicated = use_replicate.unsqueeze(1) & ~long_clip
+        source = torch.where(
+            long_clip, crop_source, torch.where(replicated, rep_source, pad_source)
+        )
+        valid = (source >= 0) & (source < length_col)
+        return _gather(x, source, valid)
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_samples={self.input_samples}, pad_or_replicate={self.pad_or_replicate!r}, "
+            f"p_replicate={self.p_replicate}, eval_crop={self.eval_crop!r}, "
+            f"eval_fill={self.eval_fill!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Mixup
+# --------------------------------------------------------------------------------------------
+
+
+def mixup(x: Tensor, y: Tensor, lam: Tensor, partner: Tensor) -> tuple[Tensor, Tensor]:
+    """Blends each example with a partner: ``lam * a + (1 - lam) * a[partner]``.
+
+    Args:
+        x: Inputs ``(B, ...)`` (waveforms ``(B, T)``, spectrograms ``(B, 1, F, T)``, ...).
+        y: Soft targets ``(B, C)``.
+        lam: Weight of the example itself per example ``(B,)``.
+        partner: Index of each example's partner ``(B,)`` (long).
+
+    Returns:
+        ``(x_mixed, y_mixed)`` with the shapes and dtypes of ``x`` and ``y``; each row of
+        ``y_mixed`` sums to 1 when the rows of ``y`` do.
+    """
+    partner = partner.to(device=x.device, dtype=torch.long)
+    lam_x = lam.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    lam_y = lam.to(device=y.device, dtype=y.dtype).view(-1, *([1] * (y.dim() - 1)))
+    x_mixed = lam_x * x + (1 - lam_x) * x[partner]
+    y_mixed = lam_y * y + (1 - lam_y) * y[partner.to(y.device)]
+    return x_mixed, y_mixed
+
+
+class Mixup(nn.Module):
+    """Mixup on a batch with soft targets (a no-op in eval mode).
+
+    Each example b is blended with a partner ``partner[b]`` as
+    ``x'[b] = lam[b] * x[b] + (1 - lam[b]) * x[partner[b]]`` and the same for the targets, with
+    ``lam[b] ~ Beta(alpha, alpha)`` replaced by ``max(lam, 1 - lam)``: the example keeps at
+    least half the weight, so it stays the "main" clip of its row (and the two symmetric
+    halves of the Beta distribution give the same mixtures anyway).
+
+    Partners come from one random permutation of the batch ("blend clips of different
+    classes", any class really). With ``same_class_prob=q``, each example instead takes, with
+    probability q, a partner of its own class (the class with the largest target mass), chosen
+    at random among the other examples of that class in the batch; an example alone in its
+    class is then paired with itself (unchanged).
+
+    Args:
+        alpha: Beta concentration (> 0); small values keep most mixtures close to one clip.
+        same_class_prob: Probability of a same-class partner, or None (never forced).
+        p: Probability that an example is mixed at all (otherwise ``lam = 1``).
+        generator: Optional generator for reproducible draws.
+
+    Shapes:
+        ``forward(x: (B, ...), y: (B, C)) -> (x_mixed: (B, ...), y_mixed: (B, C))``.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.4,
+        *,
+        same_class_prob: float | None = None,
+        p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        if math.isinf(alpha):
+            raise ValueError(f"alpha must be finite, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.same_class_prob = (
+            None
+            if same_class_prob is None
+            else _check_probability("same_class_prob", same_class_prob)
+        )
+        self.p = _check_probability("p", p)
+        self.generator = generator
+
+    def draw(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Draws ``(lam, partner)``, each ``(B,)``, for a batch with soft targets ``y: (B, C)``."""
+        batch, device = y.shape[0], y.device
+        lam = sample_beta(self.alpha, batch, device=device, generator=self.generator)
+        lam = torch.maximum(lam, 1 - lam)
+        if self.p < 1.0:
+            mixed = _rand(batch, device, self.generator) < self.p
+            lam = torch.where(mixed, lam, torch.ones_like(lam))
+        partner = _rand(batch, device, self.generator).argsort()
+        if self.same_class_prob is not None:
+            same = _rand(batch, device, self.generator) < self.same_class_prob
+            partner = torch.where(same, self._same_class_partner(y), partner)
+        return lam, partner
+
+    def _same_class_partner(self, y: Tensor) -> Tensor:
+        """A random other example of the same (argmax) class, or the example itself."""
+        batch, device = y.shape[0], y.device
+        classes = y.argmax(dim=1)
+        # Sort by class, randomly within a class; then each example's partner is the next one
+        # of its class group in that order (cyclically), found without a per-class loop.
+        shuffled = _rand(batch, device, self.generator).argsort()
+        order = shuffled[classes[shuffled].sort(stable=True).indices]
+        sorted_classes = classes[order].contiguous()
+        group_start = torch.searchsorted(sorted_classes, sorted_classes, right=False)
+        group_end = torch.searchsorted(sorted_classes, sorted_classes, right=True)
+        rank = torch.arange(batch, device=device)
+        next_rank = group_start + (rank - group_start + 1) % (group_end - group_start)
+        partner = torch.empty_like(order)
+        partner[order] = order[next_rank]
+        return partner
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if y.dim() != 2 or y.shape[0] != x.shape[0] or not y.is_floating_point():
+            raise ValueError(
+                f"Mixup needs soft targets of shape (B, C) as floats for a batch of {x.shape[0]},"
+                f" got {tuple(y.shape)} {y.dtype}"
+            )
+        if not self.training:
+            return x, y
+        lam, partner = self.draw(y)
+        return mixup(x, y, lam, partner)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, same_class_prob={self.same_class_prob}, p={self.p}"

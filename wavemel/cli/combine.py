@@ -1,0 +1,42 @@
+"""``wavemel combine``: train cnn-comb's head on a trained cnn-audio run and cnn-spec run.
+
+Both runs must share labels, sample rate, input length and split settings; the new run uses that
+split. Only the new dense head is trained; the branch weights stay frozen.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from wavemel.cli.train import S, add_runtime_flags
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "combine",
+        help="train cnn-comb on two trained branches",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--audio", dest="audio_run", default=S, metavar="RUN_A", help="cnn-audio run"
+    )
+    parser.add_argument("--spec", dest="spec_run", default=S, metavar="RUN_B", help="cnn-spec run")
+    parser.add_argument(
+        "--data", default=S, metavar="ROOT", help="dataset root (default: the branches' data)"
+    )
+    parser.add_argument("--out", default=S, metavar="RUN", help="run folder to create")
+    parser.add_argument("--hidden", type=int, default=S, help="width of the head's dense layer")
+    parser.add_argument("--dropout", type=float, default=S, help="dropout in the head")
+    add_runtime_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wavemel.train.combine import combine
+    from wavemel.train.config import CombineConfig, layer_config
+
+    overrides = {k: v for k, v in vars(args).items() if k in CombineConfig.__dataclass_fields__}
+    config = layer_config(CombineConfig, args.config, overrides)
+    combine(config)
+    return 0

@@ -1,0 +1,53 @@
+"""``wavemel download NAME --to DIR``: fetch and unpack a public data set."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from wavemel.data.download import BASE_URL_ENV, SOURCES
+
+    parser = subparsers.add_parser(
+        "download",
+        help="download and unpack a public data set (resumable, checksummed)",
+        description="Download a public data set from its official host and unpack it into the "
+        "layout the data adapters read. Interrupted downloads resume when run again.",
+        epilog="data sets: " + "; ".join(f"{s.name}: {s.description}" for s in SOURCES.values()),
+    )
+    parser.add_argument("name", choices=sorted(SOURCES), help="data set to fetch")
+    parser.add_argument("--to", type=Path, required=True, help="parent folder of the data set")
+    parser.add_argument("--force", action="store_true", help="replace an existing data set folder")
+    parser.add_argument(
+        "--keep-archives", action="store_true", help="keep the downloaded archives after unpacking"
+    )
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help=f"fetch archives from BASE_URL/<archive name> (a mirror); default ${BASE_URL_ENV} "
+        "or the official host",
+    )
+    parser.add_argument("--retries", type=int, default=4, help="retries per archive (default 4)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wavemel.data.download import SOURCES, download_dataset
+
+    source = SOURCES[args.name]
+    root = download_dataset(
+        args.name,
+        args.to,
+        base_url=args.base_url,
+        force=args.force,
+        keep_archives=args.keep_archives,
+        retries=args.retries,
+        progress=not args.quiet,
+    )
+    print(f"{source.name}: ready in {root}")
+    if source.format_hint:
+        print(f"read it with: --data {root} {source.format_hint}")
+    print(f"licence and citation: {source.homepage}")
+    return 0

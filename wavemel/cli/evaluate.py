@@ -1,0 +1,102 @@
+"""``wavemel evaluate``: MAP@3 (Public/Private), top-1, per-class MAP@3 and AP of a run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a trained run on the test split or its validation fold",
+        description="Score a run's best checkpoint on whole clips: MAP@3 (with Public/Private "
+        "when the data has leaderboard usage), top-1 accuracy, per-class MAP@3 and AP. Writes "
+        "evaluation_<split>.json and confusion_<split>.png into the run folder.",
+    )
+    parser.add_argument("run", metavar="RUN", help="run folder (or a checkpoint .json in one)")
+    parser.add_argument(
+        "--data", metavar="ROOT", help="dataset root (default: the one the run was trained on)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="the dataset's labelled test clips, or the run's validation fold (default: test)",
+    )
+    parser.add_argument(
+        "--zero-input",
+        choices=("audio", "spec"),
+        help="cnn-comb ablation: zero that branch's features",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument(
+        "--hop-seconds",
+        type=float,
+        metavar="S",
+        help="window hop for whole-clip scoring (default: the training input length)",
+    )
+    parser.add_argument(
+        "--aggregate",
+        choices=("mean", "geometric"),
+        default="mean",
+        help="how window probabilities are combined (default: mean)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="windows per pass")
+    parser.add_argument("--out-dir", metavar="DIR", help="where to write (default: RUN)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=run)
+
+
+def format_table(result: dict) -> str:
+    """Human-readable summary: headline metrics, then one row per class."""
+    name = result["model"] + (f" zero-{result['zero_input']}" if result.get("zero_input") else "")
+    lines = [
+        f"{result['run']} ({name}) on {result['split']}: {result['n_clips']} clips",
+        "",
+        f"{'metric':<14}{'value':>8}",
+        f"{'MAP@3':<14}{result['map3']:>8.4f}",
+    ]
+    for part in ("public", "private"):
+        value = result.get(f"map3_{part}")
+        if value is not None:
+            label = f"MAP@3 {part.capitalize()}"
+            lines.append(f"{label:<14}{value:>8.4f}  ({result[f'n_{part}']} clips)")
+    lines.append(f"{'top-1 acc':<14}{result['top1']:>8.4f}")
+    lines += ["", f"{'class':<28}{'n':>5}{'MAP@3':>8}{'AP':>8}"]
+    for label, row in result["per_class"].items():
+        if row["n"] == 0:
+            continue
+        ap = "-" if row["ap"] is None else f"{row['ap']:.3f}"
+        lines.append(f"{label[:27]:<28}{row['n']:>5}{row['map3']:>8.3f}{ap:>8}")
+    lines += ["", f"wrote {result['json_path']}", f"wrote {result['confusion_png']}"]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from wavemel.evaluate import evaluate_run
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate_run(
+            args.run,
+            args.data,
+            split=args.split,
+            zero_input=args.zero_input,
+            device=args.device,
+            out_dir=args.out_dir,
+            hop_seconds=args.hop_seconds,
+            aggregate=args.aggregate,
+            batch_size=args.batch_size,
+            progress=not args.json and sys.stderr.isatty(),
+        )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    for warning in caught:
+        print(f"wavemel: warning: {warning.message}", file=sys.stderr)
+    return 0

@@ -1,0 +1,137 @@
+"""``wavemel train``: train cnn-audio or cnn-spec on a dataset into a run folder.
+
+Settings are layered: built-in defaults, then ``--config FILE.json`` (any ``TrainConfig`` field),
+then the flags given on the command line. Under ``torchrun --nproc_per_node=N -m wavemel train``
+the same command trains with DistributedDataParallel (``--batch-size`` is per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+S = argparse.SUPPRESS  # only flags the user gives override the config file and the defaults
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``train`` and ``combine``: optimisation, device and run-folder handling."""
+    parser.add_argument("--epochs", type=int, default=S, help="training epochs")
+    parser.add_argument(
+        "--batch-size", dest="batch_size", type=int, default=S, help="clips per batch and process"
+    )
+    parser.add_argument("--lr", type=float, default=S, help="peak AdamW learning rate")
+    parser.add_argument("--weight-decay", dest="weight_decay", type=float, default=S)
+    parser.add_argument(
+        "--warmup-epochs",
+        dest="warmup_epochs",
+        type=float,
+        default=S,
+        help="linear warm-up length before the cosine decay",
+    )
+    parser.add_argument(
+        "--mixup-alpha", dest="mixup_alpha", type=float, default=S, help="mixup Beta alpha; 0 = off"
+    )
+    parser.add_argument(
+        "--unverified-weight",
+        dest="unverified_weight",
+        type=float,
+        default=S,
+        help="loss weight of clips whose label was not manually verified (default 1)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=S,
+        help="stop after this many epochs without a better val MAP@3 (0 = never)",
+    )
+    parser.add_argument(
+        "--hop-seconds",
+        dest="hop_seconds",
+        type=float,
+        default=S,
+        help="window hop of the whole-clip validation (default: the input length)",
+    )
+    parser.add_argument("--device", default=S, help="auto (default), cpu or cuda")
+    parser.add_argument("--workers", type=int, default=S, help="data-loading processes")
+    parser.add_argument("--cache-dir", dest="cache_dir", default=S, help="decoded-clip cache")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="mixed precision on CUDA (default on)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="NHWC memory format for cnn-spec on CUDA (default on)",
+    )
+    parser.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
+    parser.add_argument("--config", metavar="FILE.json", help="settings file (JSON object)")
+    parser.add_argument(
+        "--force", action="store_true", default=S, help="replace an existing run folder"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        default=S,
+        help="continue the interrupted run in --out (its config.json is used)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train cnn-audio or cnn-spec",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", default=S, help="cnn-audio (default) or cnn-spec")
+    parser.add_argument("--data", default=S, metavar="ROOT", help="dataset root or CSV manifest")
+    parser.add_argument("--out", default=S, metavar="RUN", help="run folder to create")
+    parser.add_argument("--size", default=S, help="model size: tiny, small (default) or paper")
+    parser.add_argument("--sample-rate", dest="sample_rate", type=int, default=S)
+    parser.add_argument(
+        "--input-seconds",
+        dest="input_seconds",
+        type=float,
+        default=S,
+        help="training input length in seconds (default 2)",
+    )
+    parser.add_argument("--folds", type=int, default=S, help="k of the stratified k-fold split")
+    parser.add_argument("--fold", type=int, default=S, help="validation fold (default 0)")
+    parser.add_argument(
+        "--val-split",
+        dest="val_split",
+        default=S,
+        help="validate on this split of the dataset (e.g. test) instead of a fold",
+    )
+    parser.add_argument("--seed", type=int, default=S)
+    parser.add_argument("--format", default=S, help="dataset layout (default: detect it)")
+    parser.add_argument(
+        "--label-pattern",
+        dest="label_pattern",
+        default=S,
+        help="file-name template for --format pattern, e.g. '{label}_{speaker}_{take}.wav'",
+    )
+    parser.add_argument(
+        "--group-field",
+        dest="group_field",
+        default=S,
+        help="metadata field whose clips stay in one fold (e.g. speaker)",
+    )
+    parser.add_argument(
+        "--mixup-on", dest="mixup_on", default=S, help="wave (default) or spec (cnn-spec only)"
+    )
+    add_runtime_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wavemel.train.config import TrainConfig, layer_config
+    from wavemel.train.loop import train
+
+    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    config = layer_config(TrainConfig, args.config, overrides)
+    train(config)
+    return 0

@@ -1,0 +1,508 @@
+"""Whole-clip inference: windows of the training input length, aggregated into clip tags.
+
+A clip of any length is cut into windows of ``input_samples`` samples starting every
+``hop_samples`` (default: the window length, i.e. no overlap). When the last regular window stops
+short of the clip's end, one more window aligned to the end is added so that every sample is
+scored. A clip shorter than one window gives a single window filled the way training evaluates
+short clips: ``"replicate"`` (the clip repeated from its start) or ``"pad"`` (zeros after it).
+Window probabilities (``softmax`` of the logits) are averaged (``"mean"``) or combined as a
+renormalised geometric mean (``"geometric"``: mean of log-probabilities, then ``softmax``).
+
+:class:`Tagger` scores files read in blocks (``soundfile`` + streaming soxr resampling), so memory
+stays bounded however long the file is; the result equals scoring the whole decoded clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wavemel.errors import AudioError
+
+__all__ = ["Tagger", "predict_waveforms", "window_starts", "fill_window"]
+
+_AGGREGATES = ("mean", "geometric")
+_FILLS = ("replicate", "pad")
+# Frames read per block from a file: ~4 s at 44.1 kHz, small next to any model's activations.
+_BLOCK_FRAMES = 1 << 17
+
+
+def window_starts(length: int, input_samples: int, hop_samples: int | None = None) -> list[int]:
+    """Start offsets of the windows a clip of ``length`` samples is scored with.
+
+    Args:
+        length: Clip length in samples.
+        input_samples: Window length.
+        hop_samples: Distance between window starts (default ``input_samples``).
+
+    Returns:
+        ``[]`` for an empty clip; ``[0]`` for a clip no longer than one window (filled to the
+        window length); otherwise ``0, hop, 2*hop, ...`` while the window fits, plus
+        ``length - input_samples`` when the last regular window ends before the clip does.
+    """
+    hop = input_samples if hop_samples is None else hop_samples
+    _check_window(input_samples, hop)
+    if length <= 0:
+        return []
+    if length <= input_samples:
+        return [0]
+    starts = list(range(0, length - input_samples + 1, hop))
+    if starts[-1] + input_samples < length:
+        starts.append(length - input_samples)
+    return starts
+
+
+def fill_window(clip: np.ndarray, input_samples: int, fill: str = "replicate") -> np.ndarray:
+    """Bring a clip shorter than a window to the window length.
+
+    Args:
+        clip: ``(T,)`` samples with ``0 < T <= input_samples``.
+        input_samples: Window length.
+        fill: ``"replicate"`` repeats the clip from its start until the window is full;
+            ``"pad"`` appends zeros.
+
+    Returns:
+        ``(input_samples,)`` float32.
+    """
+    if fill not in _FILLS:
+        raise ValueError(f"fill must be one of {_FILLS}, got {fill!r}")
+    clip = np.asarray(clip, dtype=np.float32)
+    if not 0 < clip.shape[0] <= input_samples:
+        raise ValueError(f"clip length {clip.shape[0]} not in (0, {input_samples}]")
+    if fill == "replicate":
+        return np.resize(clip, input_samples).astype(np.float32, copy=False)
+    out = np.zeros(input_samples, dtype=np.float32)
+    out[: clip.shape[0]] = clip
+    return out
+
+
+def _check_window(input_samples: int, hop: int) -> None:
+    if input_samples < 1:
+        raise ValueError(f"input_samples must be positive, got {input_samples}")
+    if hop < 1:
+        raise ValueError(f"hop_samples must be positive, got {hop}")
+
+
+class _WindowStream:
+    """Cuts a clip that arrives in chunks into the windows :func:`window_starts` describes.
+
+    Only the samples that a future window may still need are kept (at most about one window plus
+    one hop plus one chunk), which is what bounds memory for arbitrarily long files.
+    """
+
+    def __init__(self, input_samples: int, hop_samples: int, fill: str) -> None:
+        self.input_samples = input_samples
+        self.hop = hop_samples
+        self.fill = fill
+        self.total = 0  # samples received
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffer_start = 0  # absolute index of _buffer[0]
+        self._next_start = 0  # start of the next regular window
+        self._last_end = 0  # end of the last window emitted
+
+    def push(self, chunk: np.ndarray) -> list[np.ndarray]:
+        """Add samples; return the regular windows that became complete."""
+        chunk = np.asarray(chunk, dtype=np.float32)
+        if chunk.size:
+            self._buffer = np.concatenate([self._buffer, chunk])
+            self.total += chunk.shape[0]
+        width = self.input_samples
+        windows = []
+        while self._next_start + width <= self.total:
+            offset = self._next_start - self._buffer_start
+            windows.append(self._buffer[offset : offset + width].copy())
+            self._last_end = self._next_start + width
+            self._next_start += self.hop
+        # Keep what the next regular window needs and the last full window (for the tail).
+        keep_from = max(self._buffer_start, min(self._next_start, self.total - width))
+        self._buffer = self._buffer[keep_from - self._buffer_start :]
+        self._buffer_start = keep_from
+        return windows
+
+    def finish(self) -> list[np.ndarray]:
+        """Return the tail window (aligned to the clip's end) or the filled short-clip window."""
+        width = self.input_samples
+        if self.total == 0:
+            return []
+        if self.total < width:
+            return [fill_window(self._buffer, width, self.fill)]
+        if self._last_end < self.total:
+            offset = self.total - width - self._buffer_start
+            return [self._buffer[offset : offset + width].copy()]
+        return []
+
+
+class _Aggregator:
+    """Running per-clip sums of window probabilities (or log-probabilities)."""
+
+    def __init__(self, num_clips: int, num_classes: int, aggregate: str) -> None:
+        if aggregate not in _AGGREGATES:
+            raise ValueError(f"aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
+        self.aggregate = aggregate
+        self.sums = np.zeros((num_clips, num_classes), dtype=np.float64)
+        self.counts = np.zeros(num_clips, dtype=np.int64)
+
+    def add(self, clip_index: np.ndarray, scores: np.ndarray) -> None:
+        np.add.at(self.sums, clip_index, scores)
+        np.add.at(self.counts, clip_index, 1)
+
+    def result(self, empty_distribution: np.ndarray) -> np.ndarray:
+        out = np.empty_like(self.sums)
+        scored = self.counts > 0
+        mean = self.sums[scored] / self.counts[scored, None]
+        if self.aggregate == "geometric":
+            mean = np.exp(mean - mean.max(axis=1, keepdims=True))
+        out[scored] = mean / mean.sum(axis=1, keepdims=True)
+        out[~scored] = empty_distribution
+        return out
+
+
+def _resolve_device(device: str | torch.device | None, model: torch.nn.Module) -> torch.device:
+    if device is None:
+        parameter = next(iter(model.parameters()), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class _WindowScorer:
+    """Batches windows (from any number of clips) through the model into an :class:`_Aggregator`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        aggregator: _Aggregator,
+        batch_size: int,
+        device: torch.device,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.model = model
+        self.aggregator = aggregator
+        self.batch_size = batch_size
+        self.device = device
+        self._windows: list[np.ndarray] = []
+        self._owners: list[int] = []
+
+    def add(self, clip_index: int, windows: Iterable[np.ndarray]) -> None:
+        for window in windows:
+            self._windows.append(window)
+            self._owners.append(clip_index)
+            if len(self._windows) >= self.batch_size:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self._windows:
+            return
+        batch = torch.from_numpy(np.stack(self._windows)).to(self.device)
+        owners = np.asarray(self._owners)
+        self._windows, self._owners = [], []
+        # Mixed precision only on CUDA: CPU autocast (bfloat16) is slower for these convs.
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.float16)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            logits = self.model(batch)
+        logits = logits.float()
+        if self.aggregator.aggregate == "geometric":
+            scores = torch.log_softmax(logits, dim=1)
+        else:
+            scores = torch.softmax(logits, dim=1)
+        self.aggregator.add(owners, scores.double().cpu().numpy())
+
+
+def _uniform(num_classes: int) -> np.ndarray:
+    return np.full(num_classes, 1.0 / num_classes)
+
+
+def predict_waveforms(
+    model: torch.nn.Module,
+    waveforms: Sequence[np.ndarray],
+    *,
+    input_samples: int,
+    hop_samples: int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    aggregate: str = "mean",
+    fill: str = "replicate",
+    empty_distribution: np.ndarray | None = None,
+) -> np.ndarray:
+    """Class probabilities of whole clips from window predictions.
+
+    Windows from different clips share batches. The model is put in eval mode for the call and
+    restored to its previous mode afterwards (the trainer calls this between epochs).
+
+    Args:
+        model: Maps ``(B, input_samples)`` waveforms to ``(B, C)`` logits; needs ``num_classes``.
+        waveforms: ``N`` clips, each ``(T_i,)`` float samples at the model's sample rate.
+        input_samples: Window length (the training input length).
+        hop_samples: Distance between windows (default ``input_samples``).
+        batch_size: Windows per forward pass.
+        device: Where to run; ``None`` uses the model's device, ``"auto"`` CUDA when available.
+        aggregate: ``"mean"`` of window probabilities or ``"geometric"`` (renormalised).
+        fill: How a clip shorter than a window is filled: ``"replicate"`` or ``"pad"``.
+        empty_distribution: ``(C,)`` answer for empty clips (default uniform; the caller warns).
+
+    Returns:
+        ``(N, C)`` float64 probabilities; each row sums to 1.
+    """
+    hop = input_samples if hop_samples is None else hop_samples
+    _check_window(input_samples, hop)
+    if fill not in _FILLS:
+        raise ValueError(f"fill must be one of {_FILLS}, got {fill!r}")
+    num_classes = int(model.num_classes)
+    aggregator = _Aggregator(len(waveforms), num_classes, aggregate)
+    target = _resolve_device(device, model)
+    scorer = _WindowScorer(model, aggregator, batch_size, target)
+    # Long clips are pushed in pieces so that at most about one batch of windows is held at once.
+    piece = max(input_samples, hop) * batch_size
+    was_training = model.training
+    model.eval()
+    try:
+        for index, waveform in enumerate(waveforms):
+            waveform = np.asarray(waveform, dtype=np.float32)
+            if waveform.ndim != 1:
+                raise ValueError(f"waveform {index} must be 1-D, got shape {waveform.shape}")
+            stream = _WindowStream(input_samples, hop, fill)
+            for begin in range(0, waveform.shape[0], piece):
+                scorer.add(index, stream.push(waveform[begin : begin + piece]))
+            scorer.add(index, stream.finish())
+        scorer.flush()
+    finally:
+        model.train(was_training)
+    if empty_distribution is None:
+        empty_distribution = _uniform(num_classes)
+    return aggregator.result(np.asarray(empty_distribution, dtype=np.float64))
+
+
+def _read_blocks(path: Path, sample_rate: int, block_frames: int) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of a file at ``sample_rate``, decoded and resampled incrementally.
+
+    Channel mixing and resampling match :func:`wavemel.audio.load_audio` (channel mean, soxr
+    "HQ"), so concatenating the blocks gives the same samples as decoding the whole file.
+    """
+    import soundfile as sf
+    import soxr
+
+    from wavemel.audio import audio_info
+
+    audio_info(path)  # one-line AudioError for missing / non-audio files
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            resampler = None
+            if int(handle.samplerate) != sample_rate:
+                resampler = soxr.ResampleStream(
+                    int(handle.samplerate), sample_rate, 1, dtype="float32", quality="HQ"
+                )
+            while True:
+                block = handle.read(block_frames, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                if not np.isfinite(block).all():
+                    raise AudioError(f"{path}: contains NaN/Inf samples")
+                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+                if resampler is not None:
+                    mono = resampler.resample_chunk(np.ascontiguousarray(mono), last=False)
+                yield mono
+            if resampler is not None:
+                yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AudioError(f"{path}: unreadable or corrupt audio ({reason})") from None
+
+
+class Tagger:
+    """Tags audio files or waveforms with a trained model (the Python API).
+
+    Example:
+        >>> tagger = Tagger.from_checkpoint("runs/spec")  # doctest: +SKIP
+        >>> tagger.tag("dog.wav")  # doctest: +SKIP
+        [('Bark', 0.91), ('Meow', 0.03), ('Cough', 0.01)]
+
+    Attributes:
+        model: The network, in eval mode.
+        labels: Class names; index ``i`` of a probability vector is ``labels[i]``.
+        sample_rate: Rate the model expects; files are resampled to it while reading.
+        input_samples: Window length in samples.
+        hop_samples: Distance between windows in samples.
+        meta: The checkpoint's metadata (empty when built directly).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        labels: Sequence[str],
+        *,
+        sample_rate: int,
+        input_samples: int,
+        hop_samples: int | None = None,
+        aggregate: str = "mean",
+        fill: str = "replicate",
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        prior: Sequence[float] | None = None,
+        block_frames: int = _BLOCK_FRAMES,
+        meta: dict | None = None,
+    ) -> None:
+        if len(labels) != int(model.num_classes):
+            raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+        if aggregate not in _AGGREGATES:
+            raise ValueError(f"aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
+        if fill not in _FILLS:
+            raise ValueError(f"fill must be one of {_FILLS}, got {fill!r}")
+        self.hop_samples = input_samples if hop_samples is None else int(hop_samples)
+        _check_window(input_samples, self.hop_samples)
+        self.device = _resolve_device(device, model)
+        self.model = model.to(self.device).eval()
+        self.labels = list(labels)
+        self.sample_rate = int(sample_rate)
+        self.input_samples = int(input_samples)
+        self.aggregate = aggregate
+        self.fill = fill
+        self.batch_size = int(batch_size)
+        self.block_frames = int(block_frames)
+        self.meta = dict(meta or {})
+        if prior is not None:
+            prior = np.asarray(prior, dtype=np.float64)
+            if prior.shape != (len(self.labels),) or prior.sum() <= 0:
+                raise ValueError("prior must hold one non-negative weight per label")
+            prior = prior / prior.sum()
+        self.prior = prior
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        hop_seconds: float | None = None,
+        aggregate: str = "mean",
+        batch_size: int = 64,
+        fill: str | None = None,
+    ) -> Tagger:
+        """Load a checkpoint (run folder, ``.json``, ``.safetensors`` or stem) into a tagger.
+
+        Args:
+            path: What :func:`wavemel.train.checkpoint.load_checkpoint` accepts.
+            device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``, ...
+            hop_seconds: Window hop; default the training input length (no overlap).
+            aggregate: ``"mean"`` or ``"geometric"``.
+            batch_size: Windows per forward pass.
+            fill: Short-clip filling; default the checkpoint's ``eval_fill`` or ``"replicate"``.
+
+        Raises:
+            CheckpointError: The checkpoint is missing, corrupt or lacks labels / rates.
+        """
+        from wavemel.errors import CheckpointError
+        from wavemel.train.checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(path, device=device)
+        for key in ("labels", "sample_rate", "input_seconds"):
+            if key not in meta:
+                raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}")
+        sample_rate = int(meta["sample_rate"])
+        input_samples = int(round(float(meta["input_seconds"]) * sample_rate))
+        hop_samples = None if hop_seconds is None else int(round(hop_seconds * sample_rate))
+        train_config = meta.get("train_config") or {}
+        if fill is None:
+            fill = meta.get("eval_fill") or train_config.get("eval_fill") or "replicate"
+        prior = next(
+            (meta[k] for k in ("prior", "class_prior", "label_prior") if meta.get(k)), None
+        )
+        return cls(
+            model,
+            meta["labels"],
+            sample_rate=sample_rate,
+            input_samples=input_samples,
+            hop_samples=hop_samples,
+            aggregate=aggregate,
+            fill=fill,
+            batch_size=batch_size,
+            device=device,
+            prior=prior,
+            meta=meta,
+        )
+
+    @property
+    def empty_distribution(self) -> np.ndarray:
+        """``(C,)`` answer for an empty clip: the training prior if known, else uniform."""
+        return self.prior if self.prior is not None else _uniform(len(self.labels))
+
+    def _warn_empty(self, name: str) -> None:
+        kind = "training label prior" if self.prior is not None else "uniform distribution"
+        warnings.warn(f"{name}: empty clip (0 samples); answering with the {kind}", stacklevel=3)
+
+    def predict_proba(self, path_or_waveform: str | os.PathLike | np.ndarray) -> np.ndarray:
+        """Class probabilities of one whole clip.
+
+        Args:
+            path_or_waveform: An audio file (read in blocks, resampled to :attr:`sample_rate`)
+                or a ``(T,)`` waveform already at :attr:`sample_rate`.
+
+        Returns:
+            ``(C,)`` float64 probabilities summing to 1. An empty clip gives
+            :attr:`empty_distribution` and a warning.
+
+        Raises:
+            AudioError: The file is missing or cannot be decoded.
+        """
+        if isinstance(path_or_waveform, (np.ndarray, torch.Tensor)):
+            waveform = np.asarray(path_or_waveform, dtype=np.float32)
+            if waveform.ndim != 1:
+                raise ValueError(f"waveform must be 1-D (T,), got shape {waveform.shape}")
+            blocks: Iterable[np.ndarray] = (
+                waveform[i : i + self.block_frames]
+                for i in range(0, waveform.shape[0], self.block_frames)
+            )
+            name = "waveform"
+        else:
+            path = Path(path_or_waveform)
+            blocks = _read_blocks(path, self.sample_rate, self.block_frames)
+            name = str(path)
+        aggregator = _Aggregator(1, len(self.labels), self.aggregate)
+        scorer = _WindowScorer(self.model, aggregator, self.batch_size, self.device)
+        stream = _WindowStream(self.input_samples, self.hop_samples, self.fill)
+        for block in blocks:
+            scorer.add(0, stream.push(block))
+        scorer.add(0, stream.finish())
+        scorer.flush()
+        if stream.total == 0:
+            self._warn_empty(name)
+        return aggregator.result(self.empty_distribution)[0]
+
+    def top_k(self, probabilities: np.ndarray, top_k: int = 3) -> list[tuple[str, float]]:
+        """The ``top_k`` best ``(label, probability)`` pairs; ties go to the lower class index."""
+        order = np.argsort(-np.asarray(probabilities), kind="stable")[:top_k]
+        return [(self.labels[i], float(probabilities[i])) for i in order]
+
+    def tag(
+        self, path_or_waveform: str | os.PathLike | np.ndarray, top_k: int = 3
+    ) -> list[tuple[str, float]]:
+        """The ``top_k`` most probable labels of a clip, best first, as ``(label, probability)``."""
+        return self.top_k(self.predict_proba(path_or_waveform), top_k)
+
+    def tag_many(
+        self, paths: Iterable[str | os.PathLike], top_k: int = 3
+    ) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
+        """Tag many files, continuing past files that cannot be decoded.
+
+        Returns:
+            ``(results, errors)``: ``results`` maps each readable file (as given, ``str``) to its
+            top-k list; ``errors`` maps each unreadable file to a one-line reason.
+        """
+        results: dict[str, list[tuple[str, float]]] = {}
+        errors: dict[str, str] = {}
+        for path in paths:
+            try:
+                results[str(path)] = self.tag(path, top_k)
+            except AudioError as exc:
+                errors[str(path)] = str(exc)
+        return results, errors

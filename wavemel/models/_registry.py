@@ -1,0 +1,73 @@
+"""Model registry: names to model classes, and the builders every caller goes through."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+_MODELS: dict[str, type] = {}
+
+
+def register_model(name: str):
+    """Class decorator: register a model family under ``name``.
+
+    The class must provide ``from_size(num_classes, size, sample_rate, **overrides)`` and
+    ``from_config(num_classes, config)`` class methods and a ``SIZES`` mapping.
+    """
+
+    def decorator(cls: type) -> type:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = cls
+        return cls
+
+    return decorator
+
+
+def _lookup(name: str) -> type:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_MODELS)
+
+
+def list_sizes(name: str) -> list[str]:
+    """Named sizes of model ``name`` (e.g. ``["tiny", "small", "paper"]``)."""
+    return list(_lookup(name).SIZES)
+
+
+def create_model(
+    name: str, num_classes: int, size: str = "small", sample_rate: int = 16000, **overrides: Any
+) -> nn.Module:
+    """Build a freshly initialised model of a named size; ``overrides`` replace config fields."""
+    return _lookup(name).from_size(num_classes, size, sample_rate, **overrides)
+
+
+def model_from_config(name: str, num_classes: int, config: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from its ``config_dict()`` (as stored in a checkpoint's JSON)."""
+    return _lookup(name).from_config(num_classes, config)
+
+
+def config_for_size(config_cls: type, sizes: dict[str, Any], size: str, **fields: Any) -> Any:
+    """The named size's config with ``fields`` replaced; clear errors for unknown size/field."""
+    if size not in sizes:
+        raise ValueError(f"unknown size {size!r}; available: {', '.join(sizes)}")
+    return config_from_dict(config_cls, {**dataclasses.asdict(sizes[size]), **fields})
+
+
+def config_from_dict(config_cls: type, values: dict[str, Any]) -> Any:
+    """Build a config dataclass from a (JSON) dict: lists become tuples, unknown keys raise."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {config_cls.__name__} field(s) {', '.join(unknown)}; "
+            f"valid fields: {', '.join(sorted(known))}"
+        )
+    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

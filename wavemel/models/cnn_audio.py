@@ -1,0 +1,240 @@
+"""cnn-audio: a VGG-like 1-D CNN on the raw waveform (the poster's raw-audio branch).
+
+Layout: per-example standardisation -> strided stem conv (cuts the rate by ``stem_stride``) ->
+blocks of [Conv1d-BN-ReLU] x n then max-pooling, widening the channels -> global max+mean pooling
+over time -> dense-BN-ReLU (the embedding) -> dropout -> classifier. Global pooling makes the
+network accept any input of at least :attr:`CnnAudio.min_samples` samples (well under one second
+for every named size), so 1, 2 or 3 s training crops and longer inference windows need no change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from wavemel.models._registry import config_for_size, config_from_dict, register_model
+
+# Standardisation floor for the per-example standard deviation: about -80 dBFS, so digital
+# silence with a little dither is not blown up to unit variance.
+_STD_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class CnnAudioConfig:
+    """Hyper-parameters of cnn-audio.
+
+    Attributes:
+        sample_rate: input sample rate in Hz.
+        stem_channels: channels of the strided first convolution.
+        stem_kernel: kernel size of the first convolution.
+        stem_stride: stride of the first convolution (rate reduction before the blocks).
+        channels: output channels of each block.
+        convs_per_block: number of Conv1d-BN-ReLU layers in each block.
+        pools: max-pooling factor after each block.
+        kernel_size: kernel size of the block convolutions.
+        dense: width of the dense layer (the embedding returned by ``features``).
+        dropout: dropout before the classifier.
+        normalize: ``"standardize"`` (zero mean, unit variance per example) or ``"none"``.
+    """
+
+    sample_rate: int = 16000
+    stem_channels: int = 32
+    stem_kernel: int = 11
+    stem_stride: int = 4
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    convs_per_block: tuple[int, ...] = (2, 2, 2, 2)
+    pools: tuple[int, ...] = (4, 4, 4, 4)
+    kernel_size: int = 7
+    dense: int = 256
+    dropout: float = 0.3
+    normalize: str = "standardize"
+
+    def __post_init__(self) -> None:
+        if not len(self.channels) == len(self.convs_per_block) == len(self.pools) >= 1:
+            raise ValueError(
+                "channels, convs_per_block and pools need one entry per block (at least one); got "
+                f"{self.channels}, {self.convs_per_block}, {self.pools}"
+            )
+        ints = [self.sample_rate, self.stem_channels, self.stem_kernel, self.stem_stride]
+        ints += [*self.channels, *self.convs_per_block, *self.pools, self.kernel_size, self.dense]
+        if any(int(v) != v or v < 1 for v in ints):
+            raise ValueError(f"cnn-audio sizes must be positive integers, got {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.normalize not in ("standardize", "none"):
+            raise ValueError(f"normalize must be 'standardize' or 'none', got {self.normalize!r}")
+
+
+SIZES: dict[str, CnnAudioConfig] = {
+    # For tests: a batch of 8 two-second 16 kHz clips runs forward+backward in ~0.1 s on 2 cores.
+    "tiny": CnnAudioConfig(
+        stem_channels=8,
+        channels=(8, 16, 32),
+        convs_per_block=(2, 2, 2),
+        pools=(4, 4, 4),
+        kernel_size=5,
+        dense=32,
+        dropout=0.1,
+    ),
+    # CPU training of small data sets (the defaults above).
+    "small": CnnAudioConfig(),
+    # VGG-19 scale: 1 stem + 16 block convolutions, channels 64 -> 512 (for a GPU).
+    "paper": CnnAudioConfig(
+        stem_channels=64,
+        channels=(64, 128, 256, 256, 512, 512),
+        convs_per_block=(2, 2, 3, 3, 3, 3),
+        pools=(4, 4, 4, 2, 2, 2),
+        kernel_size=7,
+        dense=1024,
+        dropout=0.5,
+    ),
+}
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+    # Odd kernels with k // 2 padding keep the length at stride 1; BN makes the conv bias redundant.
+    conv = nn.Conv1d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
+    )
+    return [conv, nn.BatchNorm1d(out_channels), nn.ReLU(inplace=True)]
+
+
+@register_model("cnn-audio")
+class CnnAudio(nn.Module):
+    """VGG-like 1-D CNN on the raw waveform.
+
+    Input normalisation: each example is standardised (zero mean, unit standard deviation, the
+    deviation floored at 1e-4) because clip levels in Freesound-style data vary by tens of dB and
+    a raw-waveform CNN has no log compression to absorb that; an all-zero input stays all zeros
+    (this is what cnn-comb's ``zero_input="audio"`` feeds). ``normalize="none"`` disables it.
+
+    Args:
+        num_classes: number of output classes.
+        config: hyper-parameters (see :class:`CnnAudioConfig` and :data:`SIZES`).
+    """
+
+    name = "cnn-audio"
+    SIZES = SIZES
+
+    def __init__(self, num_classes: int, config: CnnAudioConfig | None = None) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.config = config or CnnAudioConfig()
+        cfg = self.config
+        self.num_classes = int(num_classes)
+        self.sample_rate = int(cfg.sample_rate)
+
+        self.stem = nn.Sequential(
+            *_conv_bn_relu(1, cfg.stem_channels, cfg.stem_kernel, stride=cfg.stem_stride)
+        )
+        blocks = []
+        in_channels = cfg.stem_channels
+        for out_channels, n_convs, pool in zip(cfg.channels, cfg.convs_per_block, cfg.pools):
+            layers = []
+            for _ in range(n_convs):
+                layers += _conv_bn_relu(in_channels, out_channels, cfg.kernel_size)
+                in_channels = out_channels
+            layers.append(nn.MaxPool1d(pool))
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.Sequential(*blocks)
+        #: Size of :meth:`conv_features` (max and mean pooling concatenated).
+        self.conv_dim = 2 * in_channels
+        self.embedding = nn.Sequential(
+            nn.Linear(self.conv_dim, cfg.dense, bias=False),
+            nn.BatchNorm1d(cfg.dense),
+            nn.ReLU(inplace=True),
+        )
+        self.embedding_dim = cfg.dense
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.dense, self.num_classes)
+        self.min_samples = self._min_samples()
+        if self.min_samples > self.sample_rate:
+            raise ValueError(
+                f"cnn-audio config reduces the rate too much: it needs {self.min_samples} samples, "
+                f"more than one second at {self.sample_rate} Hz"
+            )
+        self._init_weights()
+
+    # -- construction helpers -----------------------------------------------------------------
+
+    @classmethod
+    def from_size(
+        cls, num_classes: int, size: str = "small", sample_rate: int = 16000, **overrides: Any
+    ) -> CnnAudio:
+        """A freshly initialised model of a named size; ``overrides`` replace config fields."""
+        return cls(
+            num_classes,
+            config_for_size(CnnAudioConfig, SIZES, size, sample_rate=sample_rate, **overrides),
+        )
+
+    @classmethod
+    def from_config(cls, num_classes: int, config: dict[str, Any]) -> CnnAudio:
+        """Rebuild from :meth:`config_dict`."""
+        return cls(num_classes, config_from_dict(CnnAudioConfig, config))
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able config (tuples as lists), enough for ``model_from_config``."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self.config).items()
+        }
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def _output_length(self, num_samples: int) -> int:
+        cfg = self.config
+        pad = cfg.stem_kernel // 2
+        length = (num_samples + 2 * pad - cfg.stem_kernel) // cfg.stem_stride + 1
+        for pool in cfg.pools:
+            length //= pool
+        return length
+
+    def _min_samples(self) -> int:
+        num_samples = 1
+        while self._output_length(num_samples) < 1:
+            num_samples += 1
+        return num_samples
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-example standardisation of ``(B, T)`` waveforms (identity if disabled)."""
+        if self.config.normalize == "none":
+            return x
+        mean = x.mean(dim=-1, keepdim=True)
+        std = x.std(dim=-1, keepdim=True, unbiased=False).clamp_min(_STD_FLOOR)
+        return (x - mean) / std
+
+    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled output of the conv stack (before the dense layer).
+
+        Args:
+            x: ``(B, T)`` waveform at :attr:`sample_rate`, ``T >= min_samples``.
+
+        Returns:
+            ``(B, conv_dim)``: global max pooling over time concatenated with mean pooling.
+        """
+        if x.dim() != 2:
+            raise ValueError(f"cnn-audio expects a (batch, samples) waveform, got {tuple(x.shape)}")
+        if x.shape[-1] < self.min_samples:
+            raise ValueError(
+                f"cnn-audio needs at least {self.min_samples} samples, got {x.shape[-1]}"
+            )
+        h = self.blocks(self.stem(self.normalize(x).unsqueeze(1)))  # (B, C, frames)
+        return torch.cat([h.amax(dim=-1), h.mean(dim=-1)], dim=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding after the dense-BN-ReLU layer: ``(B, T) -> (B, embedding_dim)``."""
+        return self.embedding(self.conv_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: ``(B, T)`` waveform -> ``(B, num_classes)``."""
+        return self.classifier(self.dropout(self.features(x)))

@@ -1,0 +1,237 @@
+"""cnn-comb: trained cnn-audio and cnn-spec joined by a new dense head (the poster's combination).
+
+As in the poster, each branch loses its dense and softmax layers: the comb concatenates the
+branches' *pooled conv features* (``branch.conv_features(x)``, the vector that fed the removed
+dense layer), not their ``features(x)`` embeddings, and trains a new head on top:
+Linear -> BatchNorm1d -> ReLU -> Dropout -> Linear. The branch weights are frozen
+(``requires_grad=False``) and the branches stay in eval mode even in ``comb.train()``, so their
+BatchNorm running statistics never change.
+
+Ablation (the poster's Figure 4): ``comb.zero_input``
+
+* ``"audio"``: the audio branch's *waveform* input is all zeros (after its per-example
+  standardisation it is still all zeros);
+* ``"spec"``: the spectrogram branch's *log-mel input tensor* (the ``(B, 1, n_mels, frames)``
+  output of its front end, in dB) is all zeros, i.e. 0 dB everywhere, which then goes through the
+  branch's input BatchNorm and conv stack. This mirrors feeding a zero spectrogram to a network
+  whose input is the spectrogram. It is *not* a silent waveform: silence would give the log
+  floor, -100 dB for ``amin=1e-10``, far outside the training distribution.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from wavemel.models._registry import (
+    config_for_size,
+    create_model,
+    model_from_config,
+    register_model,
+)
+
+ZERO_INPUTS = (None, "audio", "spec")
+
+
+@dataclass(frozen=True)
+class CnnCombConfig:
+    """Hyper-parameters of the comb's head.
+
+    Attributes:
+        hidden: width of the new dense layer (the comb's embedding).
+        dropout: dropout between the dense layer and the classifier.
+    """
+
+    hidden: int = 512
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        if int(self.hidden) != self.hidden or self.hidden < 1:
+            raise ValueError(f"hidden must be a positive integer, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+SIZES: dict[str, CnnCombConfig] = {
+    "tiny": CnnCombConfig(hidden=32, dropout=0.1),
+    "small": CnnCombConfig(hidden=256, dropout=0.5),
+    "paper": CnnCombConfig(hidden=1024, dropout=0.5),
+}
+
+
+@register_model("cnn-comb")
+class CnnComb(nn.Module):
+    """Frozen cnn-audio and cnn-spec conv features, concatenated, with a new trainable head.
+
+    The branches are deep-copied (the caller's models are left untouched), their dense layer,
+    dropout and classifier are removed, and all their parameters are frozen.
+
+    Args:
+        audio_model: a trained :class:`~wavemel.models.cnn_audio.CnnAudio` (or any module with
+            ``conv_features(x)``, ``conv_dim``, ``sample_rate``, ``name`` and ``config_dict()``).
+        spec_model: a trained :class:`~wavemel.models.cnn_spec.CnnSpec` (additionally needs
+            ``spectrogram(x)`` and ``conv_features_from_spectrogram(spec)``).
+        num_classes: number of output classes.
+        hidden: width of the head's dense layer.
+        dropout: dropout before the classifier.
+        zero_input: ablation switch, ``None``, ``"audio"`` or ``"spec"`` (see module docs).
+
+    Raises:
+        ValueError: if the branches' sample rates differ or an argument is out of range.
+    """
+
+    name = "cnn-comb"
+    SIZES = SIZES
+
+    def __init__(
+        self,
+        audio_model: nn.Module,
+        spec_model: nn.Module,
+        num_classes: int,
+        hidden: int = 512,
+        dropout: float = 0.5,
+        zero_input: str | None = None,
+    ) -> None:
+        super().__init__()
+        if audio_model.sample_rate != spec_model.sample_rate:
+            raise ValueError(
+                f"cnn-comb branches must share a sample rate: {audio_model.name} runs at "
+                f"{audio_model.sample_rate} Hz, {spec_model.name} at {spec_model.sample_rate} Hz"
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.head_config = CnnCombConfig(hidden=hidden, dropout=dropout)
+        self.num_classes = int(num_classes)
+        self.sample_rate = int(audio_model.sample_rate)
+        self.audio = self._strip_branch(audio_model)
+        self.spec = self._strip_branch(spec_model)
+        self.min_samples = max(self.audio.min_samples, self.spec.min_samples)
+        in_dim = self.audio.conv_dim + self.spec.conv_dim
+        self.embedding = nn.Sequential(
+            nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)
+        )
+        self.embedding_dim = int(hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, self.num_classes)
+        self.zero_input = zero_input
+
+    @staticmethod
+    def _strip_branch(model: nn.Module) -> nn.Module:
+        branch = copy.deepcopy(model)
+        # The poster removes the branches' dense and softmax layers; only the conv stack is used.
+        branch.embedding = None
+        branch.dropout = None
+        branch.classifier = None
+        branch.requires_grad_(False)
+        return branch.eval()
+
+    @property
+    def zero_input(self) -> str | None:
+        """Which branch gets an all-zero input: ``None``, ``"audio"`` or ``"spec"``."""
+        return self._zero_input
+
+    @zero_input.setter
+    def zero_input(self, value: str | None) -> None:
+        if value not in ZERO_INPUTS:
+            raise ValueError(f"zero_input must be None, 'audio' or 'spec', got {value!r}")
+        self._zero_input = value
+
+    def train(self, mode: bool = True) -> CnnComb:
+        """Set the head's mode; the frozen branches always stay in eval mode."""
+        super().train(mode)
+        self.audio.eval()
+        self.spec.eval()
+        return self
+
+    # -- construction helpers -----------------------------------------------------------------
+
+    @classmethod
+    def from_size(
+        cls, num_classes: int, size: str = "small", sample_rate: int = 16000, **overrides: Any
+    ) -> CnnComb:
+        """A comb of freshly initialised branches of a named size (for tests and benchmarks).
+
+        ``overrides`` replace the head's fields (``hidden``, ``dropout``). The real path is
+        ``CnnComb(trained_audio, trained_spec, num_classes)``.
+        """
+        head = config_for_size(CnnCombConfig, SIZES, size, **overrides)
+        audio = create_model("cnn-audio", num_classes, size=size, sample_rate=sample_rate)
+        spec = create_model("cnn-spec", num_classes, size=size, sample_rate=sample_rate)
+        return cls(audio, spec, num_classes, hidden=head.hidden, dropout=head.dropout)
+
+    @classmethod
+    def from_config(cls, num_classes: int, config: dict[str, Any]) -> CnnComb:
+        """Rebuild from :meth:`config_dict` (branch weights then come from the state dict)."""
+        try:
+            audio_cfg, spec_cfg = config["audio"], config["spec"]
+            head = {k: v for k, v in config.items() if k not in ("audio", "spec", "sample_rate")}
+            # Branch classifier sizes do not matter: those layers are removed.
+            audio = model_from_config(audio_cfg["name"], 1, audio_cfg["config"])
+            spec = model_from_config(spec_cfg["name"], 1, spec_cfg["config"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                "cnn-comb config needs 'audio' and 'spec' entries of the form "
+                f"{{'name': ..., 'config': {{...}}}}; got {config!r}"
+            ) from exc
+        head_cfg = config_for_size(CnnCombConfig, {"_": CnnCombConfig()}, "_", **head)
+        return cls(audio, spec, num_classes, hidden=head_cfg.hidden, dropout=head_cfg.dropout)
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able config: head fields plus each branch's name and config."""
+        return {
+            **dataclasses.asdict(self.head_config),
+            "sample_rate": self.sample_rate,
+            "audio": {"name": self.audio.name, "config": self.audio.config_dict()},
+            "spec": {"name": self.spec.name, "config": self.spec.config_dict()},
+        }
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def branch_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled conv features of both branches, with the ablation applied.
+
+        Args:
+            x: ``(B, T)`` waveform at :attr:`sample_rate`.
+
+        Returns:
+            ``(audio_feats (B, audio.conv_dim), spec_feats (B, spec.conv_dim))``.
+        """
+        if x.dim() != 2:
+            raise ValueError(f"cnn-comb expects a (batch, samples) waveform, got {tuple(x.shape)}")
+        frozen = not any(p.requires_grad for p in self.audio.parameters()) and not any(
+            p.requires_grad for p in self.spec.parameters()
+        )
+        # Frozen branches need no autograd graph: saves memory and time while the head trains.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            batch = x.shape[0]
+            if self.zero_input == "audio":
+                # Branches are in eval mode, so every example of a zero batch gives the same vector.
+                audio = self.audio.conv_features(x.new_zeros(1, x.shape[-1])).expand(batch, -1)
+            else:
+                audio = self.audio.conv_features(x)
+            if self.zero_input == "spec":
+                if x.shape[-1] < self.spec.min_samples:
+                    raise ValueError(
+                        f"cnn-comb needs at least {self.spec.min_samples} samples, "
+                        f"got {x.shape[-1]}"
+                    )
+                frames = self.spec.frontend.num_frames(x.shape[-1])
+                zeros = x.new_zeros(1, 1, self.spec.config.n_mels, frames, dtype=torch.float32)
+                spec = self.spec.conv_features_from_spectrogram(zeros).expand(batch, -1)
+            else:
+                spec = self.spec.conv_features(x)
+        return audio, spec
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding of the new head: ``(B, T) -> (B, hidden)``."""
+        audio, spec = self.branch_features(x)
+        return self.embedding(torch.cat([audio, spec], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: ``(B, T)`` waveform -> ``(B, num_classes)``."""
+        return self.classifier(self.dropout(self.features(x)))

@@ -1,0 +1,157 @@
+"""cnn-comb: train a new dense head on two trained branches with the same loop as ``train``.
+
+The two branch runs must have been trained on the same labels, at the same sample rate and input
+length, with the same train/validation split (data, format, label pattern, groups, folds, fold,
+seed, validation split): otherwise the head would be validated on clips a branch was trained on.
+The split is then rebuilt from those shared settings, the branches are frozen inside
+``CnnComb`` and only the head's parameters reach the optimizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wavemel.errors import CheckpointError
+from wavemel.train.config import SPLIT_FIELDS, CombineConfig, TrainConfig
+
+__all__ = ["combine", "check_branches", "resolve_combine_config"]
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a == b
+    return Path(a).expanduser().absolute() == Path(b).expanduser().absolute()
+
+
+def check_branches(audio_meta: dict, spec_meta: dict, audio_run: str, spec_run: str) -> None:
+    """Raise a CheckpointError naming the first setting on which the two branch runs differ."""
+    for name, meta, run in (("--audio", audio_meta, audio_run), ("--spec", spec_meta, spec_run)):
+        if meta.get("model") == "cnn-comb":
+            raise CheckpointError(f"{run}: {name} must be a single-branch run, not cnn-comb")
+    pairs = [
+        ("labels", audio_meta.get("labels"), spec_meta.get("labels")),
+        ("sample_rate", audio_meta.get("sample_rate"), spec_meta.get("sample_rate")),
+        ("input_seconds", audio_meta.get("input_seconds"), spec_meta.get("input_seconds")),
+    ]
+    audio_cfg = audio_meta.get("train_config") or {}
+    spec_cfg = spec_meta.get("train_config") or {}
+    pairs += [(field, audio_cfg.get(field), spec_cfg.get(field)) for field in SPLIT_FIELDS]
+    for field, a, b in pairs:
+        same = _same_path(a, b) if field == "data" else a == b
+        if not same:
+            shown_a, shown_b = (
+                (f"{len(a or [])} labels", f"{len(b or [])} labels")
+                if field == "labels" and len(a or []) != len(b or [])
+                else (repr(a), repr(b))
+            )
+            if field == "labels" and shown_a == shown_b:
+                shown_a, shown_b = "one label list", "another"
+            raise CheckpointError(
+                f"cannot combine {audio_run} and {spec_run}: they differ in {field} "
+                f"({shown_a} vs {shown_b}); train both branches with the same settings"
+            )
+
+
+def resolve_combine_config(config: CombineConfig, audio_meta: dict) -> CombineConfig:
+    """Fill the split fields, sample rate, input length (and cache) from the checked branches."""
+    branch = audio_meta.get("train_config") or {}
+    return config.replace(
+        data=config.data or branch.get("data"),
+        format=branch.get("format"),
+        label_pattern=branch.get("label_pattern"),
+        group_field=branch.get("group_field"),
+        folds=branch.get("folds"),
+        fold=branch.get("fold"),
+        seed=branch.get("seed"),
+        val_split=branch.get("val_split"),
+        sample_rate=int(audio_meta["sample_rate"]),
+        input_seconds=float(audio_meta["input_seconds"]),
+        # The branches' clip cache already holds these clips at this rate.
+        cache_dir=config.cache_dir or branch.get("cache_dir"),
+    )
+
+
+def _loop_config(config: CombineConfig) -> TrainConfig:
+    """The :class:`TrainConfig` the shared loop runs with (model "cnn-comb")."""
+    shared = {
+        name: getattr(config, name)
+        for name in TrainConfig.__dataclass_fields__
+        if hasattr(config, name) and name not in ("model", "size")
+    }
+    return TrainConfig(model="cnn-comb", size="custom", mixup_on="wave", **shared)
+
+
+def combine(config: CombineConfig) -> Path:
+    """Train cnn-comb's head on the best checkpoints of ``config.audio_run`` and ``spec_run``.
+
+    Writes the same run folder as :func:`wavemel.train.train`; the checkpoint's model name is
+    "cnn-comb" and its config contains both branch configs, so ``load_checkpoint`` rebuilds it.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        CheckpointError: A branch run is missing or the two runs differ in labels, sample rate,
+            input length or split settings (the message names the setting).
+    """
+    from wavemel.models.cnn_comb import CnnComb
+    from wavemel.train.checkpoint import load_checkpoint
+    from wavemel.train.distributed import cleanup, init_distributed
+    from wavemel.train.loader import prepare_data
+    from wavemel.train.loop import fit, seed_everything, start_run
+
+    if config.resume:
+        saved_path = Path(config.out) / "config.json"
+        if not saved_path.exists():
+            raise CheckpointError(f"{config.out}: no config.json to resume from")
+        saved = CombineConfig.load(saved_path)
+        config = saved.replace(
+            out=config.out,
+            resume=True,
+            force=False,
+            device=config.device,
+            workers=config.workers,
+            cache_dir=config.cache_dir or saved.cache_dir,
+        )
+    config.check()
+    audio_model, audio_meta = load_checkpoint(config.audio_run)
+    spec_model, spec_meta = load_checkpoint(config.spec_run)
+    check_branches(audio_meta, spec_meta, config.audio_run, config.spec_run)
+    config = resolve_combine_config(config, audio_meta)
+    loop_config = _loop_config(config)
+
+    ctx = init_distributed(config.device)
+    try:
+        start_run(config, ctx)
+        data = prepare_data(loop_config, ctx)
+        if list(data.labels) != list(audio_meta["labels"]):
+            raise CheckpointError(
+                f"{config.data}: its labels differ from those of {config.audio_run}; combine on "
+                "the data set the branches were trained on"
+            )
+        seed_everything(loop_config.seed)
+        head = {"hidden": config.hidden, "dropout": config.dropout}
+        model = CnnComb(
+            audio_model,
+            spec_model,
+            len(data.labels),
+            **{k: v for k, v in head.items() if v is not None},
+        )
+        run_config = config.replace(force=False, resume=False).to_dict()
+        run_config["model"] = "cnn-comb"
+        extra = {
+            "frontend": spec_meta.get("frontend"),
+            "branches": {"audio": str(config.audio_run), "spec": str(config.spec_run)},
+        }
+        return fit(
+            model,
+            data,
+            loop_config,
+            Path(config.out),
+            run_config=run_config,
+            extra_meta=extra,
+            ctx=ctx,
+        )
+    finally:
+        cleanup(ctx)

@@ -1,0 +1,297 @@
+"""Training configurations: dataclass defaults, then an optional JSON file, then CLI flags.
+
+``TrainConfig`` drives ``wavemel train`` (one branch, cnn-audio or cnn-spec) and
+``CombineConfig`` drives ``wavemel combine`` (cnn-comb's head on two trained branches). The
+resolved configuration is written to ``RUN/config.json``; it records everything needed to rebuild
+the train/validation split (data, format, label_pattern, group_field, folds, fold, seed,
+val_split), which is what ``--resume``, ``wavemel evaluate`` and ``wavemel combine`` read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from wavemel.errors import WavemelError
+
+__all__ = ["TrainConfig", "CombineConfig", "SPLIT_FIELDS", "load_config_file", "layer_config"]
+
+#: The fields that determine which clips are training and which are validation clips. Two runs
+#: can only be combined when they agree on all of them.
+SPLIT_FIELDS = (
+    "data",
+    "format",
+    "label_pattern",
+    "group_field",
+    "folds",
+    "fold",
+    "seed",
+    "val_split",
+)
+
+_Config = TypeVar("_Config", "TrainConfig", "CombineConfig")
+
+
+class _ConfigMixin:
+    """JSON round trip and checks shared by both configurations."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field (paths as strings)."""
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[_Config], values: dict[str, Any], *, source: str = "config") -> _Config:
+        """Build a config from ``values``; unknown keys are an error (they are usually typos).
+
+        Raises:
+            WavemelError: A key is not a field of this configuration.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise WavemelError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self: _Config, **changes: Any) -> _Config:
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: Path) -> None:
+        """Write the configuration as indented JSON to ``path``."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls: type[_Config], path: Path) -> _Config:
+        """Read a configuration written by :meth:`save` (or by hand)."""
+        return cls.from_dict(load_config_file(path), source=str(path))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object from ``path``.
+
+    Raises:
+        WavemelError: The file is missing, is not JSON or is not a JSON object.
+    """
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise WavemelError(f"{path}: no such config file") from None
+    except (OSError, ValueError) as exc:
+        raise WavemelError(f"{path}: not a readable JSON config ({exc})") from None
+    if not isinstance(values, dict):
+        raise WavemelError(f"{path}: a config file must hold a JSON object")
+    return values
+
+
+def layer_config(
+    cls: type[_Config], file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> _Config:
+    """Dataclass defaults, then the settings in ``file`` (JSON), then ``overrides`` (CLI flags).
+
+    Overrides whose value is ``None`` are ignored, so an argparse namespace can be passed as is.
+    """
+    values: dict[str, Any] = {}
+    if file is not None:
+        values.update(load_config_file(file))
+    source = str(file) if file is not None else "config"
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return cls.from_dict(values, source=source)
+
+
+def _check_common(cfg: TrainConfig | CombineConfig) -> None:
+    if cfg.epochs < 1:
+        raise WavemelError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.batch_size < 2:
+        # BatchNorm needs two examples per batch in training mode.
+        raise WavemelError(f"--batch-size must be at least 2, got {cfg.batch_size}")
+    if cfg.lr <= 0:
+        raise WavemelError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.warmup_epochs < 0:
+        raise WavemelError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
+    if cfg.mixup_alpha < 0:
+        raise WavemelError(f"--mixup-alpha must be >= 0 (0 disables mixup), got {cfg.mixup_alpha}")
+    if cfg.patience < 0:
+        raise WavemelError(
+            f"--patience must be >= 0 (0 disables early stopping), got {cfg.patience}"
+        )
+    if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
+        raise WavemelError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.workers < 0:
+        raise WavemelError(f"--workers must be >= 0, got {cfg.workers}")
+    if not 0.0 <= cfg.p_replicate <= 1.0:
+        raise WavemelError(f"p_replicate must be in [0, 1], got {cfg.p_replicate}")
+    if not cfg.out:
+        raise WavemelError("no run folder given (--out RUN)")
+
+
+@dataclass
+class TrainConfig(_ConfigMixin):
+    """Everything that defines one training run of a single branch (cnn-audio or cnn-spec).
+
+    Attributes:
+        model: Registered model name ("cnn-audio" or "cnn-spec").
+        size: Named model size ("tiny", "small", "paper").
+        data: Dataset root (or CSV manifest) given to ``wavemel.data.load_dataset``.
+        out: Run folder.
+        format: Dataset layout; ``None`` auto-detects.
+        label_pattern: File-name pattern for the "pattern" format.
+        group_field: Record field whose value keeps clips together in one fold (e.g. speaker).
+        folds, fold: Stratified k-fold split of the labelled train clips; ``fold`` is validation.
+        val_split: Use the dataset's own labelled split of this name (e.g. "test") for validation
+            instead of a fold.
+        seed: Seeds the split, the weights, the data order and the augmentations.
+        sample_rate: Model sample rate; clips are resampled once into the clip cache.
+        input_seconds: Training input length (the poster uses 1, 2 or 3 s).
+        hop_seconds: Window hop for whole-clip validation; ``None`` uses the inference default.
+        epochs, batch_size: Batch size is per process under torchrun.
+        lr, weight_decay: AdamW.
+        warmup_epochs: Linear warm-up from 0, then cosine decay to 0, updated every step.
+        mixup_alpha: Beta(alpha, alpha) mixup; 0 disables it.
+        mixup_on: "wave" mixes waveforms; "spec" mixes log-mels (cnn-spec only), as in the poster.
+        p_replicate: Probability that a short clip is replicated rather than zero-padded.
+        verified_weight, unverified_weight: Loss weight of clips whose label was (not) manually
+            verified; clips without that information count as verified.
+        patience: Stop after this many epochs without a better validation MAP@3; 0 never stops.
+        log_every: Progress-bar refresh interval in steps.
+        device: "auto" picks CUDA when available.
+        workers: DataLoader worker processes (0 loads in the main process).
+        pin_memory: Page-locked host batches for faster CUDA copies (ignored on CPU).
+        amp: Mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler).
+        channels_last: NHWC memory format for cnn-spec on CUDA (faster convolutions).
+        compile: ``torch.compile`` the model.
+        cache_dir: Clip cache; ``None`` uses ``$WAVEMEL_CACHE`` or ``~/.cache/wavemel``.
+        force: Replace an existing run folder.
+        resume: Continue the interrupted run in ``out`` from ``out/state``.
+    """
+
+    model: str = "cnn-audio"
+    size: str = "small"
+    data: str = ""
+    out: str = ""
+    format: str | None = None
+    label_pattern: str | None = None
+    group_field: str | None = None
+    folds: int = 5
+    fold: int = 0
+    val_split: str | None = None
+    seed: int = 0
+    sample_rate: int = 16000
+    input_seconds: float = 2.0
+    hop_seconds: float | None = None
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    mixup_alpha: float = 0.4
+    mixup_on: str = "wave"
+    p_replicate: float = 0.5
+    verified_weight: float = 1.0
+    unverified_weight: float = 1.0
+    patience: int = 10
+    log_every: int = 10
+    device: str = "auto"
+    workers: int = 2
+    pin_memory: bool = True
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    cache_dir: str | None = None
+    force: bool = False
+    resume: bool = False
+
+    @property
+    def input_samples(self) -> int:
+        return int(round(self.input_seconds * self.sample_rate))
+
+    def check(self) -> None:
+        """Reject settings that cannot work, with a one-line message naming the option.
+
+        Raises:
+            WavemelError: An option is out of range or inconsistent with another.
+        """
+        _check_common(self)
+        if self.model not in ("cnn-audio", "cnn-spec"):
+            raise WavemelError(
+                f"--model must be cnn-audio or cnn-spec, got {self.model!r} "
+                "(cnn-comb is trained with `wavemel combine`)"
+            )
+        if not self.data:
+            raise WavemelError("no dataset given (--data ROOT)")
+        if self.input_seconds <= 0 or self.sample_rate <= 0:
+            raise WavemelError("--input-seconds and --sample-rate must be positive")
+        if self.val_split is None and (self.folds < 2 or not 0 <= self.fold < self.folds):
+            raise WavemelError(
+                f"--fold must be in [0, --folds) with --folds >= 2, got fold {self.fold} "
+                f"of {self.folds}"
+            )
+        if self.mixup_on not in ("wave", "spec"):
+            raise WavemelError(f"mixup_on must be 'wave' or 'spec', got {self.mixup_on!r}")
+        if self.mixup_on == "spec" and self.model != "cnn-spec":
+            raise WavemelError("mixup_on 'spec' needs --model cnn-spec")
+
+
+@dataclass
+class CombineConfig(_ConfigMixin):
+    """Training cnn-comb's head on two trained branch runs.
+
+    The split fields (``data`` unless given, ``format``, ``label_pattern``, ``group_field``,
+    ``folds``, ``fold``, ``seed``, ``val_split``) and ``sample_rate``/``input_seconds`` are
+    ``None`` until :func:`wavemel.train.combine.combine` fills them from the branch runs, which
+    must agree on them. The other fields mean what they mean in :class:`TrainConfig`.
+
+    Attributes:
+        audio_run, spec_run: Run folders (or checkpoints) of the two trained branches.
+        hidden, dropout: Head size and dropout; ``None`` keeps CnnComb's defaults.
+    """
+
+    audio_run: str = ""
+    spec_run: str = ""
+    out: str = ""
+    data: str | None = None
+    hidden: int | None = None
+    dropout: float | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 0.5
+    mixup_alpha: float = 0.0
+    p_replicate: float = 0.5
+    verified_weight: float = 1.0
+    unverified_weight: float = 1.0
+    patience: int = 5
+    log_every: int = 10
+    hop_seconds: float | None = None
+    device: str = "auto"
+    workers: int = 2
+    pin_memory: bool = True
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    cache_dir: str | None = None
+    force: bool = False
+    resume: bool = False
+    # Filled from the branch runs.
+    format: str | None = None
+    label_pattern: str | None = None
+    group_field: str | None = None
+    folds: int | None = None
+    fold: int | None = None
+    seed: int | None = None
+    val_split: str | None = None
+    sample_rate: int | None = None
+    input_seconds: float | None = None
+
+    def check(self) -> None:
+        """Reject settings that cannot work (see :meth:`TrainConfig.check`)."""
+        _check_common(self)
+        if not self.audio_run or not self.spec_run:
+            raise WavemelError("combine needs both --audio RUN_A and --spec RUN_B")

@@ -1,0 +1,604 @@
+"""The training loop, top to bottom: ``train_one_epoch()``, ``validate()``, ``fit()``, ``train()``.
+
+One epoch: every training clip contributes one random window (``loader.WindowDataset``); on the
+device, ``WaveformAugment`` shifts it and crops, pads or replicates it to the input length, then
+Mixup blends pairs (on waveforms, or on log-mels for cnn-spec with ``mixup_on="spec"``), the
+network gives logits, and the soft-target cross-entropy (weighted per clip) is minimised with
+AdamW under a per-step linear warm-up + cosine schedule. After each epoch the validation clips are
+scored whole (``wavemel.infer.predict_waveforms``: input-length windows, mean probabilities) for
+MAP@3; the best and the last model are saved as checkpoints, the resume state after them.
+
+Under ``torchrun`` (see ``distributed.py``) the same code runs on every rank: DDP averages the
+gradients, each rank sees its shard of the epoch, losses and validation predictions are combined
+across ranks, and only rank 0 writes or prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from wavemel.errors import CheckpointError, WavemelError
+from wavemel.train.config import TrainConfig
+from wavemel.train.distributed import (
+    DistContext,
+    ShardSampler,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    init_distributed,
+    wrap_model,
+)
+from wavemel.train.loader import (
+    ClipItem,
+    PreparedData,
+    WindowDataset,
+    collate_windows,
+    prepare_data,
+    shift_margin,
+)
+from wavemel.train.state import Progress, has_state, load_state, save_state
+
+__all__ = [
+    "soft_cross_entropy",
+    "lr_at_step",
+    "seed_everything",
+    "train_one_epoch",
+    "validate",
+    "fit",
+    "train",
+    "prepare_run_folder",
+]
+
+# Files a run folder holds; --force only clears folders that contain one of these, so a mistyped
+# --out never wipes an unrelated folder.
+_RUN_MARKERS = ("config.json", "metrics.jsonl", "state", "best.json", "last.json")
+# Validation clips read from the cache per predict_waveforms call: bounds host memory on big sets.
+_VAL_CHUNK = 256
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy against soft targets, each example weighted.
+
+    Args:
+        logits: (B, C).
+        targets: (B, C) distributions (one-hot, multi-label shares or mixup blends).
+        weights: (B,) per-example weights, e.g. lower for unverified labels; ``None`` = 1.
+
+    Returns:
+        Scalar: ``mean_b(weights[b] * CE_b)`` (so down-weighting really lowers the loss, rather
+        than being normalised away in batches of unverified clips).
+    """
+    per_example = -(targets * torch.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    if weights is not None:
+        per_example = per_example * weights
+    return per_example.mean()
+
+
+def lr_at_step(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up from ``base_lr / warmup_steps`` to ``base_lr``, then cosine decay to 0."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def seed_everything(seed: int, *parts: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from ``(seed, *parts)``.
+
+    The trainer calls this at the start of every epoch with (seed, epoch, rank), so each epoch's
+    augmentations, mixup and dropout depend only on those numbers: a resumed run repeats them.
+    """
+    words = np.random.SeedSequence([seed, *parts]).generate_state(2)
+    random.seed(int(words[0]))
+    np.random.seed(int(words[0]))
+    torch.manual_seed(int(words[0]) << 32 | int(words[1]))
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+class _SpectrogramInput(nn.Module):
+    """Presents cnn-spec's ``forward_spectrogram`` as ``forward`` (for mixup on log-mels).
+
+    DDP only synchronises gradients of what runs through its ``forward``, so the network after
+    the front end is wrapped here rather than called through a side method.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_spectrogram(spec)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    augment: nn.Module,
+    mixup: nn.Module | None,
+    device: torch.device,
+    lr_schedule: Callable[[int], float],
+    progress: Progress,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    spectrogram: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels_last: bool = False,
+    ctx: DistContext | None = None,
+    desc: str = "train",
+    log_every: int = 10,
+    postfix: dict[str, Any] | None = None,
+) -> float:
+    """One pass over ``loader``; returns the mean training loss (over all ranks).
+
+    Args:
+        model: Maps the augmented batch to (B, C) logits (possibly DDP-wrapped).
+        loader: Yields ``(waves (B, T), lengths (B,), targets (B, C), weights (B,))``.
+        optimizer: Its learning rate is set from ``lr_schedule(progress.step)`` before each step.
+        augment: ``WaveformAugment`` in train mode: (B, T) + lengths -> (B, input_samples).
+        mixup: ``Mixup`` or ``None``.
+        device: Training device.
+        lr_schedule: Step -> learning rate.
+        progress: Its ``step`` is advanced once per optimizer step.
+        scaler: GradScaler (float16 AMP) or ``None``.
+        amp_dtype: Autocast dtype on CUDA, ``None`` for full precision.
+        spectrogram: When set, (B, N) -> (B, 1, F, frames) applied before mixup ("spec" mixup).
+        channels_last: Put spectrogram inputs in NHWC memory format.
+        ctx: Distributed context (only rank 0 shows a progress bar).
+        desc: Progress-bar title.
+        log_every: Refresh the bar's loss every this many steps (reading it syncs the GPU).
+        postfix: Extra fields for the bar (e.g. the last validation MAP@3).
+    """
+    ctx = ctx or DistContext()
+    model.train()
+    augment.train()
+    if mixup is not None:
+        mixup.train()
+    scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    bar = tqdm(
+        loader,
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        # None: tqdm hides itself when stderr is not a terminal; other ranks never show one.
+        disable=None if ctx.is_main else True,
+        file=sys.stderr,
+    )
+    for i, (waves, lengths, targets, weights) in enumerate(bar):
+        lr = lr_schedule(progress.step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        waves = waves.to(device, non_blocking=True)
+        lengths = lengths.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        weights = weights.to(device, non_blocking=True)
+        with torch.no_grad():
+            x = augment(waves, lengths)
+            if spectrogram is not None:
+                x = spectrogram(x)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+            if mixup is not None:
+                x, targets = mixup(x, targets)
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
+            logits = model(x)
+        loss = soft_cross_entropy(logits, targets, weights)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        progress.step += 1
+        loss_sum += loss.detach().double() * len(waves)
+        count += len(waves)
+        if i % log_every == 0 and not bar.disable:
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / count:.4f}", lr=f"{lr:.2e}", **(postfix or {})
+            )
+    bar.close()
+    total, n = all_reduce_sum([loss_sum.item(), float(count)], ctx)
+    return total / max(n, 1.0)
+
+
+def validate(
+    model: nn.Module,
+    store,
+    items: list[ClipItem],
+    *,
+    input_samples: int,
+    hop_samples: int | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    empty_distribution: np.ndarray | None = None,
+    ctx: DistContext | None = None,
+) -> dict[str, float]:
+    """Whole-clip validation: MAP@3, top-1 accuracy and cross-entropy of the clip predictions.
+
+    Each rank scores every ``world_size``-th clip; the predictions are gathered so that every rank
+    returns the same numbers.
+
+    Args:
+        model: The plain (unwrapped) model; left in the mode it was in.
+        store: ``ClipStore`` holding the clips.
+        items: Validation clips.
+        input_samples: Window length (training input length).
+        hop_samples: Window hop (``None``: the inference default, no overlap).
+        batch_size: Windows per forward pass.
+        device: Where to run the model.
+        amp_dtype: Autocast dtype on CUDA, or ``None``.
+        empty_distribution: (C,) prediction for empty clips (default uniform).
+        ctx: Distributed context.
+
+    Returns:
+        ``{"val_loss", "val_map3", "val_top1"}``.
+    """
+    from wavemel.infer import predict_waveforms
+    from wavemel.metrics import map_at_k, top_k_accuracy
+
+    ctx = ctx or DistContext()
+    device = torch.device(device)
+    mine = list(range(ctx.rank, len(items), ctx.world_size))
+    parts = []
+    with torch.autocast(
+        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+    ):
+        for begin in range(0, len(mine), _VAL_CHUNK):
+            chunk = mine[begin : begin + _VAL_CHUNK]
+            waves = [store.read(items[j].index) for j in chunk]
+            parts.append(
+                predict_waveforms(
+                    model,
+                    waves,
+                    input_samples=input_samples,
+                    hop_samples=hop_samples,
+                    batch_size=batch_size,
+                    device=device,
+                    empty_distribution=empty_distribution,
+                )
+            )
+    num_classes = len(items[0].target)
+    local = np.concatenate(parts) if parts else np.zeros((0, num_classes))
+    probs = np.zeros((len(items), num_classes))
+    for indices, rows in all_gather_objects((mine, local), ctx):
+        probs[indices] = rows
+    targets = np.stack([item.target for item in items])
+    loss = float(np.mean(-(targets * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)))
+    hot = (targets > 0).astype(np.int64)
+    return {
+        "val_loss": loss,
+        "val_map3": map_at_k(probs, hot, k=3),
+        "val_top1": top_k_accuracy(probs, hot, k=1),
+    }
+
+
+def prepare_run_folder(out: Path, *, force: bool, resume: bool) -> None:
+    """Check that ``out`` may be used; raises before anything is written.
+
+    Raises:
+        WavemelError: ``out`` is a non-empty folder and neither ``--force`` nor ``--resume`` was
+            given, or ``--force`` was given for a folder that is not a run folder.
+        CheckpointError: ``--resume`` without a resume state in ``out``.
+    """
+    out = Path(out)
+    if resume:
+        if not has_state(out):
+            raise CheckpointError(
+                f"{out}: nothing to resume (no state/ from a finished epoch); "
+                "start a new run with --force"
+            )
+        return
+    if out.exists() and not out.is_dir():
+        raise WavemelError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise WavemelError(
+                f"{out}: run folder exists and is not empty; pass --force to overwrite it "
+                "or --resume to continue it"
+            )
+        if not any((out / name).exists() for name in _RUN_MARKERS):
+            raise WavemelError(
+                f"{out}: folder is not empty and is not a wavemel run folder; "
+                "refusing to clear it even with --force, choose another --out"
+            )
+
+
+def _clear_run_folder(out: Path) -> None:
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _frontend_config(model: nn.Module) -> dict | None:
+    frontend = getattr(model, "frontend", None)
+    return frontend.config() if frontend is not None and hasattr(frontend, "config") else None
+
+
+def _truncate_metrics(path: Path, epochs: int) -> None:
+    """Keep the first ``epochs`` lines: an interrupted epoch may have logged before its state."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        path.write_text("".join(line + "\n" for line in lines[:epochs]))
+
+
+def fit(
+    model: nn.Module,
+    data: PreparedData,
+    config: TrainConfig,
+    out: Path,
+    *,
+    run_config: dict[str, Any],
+    extra_meta: dict[str, Any] | None = None,
+    ctx: DistContext | None = None,
+) -> Path:
+    """Train ``model``'s trainable parameters on ``data`` and write the run folder.
+
+    Args:
+        model: Plain model (cnn-audio, cnn-spec or cnn-comb with frozen branches).
+        data: Prepared clips (see ``loader.prepare_data``).
+        config: Training settings; ``config.resume`` continues from ``out/state``.
+        out: Run folder (already checked by :func:`prepare_run_folder`).
+        run_config: The resolved configuration stored in the checkpoints (``train_config``).
+        extra_meta: More checkpoint metadata (e.g. the branch runs of cnn-comb).
+        ctx: Distributed context.
+
+    Returns:
+        ``out``.
+    """
+    ctx = ctx or DistContext()
+    out = Path(out)
+    device = ctx.device
+    is_cuda = device.type == "cuda"
+    model.to(device)
+    channels_last = config.channels_last and is_cuda and config.model == "cnn-spec"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    amp_dtype = None
+    if config.amp and is_cuda:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Loss scaling is only needed for float16's narrow exponent range.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    progress = Progress()
+    if config.resume:
+        progress = load_state(out, model, optimizer, scaler=scaler)
+        if ctx.is_main:
+            _truncate_metrics(out / "metrics.jsonl", progress.epoch)
+            print(f"resuming {out} after epoch {progress.epoch}/{config.epochs}", flush=True)
+
+    input_samples = config.input_samples
+    hop_samples = (
+        None if config.hop_seconds is None else int(config.hop_seconds * config.sample_rate)
+    )
+    dataset = WindowDataset(
+        data.store, data.train, input_samples + shift_margin(input_samples), seed=config.seed
+    )
+    sampler = ShardSampler(
+        len(dataset), rank=ctx.rank, world_size=ctx.world_size, seed=config.seed, shuffle=True
+    )
+    if len(sampler) < 2:
+        raise WavemelError(f"{config.data}: too few training clips per process ({len(sampler)})")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate_windows,
+        pin_memory=config.pin_memory and is_cuda,
+        # BatchNorm cannot train on a last batch of one clip; a short last batch is dropped
+        # unless it is the only one.
+        drop_last=len(sampler) >= config.batch_size,
+        persistent_workers=False,
+    )
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+
+    from wavemel.augment import Mixup, WaveformAugment
+
+    augment = WaveformAugment(input_samples, p_replicate=config.p_replicate).to(device)
+    mixup = Mixup(config.mixup_alpha) if config.mixup_alpha > 0 else None
+    spec_mixup = config.mixup_on == "spec" and mixup is not None
+    train_module = wrap_model(_SpectrogramInput(model) if spec_mixup else model, ctx)
+    if config.compile:
+        train_module = torch.compile(train_module)
+    prior = np.asarray(data.label_prior())
+    base_meta = {
+        "labels": list(data.labels),
+        "sample_rate": config.sample_rate,
+        "input_seconds": config.input_seconds,
+        "frontend": _frontend_config(model),
+        "train_config": run_config,
+        "label_prior": prior.tolist(),
+        **(extra_meta or {}),
+    }
+    metrics_path = out / "metrics.jsonl"
+    if ctx.is_main and progress.epoch == 0:
+        print(
+            f"training {config.model} on {len(data.train)} clips, validating on {len(data.val)} "
+            f"({len(data.labels)} classes, {steps_per_epoch} steps/epoch, device {device}, "
+            f"{ctx.world_size} process(es))",
+            flush=True,
+        )
+
+    last_map3 = progress.best_map3 if progress.epoch else float("nan")
+    for epoch in range(progress.epoch, config.epochs):
+        if config.patience and progress.epochs_without_improvement >= config.patience:
+            break
+        started = time.perf_counter()
+        seed_everything(config.seed, epoch, ctx.rank)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        train_loss = train_one_epoch(
+            train_module,
+            loader,
+            optimizer,
+            augment=augment,
+            mixup=mixup,
+            device=device,
+            lr_schedule=lambda step: lr_at_step(step, total_steps, warmup_steps, config.lr),
+            progress=progress,
+            scaler=scaler,
+            amp_dtype=amp_dtype,
+            spectrogram=model.spectrogram if spec_mixup else None,
+            channels_last=channels_last,
+            ctx=ctx,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            log_every=config.log_every,
+            postfix={"map3": f"{last_map3:.3f}"},
+        )
+        scores = validate(
+            model,
+            data.store,
+            data.val,
+            input_samples=input_samples,
+            hop_samples=hop_samples,
+            batch_size=max(config.batch_size, 64),
+            device=device,
+            amp_dtype=amp_dtype,
+            empty_distribution=prior,
+            ctx=ctx,
+        )
+        last_map3 = scores["val_map3"]
+        progress.epoch = epoch + 1
+        improved = scores["val_map3"] > progress.best_map3
+        if improved:
+            progress.best_map3 = scores["val_map3"]
+            progress.best_epoch = epoch + 1
+            progress.epochs_without_improvement = 0
+        else:
+            progress.epochs_without_improvement += 1
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            **scores,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+        }
+        if ctx.is_main:
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            metrics = {
+                **record,
+                "best_val_map3": progress.best_map3,
+                "best_epoch": progress.best_epoch,
+            }
+            meta = {**base_meta, "metrics": metrics}
+            from wavemel.train.checkpoint import save_checkpoint
+
+            save_checkpoint(out / "last", model, meta)
+            if improved:
+                save_checkpoint(out / "best", model, meta)
+            # Written last: a run interrupted before this line repeats the whole epoch.
+            save_state(out, model, optimizer, progress, scaler=scaler)
+            print(
+                f"epoch {epoch + 1}/{config.epochs}  train_loss {train_loss:.4f}  "
+                f"val_loss {scores['val_loss']:.4f}  val_map3 {scores['val_map3']:.4f}"
+                f"{' *' if improved else '  '}  lr {record['lr']:.2e}  "
+                f"{record['seconds']:.1f}s",
+                flush=True,
+            )
+        barrier(ctx)
+    if ctx.is_main:
+        if config.patience and progress.epochs_without_improvement >= config.patience:
+            print(f"early stop: no better val_map3 for {config.patience} epochs", flush=True)
+        print(
+            f"best val_map3 {progress.best_map3:.4f} at epoch {progress.best_epoch}; "
+            f"checkpoints in {out}",
+            flush=True,
+        )
+    return out
+
+
+def _resolve_resume_config(config: TrainConfig) -> TrainConfig:
+    """On ``--resume`` the run's own config.json wins; only where/how it runs may change."""
+    saved = TrainConfig.load(Path(config.out) / "config.json")
+    return saved.replace(
+        out=config.out,
+        resume=True,
+        force=False,
+        device=config.device,
+        workers=config.workers,
+        cache_dir=config.cache_dir or saved.cache_dir,
+    )
+
+
+def start_run(config, ctx: DistContext) -> None:
+    """Check and (on rank 0) create or clear the run folder, and write ``config.json``.
+
+    The check runs on every rank before any rank writes, so all of them see the same folder.
+    """
+    out = Path(config.out)
+    prepare_run_folder(out, force=config.force, resume=config.resume)
+    barrier(ctx)
+    if ctx.is_main and not config.resume:
+        if out.is_dir() and config.force:
+            _clear_run_folder(out)
+        out.mkdir(parents=True, exist_ok=True)
+        config.replace(force=False, resume=False).save(out / "config.json")
+    barrier(ctx)
+
+
+def train(config: TrainConfig) -> Path:
+    """Train one branch (cnn-audio or cnn-spec) as described by ``config``.
+
+    Writes ``RUN/config.json``, ``RUN/metrics.jsonl`` (one JSON line per epoch), ``RUN/best.*``
+    and ``RUN/last.*`` (checkpoints) and ``RUN/state/`` (resume state).
+
+    Returns:
+        The run folder.
+
+    Raises:
+        WavemelError: Bad settings, an existing run folder without ``force``/``resume``, or data
+            problems (DataError) and resume problems (CheckpointError).
+    """
+    from wavemel.models import create_model
+
+    if config.resume:
+        if not (Path(config.out) / "config.json").exists():
+            raise CheckpointError(f"{config.out}: no config.json to resume from")
+        config = _resolve_resume_config(config)
+    config.check()
+    ctx = init_distributed(config.device)
+    try:
+        start_run(config, ctx)
+        data = prepare_data(config, ctx)
+        seed_everything(config.seed)
+        model = create_model(
+            config.model, len(data.labels), size=config.size, sample_rate=config.sample_rate
+        )
+        run_config = config.replace(force=False, resume=False).to_dict()
+        return fit(model, data, config, Path(config.out), run_config=run_config, ctx=ctx)
+    finally:
+        cleanup(ctx)

@@ -1,0 +1,143 @@
+"""Resume state: everything a run needs to continue after the last finished epoch, without pickle.
+
+``RUN/state/state.safetensors`` holds the tensors (model weights, optimizer moments, torch RNG
+states) and ``RUN/state/state.json`` the rest (epoch, step, best metric, early-stopping counter,
+optimizer hyper-parameters, GradScaler, Python and NumPy RNG states), both written by
+``wavemel.train.checkpoint.save_tensors`` (temporary names renamed into place, JSON last). The
+data order needs no state: it is a pure function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wavemel.errors import CheckpointError
+from wavemel.train.checkpoint import flatten_state, load_tensors, save_tensors, unflatten_state
+
+__all__ = ["Progress", "save_state", "load_state", "has_state", "STATE_STEM"]
+
+#: Where the state lives inside a run folder.
+STATE_STEM = Path("state") / "state"
+
+
+@dataclass
+class Progress:
+    """Loop counters saved with the state.
+
+    Attributes:
+        epoch: Number of finished epochs.
+        step: Number of optimizer steps taken (drives the learning-rate schedule).
+        best_map3: Best validation MAP@3 so far (-1 before the first validation).
+        best_epoch: Epoch (1-based) that reached ``best_map3``.
+        epochs_without_improvement: Early-stopping counter.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    best_map3: float = -1.0
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and every CUDA device) generator states."""
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"].to(torch.uint8))
+    if "cuda" in states and torch.cuda.is_available():
+        # A run resumed on fewer GPUs restores the states it can.
+        cuda = states["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in cuda])
+
+
+def has_state(run: Path) -> bool:
+    return (Path(run) / STATE_STEM).with_suffix(".json").exists()
+
+
+def save_state(
+    run: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+) -> Path:
+    """Write the resume state of ``run`` after an epoch.
+
+    Args:
+        run: Run folder.
+        model: The plain model (not a DDP / compile wrapper).
+        optimizer: Its optimizer.
+        progress: Loop counters.
+        scaler: GradScaler when training in float16.
+
+    Returns:
+        Path of the state's JSON file.
+    """
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "progress": vars(progress).copy(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "rng": rng_states(),
+    }
+    tensors, skeleton = flatten_state(state)
+    return save_tensors(Path(run) / STATE_STEM, tensors, {"state": skeleton})
+
+
+def load_state(
+    run: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    restore_rng: bool = True,
+) -> Progress:
+    """Load ``run``'s resume state into ``model``, ``optimizer`` (and ``scaler``).
+
+    Returns:
+        The loop counters to continue from.
+
+    Raises:
+        CheckpointError: No state, or it does not fit this model/optimizer.
+    """
+    stem = Path(run) / STATE_STEM
+    if not has_state(run):
+        raise CheckpointError(
+            f"{stem.parent}: no resume state (the run has not finished an epoch); "
+            "start it again with --force"
+        )
+    tensors, meta = load_tensors(stem)
+    try:
+        state = unflatten_state(tensors, meta["state"])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        progress = Progress(**state["progress"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{stem}.json: resume state does not fit this run ({reason})"
+        ) from None
+    if restore_rng:
+        set_rng_states(state["rng"])
+    return progress
