@@ -148,6 +148,10 @@ def test_fsdkaggle2018_problems_missing_unknown_empty(tmp_path):
     assert by_name["t1.wav"].usage == "Public" and by_name["a.wav"].manually_verified is True
     assert index.splits == ["train", "test"]
 
+    # Group values come from a CSV column; unscored test clips without one keep no group.
+    grouped = {r.clip_id: r for r in load_dataset(tmp_path, group_field="freesound_id").records}
+    assert grouped["b.wav"].group == "2" and grouped["t3.wav"].group is None
+
     unchecked = load_dataset(tmp_path, check_files=False)
     assert len(unchecked.split("train")) == 4 and "lost.wav" in {
         r.clip_id for r in unchecked.records
@@ -187,7 +191,8 @@ def test_csv_manifest(tmp_path):
          ["clips/b.wav", "cat", "train", 1, "", "g2", "south"],
          ["clips/c.wav", "", "test", "", "", "", "north"],
          [str(absolute), "cat", "test", "", 0, "g3", "east"],
-         ["clips/missing.wav", "dog", "train", 2, 1, "g1", "north"]],
+         ["clips/missing.wav", "dog", "train", 2, 1, "g1", "north"],
+         ["clips/a.wav", "cat", "train", 2, 1, "g1", "north"]],
     )  # fmt: skip
 
     for root in (tmp_path, manifest):
@@ -202,7 +207,7 @@ def test_csv_manifest(tmp_path):
         assert records["c.wav"].labels == () and records["c.wav"].split == "test"
         assert records["d.wav"].path == absolute and records["d.wav"].fields == {"site": "east"}
         assert index.labels == ["bark", "cat", "dog"]
-        assert [p.kind for p in index.problems] == ["missing"]
+        assert [p.kind for p in index.problems] == ["duplicate", "missing"]
 
     by_site = load_dataset(manifest, group_field="site")
     assert [r.group for r in by_site.records] == ["north", "south", "north", "east"]

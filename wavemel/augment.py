@@ -156,7 +156,7 @@ def _log_standard_gamma(
     v = (1.0 + c * z) ** 3
     accept = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
     # Index of the first accepted round per example (argmax of a bool picks the first True).
-    first = accept.to(torch.uint8).argmax(dim=0)
+    first = accept.float().argmax(dim=0)
     chosen = v.gather(0, first.unsqueeze(0)).squeeze(0)
     chosen = torch.where(accept.any(dim=0), chosen, torch.ones_like(chosen))
     log_gamma = math.log(d) + torch.log(chosen)
@@ -607,10 +607,8 @@ class WaveformAugment(nn.Module):
         crop_source = positions + crop_start.unsqueeze(1)
         pad_source = positions - pad_offset.unsqueeze(1)
         rep_source = torch.remainder(positions + phase.unsqueeze(1), length_col.clamp_min(1))
-        replicated = use_replicate.unsqueeze(1) & ~long_clip
-        source = torch.where(
-            long_clip, crop_source, torch.where(replicated, rep_source, pad_source)
-        )
+        fill_source = torch.where(use_replicate.unsqueeze(1), rep_source, pad_source)
+        source = torch.where(long_clip, crop_source, fill_source)
         valid = (source >= 0) & (source < length_col)
         return _gather(x, source, valid)
 

@@ -15,6 +15,7 @@ stays bounded however long the file is; the result equals scoring the whole deco
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -438,7 +439,51 @@ class Tagger:
 
     def _warn_empty(self, name: str) -> None:
         kind = "training label prior" if self.prior is not None else "uniform distribution"
-        warnings.warn(f"{name}: empty clip (0 samples); answering with the {kind}", stacklevel=3)
+        warnings.warn(f"{name}: empty clip (0 samples); answering with the {kind}", stacklevel=2)
+
+    def _blocks(self, item: str | os.PathLike | np.ndarray) -> tuple[Iterable[np.ndarray], str]:
+        """Sample blocks of a file (decoded lazily) or of an in-memory waveform, and its name."""
+        if isinstance(item, (np.ndarray, torch.Tensor)):
+            waveform = np.asarray(item, dtype=np.float32)
+            if waveform.ndim != 1:
+                raise ValueError(f"waveform must be 1-D (T,), got shape {waveform.shape}")
+            blocks = (
+                waveform[i : i + self.block_frames]
+                for i in range(0, waveform.shape[0], self.block_frames)
+            )
+            return blocks, "waveform"
+        path = Path(item)
+        return _read_blocks(path, self.sample_rate, self.block_frames), str(path)
+
+    def _predict_group(
+        self, items: Sequence[str | os.PathLike | np.ndarray]
+    ) -> list[tuple[np.ndarray | None, AudioError | None]]:
+        """Score several clips with shared batches; each is streamed block by block."""
+        aggregator = _Aggregator(len(items), len(self.labels), self.aggregate)
+        scorer = _WindowScorer(self.model, aggregator, self.batch_size, self.device)
+        failures: dict[int, AudioError] = {}
+        empty: list[str] = []
+        for index, item in enumerate(items):
+            blocks, name = self._blocks(item)
+            stream = _WindowStream(self.input_samples, self.hop_samples, self.fill)
+            try:
+                for block in blocks:
+                    scorer.add(index, stream.push(block))
+            except AudioError as exc:
+                # Windows of this file already queued are scored into a row nobody reads.
+                failures[index] = exc
+                continue
+            scorer.add(index, stream.finish())
+            if stream.total == 0:
+                empty.append(name)
+        scorer.flush()
+        for name in empty:
+            self._warn_empty(name)
+        probabilities = aggregator.result(self.empty_distribution)
+        return [
+            (None, failures[i]) if i in failures else (probabilities[i], None)
+            for i in range(len(items))
+        ]
 
     def predict_proba(self, path_or_waveform: str | os.PathLike | np.ndarray) -> np.ndarray:
         """Class probabilities of one whole clip.
@@ -454,29 +499,34 @@ class Tagger:
         Raises:
             AudioError: The file is missing or cannot be decoded.
         """
-        if isinstance(path_or_waveform, (np.ndarray, torch.Tensor)):
-            waveform = np.asarray(path_or_waveform, dtype=np.float32)
-            if waveform.ndim != 1:
-                raise ValueError(f"waveform must be 1-D (T,), got shape {waveform.shape}")
-            blocks: Iterable[np.ndarray] = (
-                waveform[i : i + self.block_frames]
-                for i in range(0, waveform.shape[0], self.block_frames)
-            )
-            name = "waveform"
-        else:
-            path = Path(path_or_waveform)
-            blocks = _read_blocks(path, self.sample_rate, self.block_frames)
-            name = str(path)
-        aggregator = _Aggregator(1, len(self.labels), self.aggregate)
-        scorer = _WindowScorer(self.model, aggregator, self.batch_size, self.device)
-        stream = _WindowStream(self.input_samples, self.hop_samples, self.fill)
-        for block in blocks:
-            scorer.add(0, stream.push(block))
-        scorer.add(0, stream.finish())
-        scorer.flush()
-        if stream.total == 0:
-            self._warn_empty(name)
-        return aggregator.result(self.empty_distribution)[0]
+        [(probabilities, error)] = self._predict_group([path_or_waveform])
+        if error is not None:
+            raise error
+        return probabilities
+
+    def predict_many(
+        self, items: Iterable[str | os.PathLike | np.ndarray], group_size: int = 64
+    ) -> Iterator[tuple[str | os.PathLike | np.ndarray, np.ndarray | None, str | None]]:
+        """Class probabilities of many clips, with windows of several clips sharing batches.
+
+        Clips are taken ``group_size`` at a time; every file is still read block by block, so
+        memory is bounded by the group's ``(group_size, C)`` sums plus one batch of windows.
+
+        Args:
+            items: Audio files and/or ``(T,)`` waveforms at :attr:`sample_rate`.
+            group_size: Clips scored together.
+
+        Yields:
+            ``(item, probabilities, error)`` in input order: ``probabilities`` is ``(C,)`` and
+            ``error`` ``None``, or ``probabilities`` is ``None`` and ``error`` the one-line
+            reason the file could not be decoded.
+        """
+        if group_size < 1:
+            raise ValueError(f"group_size must be positive, got {group_size}")
+        iterator = iter(items)
+        while group := list(itertools.islice(iterator, group_size)):
+            for item, (probabilities, error) in zip(group, self._predict_group(group)):
+                yield item, probabilities, None if error is None else str(error)
 
     def top_k(self, probabilities: np.ndarray, top_k: int = 3) -> list[tuple[str, float]]:
         """The ``top_k`` best ``(label, probability)`` pairs; ties go to the lower class index."""
@@ -500,9 +550,9 @@ class Tagger:
         """
         results: dict[str, list[tuple[str, float]]] = {}
         errors: dict[str, str] = {}
-        for path in paths:
-            try:
-                results[str(path)] = self.tag(path, top_k)
-            except AudioError as exc:
-                errors[str(path)] = str(exc)
+        for path, probabilities, error in self.predict_many(paths):
+            if error is None:
+                results[str(path)] = self.top_k(probabilities, top_k)
+            else:
+                errors[str(path)] = error
         return results, errors

@@ -491,7 +491,6 @@ def _baseline(
         sample_rate=preset.sample_rate,
         seed=unit.seed,
         feature_cache=feature_cache,
-        progress=config.progress,
     )
     result.pop("probabilities")
     result.pop("clip_ids")
@@ -761,7 +760,8 @@ def _write_report(out: Path, results: dict) -> Path:
         "among them cnn-comb with audio_input=0 beats cnn-comb with spec_input=0 in "
         f"{frac(obs['spec_beats_audio'], 'comb_audio0_beats_comb_spec0')}.",
         f"- cnn-comb is at least as good as both branches in "
-        f"{frac(obs['comb_at_least_both_per_class'], 'classes')} classes; overall MAP@3 "
+        f"{len(obs['comb_at_least_both_per_class']['classes'])} of {obs['n_classes']} classes; "
+        "overall MAP@3 "
         f"cnn-comb {overall['cnn-comb']:.3f} vs cnn-audio {overall['cnn-audio']:.3f} and "
         f"cnn-spec {overall['cnn-spec']:.3f}: cnn-comb "
         f"{'beats' if obs['comb_beats_both_overall'] else 'does not beat'} both.",

@@ -109,6 +109,7 @@ def load_dataset(
         )
     problems: list[Problem] = []
     records = _ADAPTERS[format](root, problems, label_pattern)
+    records = _drop_duplicates(records, problems)
     if group_field:
         records = _apply_group_field(root, records, group_field)
     # The vocabulary comes from the metadata, before missing files are dropped: a class whose
@@ -415,11 +416,32 @@ def _apply_group_field(root: Path, records: list[ClipRecord], group_field: str):
         if value is None and group_field == "group" and record.group is not None:
             value = record.group
         if value is None or str(value).strip() == "":
-            raise DataError(
-                f"{root}: group field {group_field!r} missing for {record.path.name} "
-                f"(available fields: {sorted(record.fields) or 'none'})"
-            )
+            # Folds are made from labelled training clips only; others may lack the field
+            # (e.g. unscored test clips found only in the audio folder).
+            if record.split == "train" and record.labels:
+                raise DataError(
+                    f"{root}: group field {group_field!r} missing for {record.path.name} "
+                    f"(available fields: {sorted(record.fields) or 'none'})"
+                )
+            out.append(record)
+            continue
         out.append(replace(record, group=str(value)))
+    return out
+
+
+def _drop_duplicates(records: list[ClipRecord], problems: list[Problem]) -> list[ClipRecord]:
+    """Keep the first of several records of one file in one split (a clip counts once)."""
+    seen: set[tuple[str, Path]] = set()
+    out = []
+    for record in records:
+        key = (record.split, record.path)
+        if key in seen:
+            problems.append(
+                Problem(record.path, "duplicate", f"listed twice in split {record.split!r}")
+            )
+            continue
+        seen.add(key)
+        out.append(record)
     return out
 
 

@@ -1,0 +1,142 @@
+"""``wavemel reproduce`` end to end with the tiny preset on the built-in synthetic data."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+
+from wavemel.cli import main as cli_main
+from wavemel.errors import DataError
+from wavemel.reproduce import PRESETS, VARIANTS, StudyConfig, reproduce
+
+pytestmark = pytest.mark.slow
+
+_CELL = re.compile(r"^(\d\.\d{3}) ± (\d\.\d{3})$")
+
+
+def _table_rows(report: str, heading: str) -> dict[tuple[str, str], list[str]]:
+    """{(model, input length): [cells]} of the first Markdown table after ``heading``."""
+    section = report[report.index(heading) :]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("| Model"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[(cells[0], cells[1])] = cells[2:]
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
+    from wavemel.data.synthetic import generate
+
+    data = generate(tmp_path / "data", clips_per_class=6, seed=1, sample_rate=8000)
+    out = tmp_path / "study"
+    argv = ["reproduce", "--data", str(data), "--out", str(out), "--preset", "tiny", "--quiet"]
+    assert cli_main(argv) == 0
+
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    preset = PRESETS["tiny"]
+    units = results["units"]
+    assert units == ["seed0-fold0", "seed0-fold1"]  # no test split: k folds
+    assert results["evaluation_split"] == "val" and not results["has_usage"]
+
+    # Table 1: every cell is a number that equals the mean/std of the per-run evaluation JSONs.
+    rows = _table_rows(report, "## Table 1")
+    assert len(rows) == 3 * len(preset.lengths) + 1
+    for model in ("cnn-audio", "cnn-spec", "cnn-comb"):
+        for seconds in preset.lengths:
+            cells = rows[(model, f"{seconds:g} s")]
+            match = _CELL.match(cells[0])
+            assert match, cells
+            values = [
+                json.loads(
+                    (out / "runs" / u / f"{seconds:g}s" / model / "study-eval-val.json").read_text()
+                )["map3"]
+                for u in units
+            ]
+            assert all(0.0 <= v <= 1.0 for v in values)
+            assert float(match.group(1)) == pytest.approx(np.mean(values), abs=5e-4)
+            assert float(match.group(2)) == pytest.approx(np.std(values, ddof=1), abs=5e-4)
+            assert cells[1] == str(len(units))
+    baseline_cells = rows[("baseline (MFCC + LR)", "whole clip")]
+    baseline_values = [
+        json.loads((out / "runs" / u / "baseline.json").read_text())["map3"] for u in units
+    ]
+    assert float(_CELL.match(baseline_cells[0]).group(1)) == pytest.approx(
+        np.mean(baseline_values), abs=5e-4
+    )
+    # The synthetic classes are easy for MFCCs: the floor is well above chance (~0.23).
+    assert np.mean(baseline_values) > 0.4
+
+    # The evaluation JSONs agree with what evaluate_run wrote into the run folder.
+    run = out / "runs" / units[0] / "2s" / "cnn-comb"
+    ours = json.loads((run / "study-eval-val-zero_spec.json").read_text())
+    assert ours["zero_input"] == "spec"
+    assert results["runs"][units[0]]["2s"]["cnn-comb spec_input=0"]["map3"] == ours["map3"]
+
+    # Figure 4: the per-class means and the observations come from the runs' per-class scores.
+    fig4 = results["figure4"]
+    assert (out / fig4["png"]).stat().st_size > 5000
+    label = next(iter(fig4["per_class"]))
+    for name, _, _ in VARIANTS:
+        expected = np.mean(
+            [
+                results["runs"][u][fig4["input_length"]][name]["per_class"][label]["map3"]
+                for u in units
+            ]
+        )
+        assert fig4["per_class"][label][name] == pytest.approx(expected)
+    obs = fig4["observations"]
+    audio_better = obs["audio_beats_spec"]["classes"]
+    assert audio_better == [
+        c for c, r in fig4["per_class"].items() if r["cnn-audio"] > r["cnn-spec"]
+    ]
+    assert f"Classes where cnn-audio beats cnn-spec: {len(audio_better)}" in report
+    # Figure 3 and the provenance block.
+    assert results["figure3"]["png"] and (out / results["figure3"]["png"]).stat().st_size > 5000
+    assert "![Figure 3](figures/figure3_augmentation.png)" in report
+    assert f"wavemel reproduce --data {data} --out {out} --preset tiny" in report
+    for package in ("torch", "numpy", "librosa"):
+        assert f"{package} {results['environment'][package]}" in report
+
+    # A second invocation finds every run finished: nothing is retrained or re-scored.
+    best = out / "runs" / units[1] / "1s" / "cnn-audio" / "best.safetensors"
+    stamp = best.stat().st_mtime_ns
+    started = time.perf_counter()
+    assert cli_main(argv) == 0
+    assert time.perf_counter() - started < 20
+    assert best.stat().st_mtime_ns == stamp
+    again = json.loads((out / "results.json").read_text())
+    assert again["table1"] == results["table1"]
+    assert again["wall_time"]["invocations"] == 2
+
+    # An interrupted study: one evaluation missing and one run never marked finished. Only
+    # those are redone.
+    (run / "study-eval-val.json").unlink()
+    state = json.loads((out / "state.json").read_text())
+    key = f"runs/{units[1]}/2s/cnn-spec"
+    del state["runs"][key]
+    (out / "state.json").write_text(json.dumps(state))
+    other = out / "runs" / units[0] / "1s" / "cnn-spec" / "best.safetensors"
+    other_stamp = other.stat().st_mtime_ns
+    reproduce(StudyConfig(data=str(data), out=str(out), preset="tiny", progress=False))
+    assert (run / "study-eval-val.json").is_file()
+    assert json.loads((out / "state.json").read_text())["runs"][key]["trained"] is True
+    assert other.stat().st_mtime_ns == other_stamp
+
+
+def test_other_settings_need_force(tmp_path):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    config = StudyConfig(data=str(tmp_path), out=str(out), preset="tiny", progress=False)
+    with pytest.raises(DataError):
+        # Not a study folder (and no data either): refused before anything is written.
+        reproduce(config)
+    assert (out / "notes.txt").read_text() == "mine"
