@@ -13,6 +13,7 @@ from wavemel.augment import (
     TimeShift,
     WaveformAugment,
     crop,
+    fit,
     mixup,
     pad,
     replicate,
@@ -167,6 +168,29 @@ def test_waveform_augment_train_outputs_are_pieces_of_the_clip():
             assert row[start : start + length] == nonzero
             padded += 1
     assert replicated > 10 and padded > 10  # p_replicate = 0.5 picks both
+
+
+@pytest.mark.parametrize("mode", ["roll", "zero"])
+def test_fit_equals_shift_then_crop_pad_or_replicate(mode):
+    n, batch = 12, 40
+    lengths = torch.randint(0, 30, (batch,), generator=_gen(30))
+    x = torch.randn(batch, 2, 30, generator=_gen(31)) * (torch.arange(30) < lengths[:, None, None])
+    module = WaveformAugment(n, shift=0.9, shift_mode=mode, generator=_gen(32))
+    params = module.draw(lengths)
+    assert params.shift.abs().max() > 5 and params.replicate.any() and not params.replicate.all()
+    out = fit(x, lengths, params, n, mode)
+    shifted = shift(x, lengths, params.shift, mode)
+    for b in range(batch):
+        one, length = shifted[b : b + 1], lengths[b : b + 1]
+        if length.item() >= n:
+            expected = crop(one, length, params.crop_start[b : b + 1], n)
+        elif params.replicate[b]:
+            expected = replicate(one, length, params.phase[b : b + 1], n)
+        else:
+            expected = pad(one, length, params.pad_offset[b : b + 1], n)
+        assert torch.equal(out[b : b + 1], expected), b
+    again = WaveformAugment(n, shift=0.9, shift_mode=mode, generator=_gen(32))
+    assert torch.equal(again(x, lengths), out)  # forward = fit(draw)
 
 
 def test_waveform_augment_pad_only_and_replicate_only():

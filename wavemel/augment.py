@@ -6,8 +6,9 @@ the device of ``x`` (or from an optional ``torch.Generator`` for reproducibility
 them with one ``gather`` over index arithmetic, so there is no Python loop over the batch.
 
 The math lives in pure functions that take the offsets explicitly (:func:`shift`,
-:func:`crop`, :func:`pad`, :func:`replicate`, :func:`mixup`), so it can be tested on tiny
-hand-built inputs; the modules only draw parameters and call them.
+:func:`crop`, :func:`pad`, :func:`replicate`, their composition :func:`fit`, and
+:func:`mixup`), so it can be tested on tiny hand-built inputs; the modules only draw parameters
+(their ``draw*`` methods) and call them.
 
 Individual modules (:class:`TimeShift`, :class:`RandomCrop`, :class:`RandomPad`,
 :class:`Replicate`) take ``(x, lengths)`` and return ``(x_out, lengths_out)`` so that they can be
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "FitParameters",
     "Mixup",
     "RandomCrop",
     "RandomPad",
@@ -36,6 +39,7 @@ __all__ = [
     "TimeShift",
     "WaveformAugment",
     "crop",
+    "fit",
     "mixup",
     "pad",
     "replicate",
@@ -45,6 +49,7 @@ __all__ = [
 
 _EVAL_CROPS = ("start", "center")
 _FILLS = ("pad", "replicate")
+_NO_WRAP = 1 << 48  # a modulus larger than any index: "do not wrap"
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +334,78 @@ def replicate(x: Tensor, lengths: Tensor | None, phases: Tensor, input_samples: 
     return _gather(x, source, valid)
 
 
+class FitParameters(NamedTuple):
+    """Per-example parameters of :func:`fit`, each ``(B,)``.
+
+    Attributes:
+        shift: Time shift in samples (see :func:`shift`), applied first.
+        crop_start: Crop start, used for clips at least ``input_samples`` long.
+        pad_offset: Leading zeros, used for shorter clips that are not replicated.
+        phase: Replication phase, used for shorter clips that are replicated.
+        replicate: Bool, whether a shorter clip is replicated (else padded).
+    """
+
+    shift: Tensor
+    crop_start: Tensor
+    pad_offset: Tensor
+    phase: Tensor
+    replicate: Tensor
+
+
+def fit(
+    x: Tensor,
+    lengths: Tensor | None,
+    params: FitParameters,
+    input_samples: int,
+    shift_mode: str = "roll",
+) -> Tensor:
+    """Shifts each clip, then crops it (long clips) or pads or replicates it (short ones).
+
+    Equal to :func:`shift` followed, per example, by :func:`crop` when ``lengths[b] >=
+    input_samples``, else by :func:`replicate` or :func:`pad` as ``params.replicate[b]`` says,
+    but computed as one index map and one gather over ``(B, N)`` without materialising the
+    shifted ``(B, T)`` batch.
+
+    Args:
+        x: Waveform batch ``(B, T)`` or ``(B, C, T)``.
+        lengths: True lengths ``(B,)`` or None.
+        params: The per-example parameters.
+        input_samples: Output length N.
+        shift_mode: ``"roll"`` or ``"zero"``, as in :func:`shift`.
+
+    Returns:
+        ``(B, N)`` or ``(B, C, N)``.
+    """
+    input_samples = _check_positive_int("input_samples", input_samples)
+    _check_choice("shift_mode", shift_mode, ("roll", "zero"))
+    lengths = _prepare(x, lengths)
+    length_col = lengths.unsqueeze(1)
+    positions = _positions(x.shape[0], input_samples, x.device)
+
+    # Where each output sample sits in the shifted clip, as one affine map modulo a per-example
+    # modulus (few passes over (B, N): this runs on every training batch). Crop and pad are
+    # ``i + a`` with a modulus too large to wrap, so positions before the clip (negative) wrap
+    # to huge values and are masked like those after it; replication is ``(i + phase) mod L``.
+    replicated = params.replicate.to(device=x.device, dtype=torch.bool) & (lengths < input_samples)
+    affine = torch.where(
+        lengths >= input_samples,
+        params.crop_start.to(device=x.device, dtype=torch.long),
+        -params.pad_offset.to(device=x.device, dtype=torch.long),
+    )
+    affine = torch.where(replicated, params.phase.to(device=x.device, dtype=torch.long), affine)
+    modulus = torch.where(replicated, lengths.clamp_min(1), _NO_WRAP)
+    source = torch.remainder(positions + affine.unsqueeze(1), modulus.unsqueeze(1))
+    valid = source < length_col
+    # Where that sample comes from in the unshifted clip.
+    offset = params.shift.to(device=x.device, dtype=torch.long)
+    if shift_mode == "roll":
+        source = torch.remainder(source - offset.unsqueeze(1), length_col.clamp_min(1))
+    else:
+        source = source - offset.unsqueeze(1)
+        valid = valid & (source >= 0) & (source < length_col)
+    return _gather(x, source, valid)
+
+
 # --------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------
@@ -527,6 +604,9 @@ class WaveformAugment(nn.Module):
     (``eval_crop="start"``, the first inference window) or centre; short clips are replicated
     from their first sample or left-aligned and zero-padded, per ``eval_fill``.
 
+    ``forward(x, lengths)`` is ``fit(x, lengths, self.draw(lengths), N, shift_mode)``: the
+    whole pipeline is one gather over ``(B, N)``.
+
     Args:
         input_samples: Output length N.
         shift: ``True`` for the default maximum shift (half of each clip, circular),
@@ -580,37 +660,32 @@ class WaveformAugment(nn.Module):
         """Chance that a short clip is replicated rather than padded in training."""
         return {"random": self.p_replicate, "pad": 0.0, "replicate": 1.0}[self.pad_or_replicate]
 
+    def draw(self, lengths: Tensor) -> FitParameters:
+        """Per-example parameters for clips of the given lengths ``(B,)`` (fixed in eval mode)."""
+        n = self.input_samples
+        zeros = torch.zeros_like(lengths)
+        if not self.training:
+            room = (lengths - n).clamp_min(0)
+            return FitParameters(
+                shift=zeros,
+                crop_start=room // 2 if self.eval_crop == "center" else zeros,
+                pad_offset=zeros,
+                phase=zeros,
+                replicate=torch.full_like(lengths, self.eval_fill == "replicate", dtype=torch.bool),
+            )
+        no_shift = self.time_shift.max_shift == 0 or self.time_shift.p == 0.0
+        return FitParameters(
+            shift=zeros if no_shift else self.time_shift.draw_offsets(lengths),
+            crop_start=_uniform_int(zeros, (lengths - n).clamp_min(0), self.generator),
+            pad_offset=_uniform_int(zeros, (n - lengths).clamp_min(0), self.generator),
+            phase=_uniform_int(zeros, (lengths - 1).clamp_min(0), self.generator),
+            replicate=_rand(lengths.shape[0], lengths.device, self.generator)
+            < self.replicate_probability,
+        )
+
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         lengths = _prepare(x, lengths)
-        x, lengths = self.time_shift(x, lengths)
-        n = self.input_samples
-        batch, device = x.shape[0], x.device
-        zeros = torch.zeros_like(lengths)
-        long_clip = (lengths >= n).unsqueeze(1)
-        if self.training:
-            crop_start = _uniform_int(zeros, (lengths - n).clamp_min(0), self.generator)
-            pad_offset = _uniform_int(zeros, (n - lengths).clamp_min(0), self.generator)
-            phase = _uniform_int(zeros, (lengths - 1).clamp_min(0), self.generator)
-            use_replicate = _rand(batch, device, self.generator) < self.replicate_probability
-        else:
-            room = (lengths - n).clamp_min(0)
-            crop_start = room // 2 if self.eval_crop == "center" else zeros
-            pad_offset = zeros
-            phase = zeros
-            use_replicate = torch.full_like(
-                lengths, self.eval_fill == "replicate", dtype=torch.bool
-            )
-
-        # One gather for the three cases: choose each example's source index arithmetic.
-        positions = _positions(batch, n, device)
-        length_col = lengths.unsqueeze(1)
-        crop_source = positions + crop_start.unsqueeze(1)
-        pad_source = positions - pad_offset.unsqueeze(1)
-        rep_source = torch.remainder(positions + phase.unsqueeze(1), length_col.clamp_min(1))
-        fill_source = torch.where(use_replicate.unsqueeze(1), rep_source, pad_source)
-        source = torch.where(long_clip, crop_source, fill_source)
-        valid = (source >= 0) & (source < length_col)
-        return _gather(x, source, valid)
+        return fit(x, lengths, self.draw(lengths), self.input_samples, self.time_shift.mode)
 
     def extra_repr(self) -> str:
         return (

@@ -360,8 +360,7 @@ def _train_branch(
     has_test: bool,
     cache_dir: Path,
 ) -> None:
-    from wavemel.train.config import TrainConfig
-    from wavemel.train.loop import train
+    from wavemel.train import TrainConfig, train
 
     key = str(run_dir.relative_to(state.path.parent))
     if _run_finished(state, key, run_dir):
@@ -403,8 +402,11 @@ def _train_comb(
     length_dir: Path,
     cache_dir: Path,
 ) -> None:
+    from wavemel.train import CombineConfig
+
+    # Not ``from wavemel.train import combine``: once the submodule ``wavemel.train.combine``
+    # is imported, that name on the package is the module, not the function.
     from wavemel.train.combine import combine
-    from wavemel.train.config import CombineConfig
 
     run_dir = length_dir / "cnn-comb"
     key = str(run_dir.relative_to(state.path.parent))

@@ -88,7 +88,7 @@ def _write_submission(path: Path, rows: list[tuple[str, list[str]]]) -> None:
 def run(args: argparse.Namespace) -> int:
     import warnings
 
-    from wavemel.errors import AudioError, WavemelError
+    from wavemel.errors import WavemelError
     from wavemel.infer import Tagger
 
     if args.top_k < 1:
@@ -111,33 +111,29 @@ def run(args: argparse.Namespace) -> int:
     )
     top_k = min(args.top_k, len(tagger.labels))
     results: list[tuple[Path, list[tuple[str, float]]]] = []
-    notes: list[str] = []
     progress = None
     if not args.json and sys.stderr.isatty() and len(files) > 1:
         from tqdm import tqdm
 
         progress = tqdm(total=len(files), desc="predict", unit="file", leave=False)
-    for path in files:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                probabilities = tagger.predict_proba(path)
-            notes += [str(w.message) for w in caught]
-        except AudioError as exc:
-            errors[str(path)] = str(exc)
-            continue
-        finally:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for path, probabilities, error in tagger.predict_many(files):
             if progress is not None:
                 progress.update()
-        ranked = tagger.top_k(probabilities, max(top_k, 3))
-        results.append((path, ranked))
-        if not args.json:
-            shown = "  ".join(f"{label} {score:.3f}" for label, score in ranked[:top_k])
-            line = f"{path}\t{shown}"
-            if progress is None:
-                print(line, flush=True)
-            else:
-                progress.write(line, file=sys.stdout)
+            if error is not None:
+                errors[str(path)] = error
+                continue
+            ranked = tagger.top_k(probabilities, max(top_k, 3))
+            results.append((path, ranked))
+            if not args.json:
+                shown = "  ".join(f"{label} {score:.3f}" for label, score in ranked[:top_k])
+                line = f"{path}\t{shown}"
+                if progress is None:
+                    print(line, flush=True)
+                else:
+                    progress.write(line, file=sys.stdout)
+    notes = [str(w.message) for w in caught]
     if progress is not None:
         progress.close()
 

@@ -42,14 +42,14 @@ class CnnAudioConfig:
     """
 
     sample_rate: int = 16000
-    stem_channels: int = 32
+    stem_channels: int = 16
     stem_kernel: int = 11
     stem_stride: int = 4
-    channels: tuple[int, ...] = (32, 64, 128, 256)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
     convs_per_block: tuple[int, ...] = (2, 2, 2, 2)
     pools: tuple[int, ...] = (4, 4, 4, 4)
     kernel_size: int = 7
-    dense: int = 256
+    dense: int = 128
     dropout: float = 0.3
     normalize: str = "standardize"
 

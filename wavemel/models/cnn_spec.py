@@ -52,11 +52,11 @@ class CnnSpecConfig:
     fmax: float | None = None
     top_db: float | None = None
     amin: float = 1e-10
-    channels: tuple[int, ...] = (32, 64, 128, 256)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
     convs_per_block: tuple[int, ...] = (2, 2, 2, 2)
     pools: tuple[int, ...] = (2, 2, 2, 2)
     kernel_size: int = 3
-    dense: int = 256
+    dense: int = 128
     dropout: float = 0.3
 
     def __post_init__(self) -> None:

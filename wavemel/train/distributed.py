@@ -31,6 +31,7 @@ __all__ = [
     "all_reduce_sum",
     "all_gather_objects",
     "barrier",
+    "broadcast_buffers",
     "cleanup",
     "ShardSampler",
 ]
@@ -147,6 +148,18 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers before each forward, but every rank then updates them with its own
+    batch; syncing before validation makes all ranks score with the weights rank 0 saves.
+    """
+    if not ctx.enabled:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -39,6 +39,7 @@ from wavemel.train.distributed import (
     all_gather_objects,
     all_reduce_sum,
     barrier,
+    broadcast_buffers,
     cleanup,
     init_distributed,
     wrap_model,
@@ -478,6 +479,7 @@ def fit(
             log_every=config.log_every,
             postfix={"map3": f"{last_map3:.3f}"},
         )
+        broadcast_buffers(model, ctx)
         scores = validate(
             model,
             data.store,
