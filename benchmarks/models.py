@@ -6,7 +6,8 @@ Run from the repository root::
     python benchmarks/models.py --sizes tiny     # quick look
 
 (a) ``LogMel`` on one batch of 64 two-second 16 kHz clips against ``librosa.feature.melspectrogram``
-    + ``librosa.power_to_db`` called clip by clip, best of ``--repeats`` runs, and the ratio.
+    + ``librosa.power_to_db`` called clip by clip, best of ``--repeats`` runs, and the ratio
+    (torch and numpy's BLAS both limited to ``--threads``).
 (b) For each model, size and input length: parameters (trainable / total), multiply-accumulates
     per clip (Conv/Linear layers counted with forward hooks, plus the STFT and mel matmul of the
     front end), and forward+backward training throughput in clips per second.
@@ -145,6 +146,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    try:
+        # Give numpy's BLAS (librosa's mel matmul) the same thread count as torch: like for like,
+        # and no idle BLAS threads spinning against torch's on a shared machine.
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+    except ImportError:
+        print("threadpoolctl not installed: numpy's BLAS thread count is not limited")
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or 'cpu'}, "
         f"python {platform.python_version()}\n"

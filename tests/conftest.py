@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Idle OpenMP threads must sleep rather than spin: on a shared 2-core machine spinning workers
+# made a tiny training step 20-40x slower. Set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("WAVEMEL_SHARED_DATA", REPO.parent / "shared" / "data"))
 

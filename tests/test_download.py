@@ -50,6 +50,12 @@ class _Server:
                 range_header = self.headers.get("Range")
                 if range_header and not server.ignore_range:
                     start = int(range_header.split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
@@ -257,3 +263,49 @@ def test_cli_downloads_fsdd_from_base_url(server, tmp_path, capsys):
     assert status == 0
     assert len(list((tmp_path / "fsdd" / "recordings").glob("*_jackson_*.wav"))) == 6
     assert "ready in" in capsys.readouterr().out
+
+
+def test_esc50_gets_a_manifest_the_csv_adapter_reads(server, tmp_path):
+    from wavemel.data import load_dataset
+
+    meta = "filename,fold,target,category,esc10,src_file,take\n"
+    meta += "1-100-A-0.wav,1,0,dog,True,100,A\n2-200-A-1.wav,2,1,rooster,False,200,A\n"
+    silent_wav = (
+        b"RIFF"
+        + (36 + 1600).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + (1).to_bytes(2, "little")
+        + (8000).to_bytes(4, "little")
+        + (16000).to_bytes(4, "little")
+        + (2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + (1600).to_bytes(4, "little")
+        + bytes(1600)
+    )
+    server.files["ESC-50-master.zip"] = _zip_bytes(
+        {
+            "ESC-50-master/meta/esc50.csv": meta.encode(),
+            "ESC-50-master/audio/1-100-A-0.wav": silent_wav,
+            "ESC-50-master/audio/2-200-A-1.wav": silent_wav,
+        }
+    )
+    root = download_dataset("esc50", tmp_path, base_url=server.url, progress=False)
+    index = load_dataset(root, "csv")
+    assert index.labels == ["dog", "rooster"]
+    assert sorted(r.fold for r in index.records) == [1, 2]
+    assert all(r.path.is_file() for r in index.records)
+
+
+def test_complete_part_file_is_not_downloaded_again(server, tmp_path):
+    payload = _wav_like(9, 5000)
+    server.files["done.bin"] = payload
+    dest = tmp_path / "done.bin"
+    dest.with_name("done.bin.part").write_bytes(payload)  # stopped after the transfer
+    download_file(
+        f"{server.url}/done.bin", dest, md5=hashlib.md5(payload).hexdigest(), progress=False
+    )
+    assert dest.read_bytes() == payload
+    assert server.requests == [{"path": "done.bin", "range": f"bytes={len(payload)}-"}]

@@ -192,3 +192,12 @@ def test_tag_orders_labels_and_tag_many_reports_bad_files(tmp_path):
         results, errors = tagger.tag_many([good, bad, tmp_path / "missing.wav"])
     assert list(results) == [str(good)]
     assert set(errors) == {str(bad), str(tmp_path / "missing.wav")}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_autocast_matches_cpu():
+    model = WindowProbe(num_classes=4, input_samples=100)
+    clips = [np.random.default_rng(4).standard_normal(450).astype(np.float32) * 0.1]
+    cpu = predict_waveforms(model, clips, input_samples=100, device="cpu")
+    cuda = predict_waveforms(model.cuda(), clips, input_samples=100, device="cuda")
+    np.testing.assert_allclose(cuda, cpu, atol=2e-2)

@@ -63,13 +63,11 @@ def test_submission_has_every_test_file_with_three_valid_labels(fsdk18_mini_root
     assert "empty clip" in captured.err
 
     # An existing submission is never overwritten without --force.
-    assert main(["predict", str(checkpoint), str(test_dir / wavs[0]), "--submission", str(out)]) == 2
+    one_file = ["predict", str(checkpoint), str(test_dir / wavs[0]), "--submission", str(out)]
+    assert main(one_file) == 2
     assert "--force" in capsys.readouterr().err
     assert len(out.read_text().splitlines()) == len(wavs) + 1
-    status = main(
-        ["predict", str(checkpoint), str(test_dir / wavs[0]), "--submission", str(out), "--force"]
-    )
-    assert status == 0
+    assert main([*one_file, "--force"]) == 0
     assert len(out.read_text().splitlines()) == 2
 
 

@@ -15,7 +15,8 @@ from wavemel.reproduce import PRESETS, VARIANTS, StudyConfig, reproduce
 
 pytestmark = pytest.mark.slow
 
-_CELL = re.compile(r"^(\d\.\d{3}) ± (\d\.\d{3})$")
+# "mean ± std" (several runs) or "mean" (one run).
+_CELL = re.compile(r"^(\d\.\d{3})(?: ± (\d\.\d{3}))?$")
 
 
 def _table_rows(report: str, heading: str) -> dict[tuple[str, str], list[str]]:

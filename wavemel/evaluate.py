@@ -72,13 +72,17 @@ def _select_records(
         return index, records
     if not config:
         raise CheckpointError(f"{run_dir}: no config.json, so the validation split is unknown")
+    settings = {"folds": 5, "fold": 0, "seed": 0, "val_split": None}
+    settings.update({k: config[k] for k in settings if k in config})
+    settings.update({k: overrides[k] for k in settings if k in overrides})
+    # folds=None is meaningful (the dataset's own fold column); fold/seed None are not.
     _, records = train_val_split(
         index,
-        folds=overrides.get("folds", config.get("folds", 5)),
-        fold=overrides.get("fold", config.get("fold", 0)),
-        seed=overrides.get("seed", config.get("seed", 0)),
+        folds=settings["folds"],
+        fold=settings["fold"] if settings["fold"] is not None else 0,
+        seed=settings["seed"] if settings["seed"] is not None else 0,
         group_field=group_field,
-        val_split=overrides.get("val_split", config.get("val_split")),
+        val_split=settings["val_split"],
     )
     return index, records
 
@@ -166,7 +170,8 @@ def evaluate_run(
         "ap", "n"}}``; ``None`` where undefined), ``map3_public``/``map3_private`` (and their
         clip counts) when the records carry ``usage``, ``excluded`` (files that failed to decode
         or carry labels the model does not know, with reasons), ``empty`` (clips without
-        samples, answered with the uniform/prior distribution), and the output paths
+        samples, answered with the uniform/prior distribution), ``clips`` (per clip: path, true
+        labels, ``top3`` ``[label, probability]`` pairs), and the output paths
         ``json_path`` and ``confusion_png``.
 
     Raises:
@@ -313,6 +318,16 @@ def evaluate_run(
     }
     result["empty"] = empty
     result["excluded"] = excluded
+    # Per-clip answers for error analysis: true labels and the three best (label, probability).
+    top3 = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+    result["clips"] = [
+        {
+            "path": str(record.path),
+            "labels": list(record.labels),
+            "top3": [[tagger.labels[c], round(float(scores[row, c]), 6)] for c in top3[row]],
+        }
+        for row, record in enumerate(scored_records)
+    ]
 
     out = Path(out_dir) if out_dir is not None else run_dir
     suffix = split + (f"_zero-{zero_input}" if zero_input else "")

@@ -205,12 +205,12 @@ class _WindowScorer:
         batch = torch.from_numpy(np.stack(self._windows)).to(self.device)
         owners = np.asarray(self._owners)
         self._windows, self._owners = [], []
-        # Mixed precision only on CUDA: CPU autocast (bfloat16) is slower for these convs.
-        autocast = (
-            torch.autocast(device_type="cuda", dtype=torch.float16)
-            if self.device.type == "cuda"
-            else contextlib.nullcontext()
-        )
+        # Mixed precision only on CUDA (CPU autocast is slower for these convs); bfloat16 where
+        # supported because its float32 range cannot overflow on loud inputs.
+        autocast = contextlib.nullcontext()
+        if self.device.type == "cuda":
+            half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            autocast = torch.autocast(device_type="cuda", dtype=half)
         with torch.inference_mode(), autocast:
             logits = self.model(batch)
         logits = logits.float()

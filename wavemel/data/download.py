@@ -212,8 +212,11 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool, label: str
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
-            # The range starts at or past the end: the .part file is stale (or complete but
-            # unverifiable); start again rather than guess.
+            # The range starts at or past the end. "bytes */N" with N == what we have means the
+            # previous run got everything but stopped before the rename: done. Otherwise the
+            # .part file is stale; start again rather than guess.
+            if (exc.headers.get("Content-Range") or "").strip() == f"bytes */{offset}":
+                return
             part.unlink()
             raise _Interrupted("server rejected the resume range") from exc
         raise
