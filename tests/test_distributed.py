@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from wavemel.train.distributed import ShardSampler
 
@@ -34,25 +35,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "wavemel", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=150, env=env, cwd=cwd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 def test_torchrun_two_processes_gloo(tmp_path):
     from wavemel.data.synthetic import generate
 
     data = generate(tmp_path / "data", clips_per_class=4, sample_rate=SR, max_seconds=1.0)
     out = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "wavemel", "train", "--model", "cnn-audio", "--size", "tiny",
+    args = [
+        "train", "--model", "cnn-audio", "--size", "tiny",
         "--data", str(data), "--out", str(out), "--sample-rate", str(SR),
         "--input-seconds", "0.5", "--epochs", "2", "--batch-size", "4", "--folds", "4",
         "--mixup-alpha", "0", "--workers", "0", "--device", "cpu",
         "--cache-dir", str(tmp_path / "cache"),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _torchrun(args, tmp_path)
 
     # Rank 0 alone wrote and printed: one line per epoch, each epoch announced once.
     lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -84,4 +90,22 @@ def test_torchrun_two_processes_gloo(tmp_path):
     )
     assert scores["val_map3"] == pytest.approx(meta["metrics"]["val_map3"], abs=1e-9)
     assert len(prepared.val) == 8  # both ranks' shards (4 each) were gathered
-    assert Path(out / "config.json").exists()
+
+    # cnn-comb under DDP: only the head is trainable (frozen branches are not synchronised).
+    from wavemel.train.loop import train
+
+    spec = train(config.replace(model="cnn-spec", out=str(tmp_path / "spec"), epochs=1))
+    comb = tmp_path / "comb"
+    combine_args = ["combine", "--audio", str(out), "--spec", str(spec), "--out", str(comb)]
+    combine_args += ["--epochs", "1", "--batch-size", "4", "--hidden", "8", "--workers", "0"]
+    result = _torchrun(combine_args + ["--device", "cpu"], tmp_path)
+    assert result.stdout.count("epoch 1/1 ") == 1
+    comb_model, comb_meta = load_checkpoint(comb)
+    assert (
+        comb_meta["model"] == "cnn-comb"
+        and len((comb / "metrics.jsonl").read_text().splitlines()) == 1
+    )
+    trained_audio, _ = load_checkpoint(out)
+    for name, tensor in trained_audio.state_dict().items():
+        if name in comb_model.audio.state_dict():
+            assert torch.equal(comb_model.audio.state_dict()[name], tensor), name

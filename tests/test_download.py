@@ -309,3 +309,10 @@ def test_complete_part_file_is_not_downloaded_again(server, tmp_path):
     )
     assert dest.read_bytes() == payload
     assert server.requests == [{"path": "done.bin", "range": f"bytes={len(payload)}-"}]
+
+
+def test_cli_lists_every_registered_data_set():
+    from wavemel.cli.download import DATASETS
+    from wavemel.data.download import SOURCES
+
+    assert sorted(DATASETS) == sorted(SOURCES)

@@ -126,10 +126,15 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
     (out / "state.json").write_text(json.dumps(state))
     other = out / "runs" / units[0] / "1s" / "cnn-spec" / "best.safetensors"
     other_stamp = other.stat().st_mtime_ns
+    comb = out / "runs" / units[1] / "2s" / "cnn-comb"
+    comb_stamp = (comb / "best.safetensors").stat().st_mtime_ns
     reproduce(StudyConfig(data=str(data), out=str(out), preset="tiny", progress=False))
     assert (run / "study-eval-val.json").is_file()
     assert json.loads((out / "state.json").read_text())["runs"][key]["trained"] is True
     assert other.stat().st_mtime_ns == other_stamp
+    # The head on top of a retrained branch is trained again and re-scored.
+    assert (comb / "best.safetensors").stat().st_mtime_ns != comb_stamp
+    assert (comb / "study-eval-val.json").is_file()
 
 
 def test_study_folder_is_protected(tmp_path):

@@ -269,3 +269,38 @@ def test_combine_trains_only_the_head(synth, tmp_path):
     for name, tensor in branch.state_dict().items():
         if name in comb.audio.state_dict():
             assert torch.equal(comb.audio.state_dict()[name], tensor), name
+
+
+def test_bad_and_empty_training_clips_are_left_out_with_one_warning(synth, tmp_path):
+    import shutil
+
+    import soundfile as sf
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    sf.write(data / "chirp" / "zz_empty.wav", np.zeros(0, dtype=np.float32), SR)
+    (data / "chirp" / "zz_broken.wav").write_bytes(b"RIFF not really a wave file")
+    cfg = _config(data, tmp_path, val_split=None, folds=2)
+    with pytest.warns(UserWarning, match="left out") as caught:
+        prepared = prepare_data(cfg, progress=False)
+    left_out = [w for w in caught if "left out" in str(w.message)]
+    assert len(left_out) == 1
+    val_names = {Path(prepared.store.paths[item.index]).name for item in prepared.val}
+    for bad in ("zz_empty.wav", "zz_broken.wav"):
+        # A bad training clip is named in the warning; a bad validation clip stays (uniform).
+        in_warning = bad in str(left_out[0].message)
+        assert in_warning != (bad in val_names), bad
+        assert in_warning == any(bad in line for line in prepared.excluded)
+    used = {Path(prepared.store.paths[item.index]).name for item in prepared.train}
+    assert not used & {"zz_empty.wav", "zz_broken.wav"}
+    for item in prepared.train:
+        assert prepared.store.length(item.index) > 0
+
+
+def test_package_exports_the_combine_function_even_after_its_module_is_imported():
+    import wavemel.train
+    import wavemel.train.combine  # noqa: F401  (would rebind the package attribute if unguarded)
+    from wavemel.train import combine as exported
+
+    assert exported is combine and callable(exported)
+    assert wavemel.train.train.__module__ == "wavemel.train.loop"

@@ -116,16 +116,17 @@ PRESETS: dict[str, Preset] = {
         workers=0,
     ),
     # Two CPU cores, fsdk18-mini (1,173 train / 420 test clips): 6 branch runs + 3 heads, one
-    # seed. One epoch of a small branch costs about 20 s per second of input length on two idle
-    # cores (measured ~2.5x that on a shared machine), so 6 epochs x (1+2+3) s x 2 branches is
-    # ~24 min, plus ~5 min for the heads and the evaluations: well under the hour.
+    # seed. Measured on 2 cores at 16 kHz, one epoch (with validation) of a small branch costs
+    # about 6 s (cnn-audio) and 3 s (cnn-spec) per second of input length, so an epoch of all six
+    # branch runs is ~54 s: 24 epochs ~22 min, plus ~4 min for the heads, the evaluations, the
+    # baseline and the clip cache. About 26 min on idle cores; under an hour even at half speed.
     "cpu": Preset(
         name="cpu",
         size="small",
         lengths=(1.0, 2.0, 3.0),
         seeds=(0,),
-        epochs=6,
-        comb_epochs=3,
+        epochs=24,
+        comb_epochs=6,
         batch_size=32,
         lr=2e-3,
         sample_rate=16000,
@@ -361,13 +362,15 @@ def _train_branch(
     run_dir: Path,
     has_test: bool,
     cache_dir: Path,
-) -> None:
+) -> bool:
+    """Train one branch unless it is finished; True when it was (re)trained now."""
     from wavemel.train import TrainConfig, train
 
     key = str(run_dir.relative_to(state.path.parent))
     if _run_finished(state, key, run_dir):
-        return
+        return False
     _log(config, f"train {model} {_length_key(seconds)} {unit.key}")
+    _drop_evaluations(run_dir)
     started = time.perf_counter()
     train_config = TrainConfig(
         model=model,
@@ -393,6 +396,13 @@ def _train_branch(
     train(train_config)
     state.runs[key] = {"trained": True, "train_wall_s": round(time.perf_counter() - started, 2)}
     state.save()
+    return True
+
+
+def _drop_evaluations(run_dir: Path) -> None:
+    # Scores of an earlier model in this folder must not survive its retraining.
+    for stale in run_dir.glob("study-eval-*.json"):
+        stale.unlink()
 
 
 def _train_comb(
@@ -403,18 +413,23 @@ def _train_comb(
     seconds: float,
     length_dir: Path,
     cache_dir: Path,
+    branches_changed: bool,
 ) -> None:
-    from wavemel.train import CombineConfig
-
-    # Not ``from wavemel.train import combine``: once the submodule ``wavemel.train.combine``
-    # is imported, that name on the package is the module, not the function.
-    from wavemel.train.combine import combine
+    """Train cnn-comb's head unless finished; from scratch when a branch was just retrained."""
+    from wavemel.train import CombineConfig, combine
 
     run_dir = length_dir / "cnn-comb"
     key = str(run_dir.relative_to(state.path.parent))
-    if _run_finished(state, key, run_dir):
+    if branches_changed:
+        # A head trained on the old branches is worthless: neither skip nor resume it.
+        state.runs.pop(key, None)
+        restart = {"resume": False, "force": run_dir.exists()}
+    elif _run_finished(state, key, run_dir):
         return
+    else:
+        restart = _prepare_run_dir(run_dir)
     _log(config, f"combine {_length_key(seconds)} {unit.key}")
+    _drop_evaluations(run_dir)
     started = time.perf_counter()
     combine(
         CombineConfig(
@@ -427,7 +442,7 @@ def _train_comb(
             device=config.device,
             workers=preset.workers,
             cache_dir=str(cache_dir),
-            **_prepare_run_dir(run_dir),
+            **restart,
         )
     )
     state.runs[key] = {"trained": True, "train_wall_s": round(time.perf_counter() - started, 2)}
@@ -442,9 +457,7 @@ def _evaluation_path(run_dir: Path, split: str, zero_input: str | None) -> Path:
 _KEEP = ("map3", "map3_public", "map3_private", "top1", "n_clips", "per_class")
 
 
-def _evaluate(
-    config: StudyConfig, run_dir: Path, split: str, zero_input: str | None, cache_dir: Path
-) -> dict:
+def _evaluate(config: StudyConfig, run_dir: Path, split: str, zero_input: str | None) -> dict:
     path = _evaluation_path(run_dir, split, zero_input)
     if path.is_file():
         return json.loads(path.read_text())
@@ -856,7 +869,11 @@ def reproduce(config: StudyConfig, *, command: str | None = None) -> Path:
         "format": index.format,
         "label_pattern": config.label_pattern,
         "group_field": config.group_field,
-        "preset": asdict(preset),
+        # Seeds, lengths and max_folds only add or drop units, whose runs are independent, so a
+        # study can be extended (say, two more seeds) without redoing the finished runs.
+        "preset": {
+            k: v for k, v in asdict(preset).items() if k not in ("seeds", "lengths", "max_folds")
+        },
     }
     # Through JSON once so that tuples compare equal to the lists read back from state.json.
     settings = json.loads(json.dumps(settings))
@@ -873,8 +890,9 @@ def reproduce(config: StudyConfig, *, command: str | None = None) -> Path:
         evaluations[unit.key] = {}
         for seconds in preset.lengths:
             length_dir = unit_dir / _length_key(seconds)
+            changed = False
             for model in BRANCHES:
-                _train_branch(
+                changed |= _train_branch(
                     config,
                     preset,
                     state,
@@ -885,12 +903,10 @@ def reproduce(config: StudyConfig, *, command: str | None = None) -> Path:
                     has_test,
                     cache_dir,
                 )
-            _train_comb(config, preset, state, unit, seconds, length_dir, cache_dir)
+            _train_comb(config, preset, state, unit, seconds, length_dir, cache_dir, changed)
             scores = {}
             for name, run_name, zero_input in VARIANTS:
-                scores[name] = _evaluate(
-                    config, length_dir / run_name, split, zero_input, cache_dir
-                )
+                scores[name] = _evaluate(config, length_dir / run_name, split, zero_input)
             evaluations[unit.key][_length_key(seconds)] = scores
         baselines[unit.key] = _baseline(
             config, preset, index, unit, has_test, unit_dir, feature_cache
@@ -961,6 +977,21 @@ def reproduce(config: StudyConfig, *, command: str | None = None) -> Path:
             "trainer's validation set (it picks the best epoch on it), so the network scores "
             "are slightly optimistic; the baseline has no epochs to pick."
         )
+        if config.group_field:
+            held_out = []
+            for unit in units:
+                fields = _split_fields(preset, unit, has_test)
+                _, val_records = train_val_split(
+                    index,
+                    folds=fields["folds"],
+                    fold=fields["fold"],
+                    seed=fields["seed"],
+                    group_field=config.group_field,
+                )
+                groups = sorted({str(r.group) for r in val_records})
+                held_out.append(f"{unit.key}: {', '.join(groups)}")
+            evaluation_note += f" Held-out {config.group_field} per run: " + "; ".join(held_out)
+            evaluation_note += "."
     results = {
         "data": settings["data"],
         "format": index.format,

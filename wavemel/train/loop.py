@@ -399,9 +399,9 @@ def fit(
             print(f"resuming {out} after epoch {progress.epoch}/{config.epochs}", flush=True)
 
     input_samples = config.input_samples
-    hop_samples = (
-        None if config.hop_seconds is None else int(config.hop_seconds * config.sample_rate)
-    )
+    hop_samples = None
+    if config.hop_seconds is not None:
+        hop_samples = int(round(config.hop_seconds * config.sample_rate))
     dataset = WindowDataset(
         data.store, data.train, input_samples + shift_margin(input_samples), seed=config.seed
     )
@@ -533,7 +533,8 @@ def fit(
             )
         barrier(ctx)
     if ctx.is_main:
-        if config.patience and progress.epochs_without_improvement >= config.patience:
+        stopped = config.patience and progress.epochs_without_improvement >= config.patience
+        if stopped and progress.epoch < config.epochs:
             print(f"early stop: no better val_map3 for {config.patience} epochs", flush=True)
         print(
             f"best val_map3 {progress.best_map3:.4f} at epoch {progress.best_epoch}; "
