@@ -149,35 +149,3 @@ def test_classes_are_separable_by_simple_statistics(small_set):
     # Nearest centroid on 7 statistics is a weak classifier (about 0.58 here); 3.5x chance shows
     # that the classes differ in what the statistics see, so a CNN has real structure to learn.
     assert accuracy > 3.5 * chance, accuracy
-
-
-def _quickstart(*argv: str) -> int:
-    # Only this sub-command's parser, so the test does not depend on the other CLI modules.
-    import argparse
-
-    from wavemel.cli import quickstart
-
-    parser = argparse.ArgumentParser(prog="wavemel")
-    quickstart.register(parser.add_subparsers())
-    args = parser.parse_args(["quickstart", *argv])
-    return args.func(args)
-
-
-def test_quickstart_prepares_and_inspects(tmp_path, capsys):
-    out = tmp_path / "qs"
-    assert _quickstart("--out", str(out), "--clips-per-class", "2") == 0
-    printed = capsys.readouterr().out
-    assert f"classes   {len(SYNTHETIC_CLASSES)}" in printed
-    assert "problems  none" in printed
-    assert len(list((out / "data").rglob("*.wav"))) == 2 * len(SYNTHETIC_CLASSES)
-    # Other settings on the same folder: refused without --force, replaced with it.
-    with pytest.raises(DataError, match="--force"):
-        _quickstart("--out", str(out), "--clips-per-class", "3")
-    assert _quickstart("--out", str(out), "--clips-per-class", "3", "--force") == 0
-    assert len(list((out / "data").rglob("*.wav"))) == 3 * len(SYNTHETIC_CLASSES)
-    # A folder that is not ours is never removed, even with --force.
-    (tmp_path / "user" / "data").mkdir(parents=True)
-    (tmp_path / "user" / "data" / "keep.txt").write_text("mine")
-    with pytest.raises(DataError):
-        _quickstart("--out", str(tmp_path / "user"), "--force")
-    assert (tmp_path / "user" / "data" / "keep.txt").read_text() == "mine"
