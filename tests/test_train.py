@@ -243,6 +243,15 @@ def test_combine_refuses_mismatched_runs(tmp_path, spec_changes, spec_labels, me
     assert not (tmp_path / "c").exists()
 
 
+def test_combine_refuses_branches_in_the_wrong_slots(tmp_path):
+    audio = _fake_branch(tmp_path / "a", "cnn-audio", ["a", "b", "c"])
+    spec = _fake_branch(tmp_path / "s", "cnn-spec", ["a", "b", "c"])
+    swapped = CombineConfig(audio_run=str(spec), spec_run=str(audio), out=str(tmp_path / "c"))
+    with pytest.raises(CheckpointError, match="--audio must be a cnn-audio run, not cnn-spec"):
+        combine(swapped)
+    assert not (tmp_path / "c").exists()
+
+
 def test_combine_trains_only_the_head(synth, tmp_path):
     audio = train(_config(synth, tmp_path, out=str(tmp_path / "a"), epochs=1))
     spec = train(_config(synth, tmp_path, out=str(tmp_path / "s"), epochs=1, model="cnn-spec"))

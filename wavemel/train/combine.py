@@ -26,9 +26,14 @@ def _same_path(a: Any, b: Any) -> bool:
 
 def check_branches(audio_meta: dict, spec_meta: dict, audio_run: str, spec_run: str) -> None:
     """Raise a CheckpointError naming the first setting on which the two branch runs differ."""
-    for name, meta, run in (("--audio", audio_meta, audio_run), ("--spec", spec_meta, spec_run)):
-        if meta.get("model") == "cnn-comb":
-            raise CheckpointError(f"{run}: {name} must be a single-branch run, not cnn-comb")
+    for name, meta, run, wanted in (
+        ("--audio", audio_meta, audio_run, "cnn-audio"),
+        ("--spec", spec_meta, spec_run, "cnn-spec"),
+    ):
+        if meta.get("model") != wanted:
+            raise CheckpointError(
+                f"{run}: {name} must be a {wanted} run, not {meta.get('model') or 'unknown model'}"
+            )
     pairs = [
         ("labels", audio_meta.get("labels"), spec_meta.get("labels")),
         ("sample_rate", audio_meta.get("sample_rate"), spec_meta.get("sample_rate")),
