@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import socket
 import tarfile
 import threading
@@ -21,6 +22,7 @@ from wavemel.data.download import (
     download_dataset,
     download_file,
     unpack_archive,
+    zenodo_checksums,
 )
 from wavemel.errors import DataError
 
@@ -134,6 +136,25 @@ def _fsdd_source(md5: str | None = None) -> dict[str, Source]:
             data_root="recordings",
         )
     }
+
+
+def _silent_wav() -> bytes:
+    """0.1 s of 16-bit mono silence at 8 kHz: a valid WAV file."""
+    return (
+        b"RIFF"
+        + (36 + 1600).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + (1).to_bytes(2, "little")
+        + (8000).to_bytes(4, "little")
+        + (16000).to_bytes(4, "little")
+        + (2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + (1600).to_bytes(4, "little")
+        + bytes(1600)
+    )
 
 
 FSDD_ENTRIES = {
@@ -270,21 +291,7 @@ def test_esc50_gets_a_manifest_the_csv_adapter_reads(server, tmp_path):
 
     meta = "filename,fold,target,category,esc10,src_file,take\n"
     meta += "1-100-A-0.wav,1,0,dog,True,100,A\n2-200-A-1.wav,2,1,rooster,False,200,A\n"
-    silent_wav = (
-        b"RIFF"
-        + (36 + 1600).to_bytes(4, "little")
-        + b"WAVEfmt "
-        + (16).to_bytes(4, "little")
-        + (1).to_bytes(2, "little")
-        + (1).to_bytes(2, "little")
-        + (8000).to_bytes(4, "little")
-        + (16000).to_bytes(4, "little")
-        + (2).to_bytes(2, "little")
-        + (16).to_bytes(2, "little")
-        + b"data"
-        + (1600).to_bytes(4, "little")
-        + bytes(1600)
-    )
+    silent_wav = _silent_wav()
     server.files["ESC-50-master.zip"] = _zip_bytes(
         {
             "ESC-50-master/meta/esc50.csv": meta.encode(),
@@ -316,3 +323,87 @@ def test_cli_lists_every_registered_data_set():
     from wavemel.data.download import SOURCES
 
     assert sorted(DATASETS) == sorted(SOURCES)
+
+
+def _fsdk18_archives() -> dict[str, bytes]:
+    """The four FSDKaggle2018 zips in the Zenodo layout, with two train and two test clips."""
+    wav = _silent_wav()
+    train_csv = "fname,label,manually_verified,freesound_id,license\n"
+    train_csv += "aa.wav,Bark,1,1,CC0\nbb.wav,Cello,0,2,CC0\n"
+    test_csv = "fname,label,usage,freesound_id,license\ncc.wav,Bark,Public,3,CC0\n"
+    test_csv += "dd.wav,Cello,Private,4,CC0\n"
+    return {
+        "FSDKaggle2018.meta.zip": _zip_bytes(
+            {
+                "FSDKaggle2018.meta/train_post_competition.csv": train_csv.encode(),
+                "FSDKaggle2018.meta/test_post_competition_scoring_clips.csv": test_csv.encode(),
+            }
+        ),
+        "FSDKaggle2018.doc.zip": _zip_bytes({"FSDKaggle2018.doc/README.md": b"doc"}),
+        "FSDKaggle2018.audio_train.zip": _zip_bytes(
+            {"FSDKaggle2018.audio_train/aa.wav": wav, "FSDKaggle2018.audio_train/bb.wav": wav}
+        ),
+        "FSDKaggle2018.audio_test.zip": _zip_bytes(
+            {"FSDKaggle2018.audio_test/cc.wav": wav, "FSDKaggle2018.audio_test/dd.wav": wav}
+        ),
+    }
+
+
+def _zenodo_record(archives: dict[str, bytes], corrupt: str | None = None) -> bytes:
+    """A Zenodo ``/api/records/ID`` answer listing the archives' md5 (one wrong if asked)."""
+    files = [
+        {
+            "key": name,
+            "size": len(data),
+            "checksum": "md5:" + ("0" * 32 if name == corrupt else hashlib.md5(data).hexdigest()),
+        }
+        for name, data in archives.items()
+    ]
+    return json.dumps({"id": 2552860, "files": files}).encode()
+
+
+def test_fsdkaggle2018_is_verified_against_zenodo_md5_and_loads(server, tmp_path):
+    from wavemel.data import load_dataset
+
+    archives = _fsdk18_archives()
+    server.files.update(archives)
+    server.files["zenodo-record-2552860.json"] = _zenodo_record(archives)
+    root = download_dataset("fsdkaggle2018", tmp_path, base_url=server.url, progress=False)
+    assert root == tmp_path / "fsdkaggle2018"
+    index = load_dataset(root)  # layout detected: the Zenodo release
+    assert index.format == "fsdkaggle2018"
+    assert index.labels == ["Bark", "Cello"]
+    assert sorted(r.usage for r in index.split("test")) == ["Private", "Public"]
+    marker = json.loads((root / MARKER_NAME).read_text())
+    assert {f["name"]: f["md5"] for f in marker["files"]} == {
+        name: hashlib.md5(data).hexdigest() for name, data in archives.items()
+    }
+    assert not (tmp_path / "zenodo-record-2552860.json").exists()
+
+
+def test_fsdkaggle2018_archive_with_wrong_md5_is_rejected(server, tmp_path):
+    archives = _fsdk18_archives()
+    server.files.update(archives)
+    server.files["zenodo-record-2552860.json"] = _zenodo_record(
+        archives, corrupt="FSDKaggle2018.audio_test.zip"
+    )
+    with pytest.raises(DataError, match="md5 checksum mismatch") as info:
+        download_dataset("fsdkaggle2018", tmp_path, base_url=server.url, progress=False)
+    assert "FSDKaggle2018.audio_test.zip" in str(info.value)
+    assert not (tmp_path / "fsdkaggle2018").exists()
+    assert not (tmp_path / "FSDKaggle2018.audio_test.zip").exists()
+
+
+def test_zenodo_record_without_checksums_is_refused(server, tmp_path):
+    server.files.update(_fsdk18_archives())
+    server.files["zenodo-record-2552860.json"] = b'{"files": []}'
+    with pytest.raises(DataError, match="lists no md5"):
+        download_dataset("fsdkaggle2018", tmp_path, base_url=server.url, progress=False)
+    assert not (tmp_path / "fsdkaggle2018").exists()
+
+
+def test_zenodo_checksums_reads_both_listing_forms():
+    entry = {"key": "a.zip", "checksum": "md5:" + "A" * 32}
+    assert zenodo_checksums({"files": [entry]}) == {"a.zip": "a" * 32}
+    assert zenodo_checksums({"entries": {"a.zip": entry}}) == {"a.zip": "a" * 32}
+    assert zenodo_checksums({"files": [{"key": "b.zip", "checksum": "sha1:abc"}]}) == {}

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.slow
 
 # "mean ± std" (several runs) or "mean" (one run).
 _CELL = re.compile(r"^(\d\.\d{3})(?: ± (\d\.\d{3}))?$")
+# Cells have 3 decimals; a value exactly halfway (0.1875 -> "0.188") is off by 5e-4.
+_HALF_ULP = 5e-4 + 1e-9
 
 
 def _table_rows(report: str, heading: str) -> dict[tuple[str, str], list[str]]:
@@ -62,15 +64,15 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
                 for u in units
             ]
             assert all(0.0 <= v <= 1.0 for v in values)
-            assert float(match.group(1)) == pytest.approx(np.mean(values), abs=5e-4)
-            assert float(match.group(2)) == pytest.approx(np.std(values, ddof=1), abs=5e-4)
+            assert float(match.group(1)) == pytest.approx(np.mean(values), abs=_HALF_ULP)
+            assert float(match.group(2)) == pytest.approx(np.std(values, ddof=1), abs=_HALF_ULP)
             assert cells[1] == str(len(units))
     baseline_cells = rows[("baseline (MFCC + LR)", "whole clip")]
     baseline_values = [
         json.loads((out / "runs" / u / "baseline.json").read_text())["map3"] for u in units
     ]
     assert float(_CELL.match(baseline_cells[0]).group(1)) == pytest.approx(
-        np.mean(baseline_values), abs=5e-4
+        np.mean(baseline_values), abs=_HALF_ULP
     )
     # The synthetic classes are easy for MFCCs: the floor is well above chance (~0.23).
     assert np.mean(baseline_values) > 0.4
@@ -105,6 +107,9 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
     assert f"wavemel reproduce --data {data} --out {out} --preset tiny" in report
     for package in ("torch", "numpy", "librosa"):
         assert f"{package} {results['environment'][package]}" in report
+    # The reader is told what the data are (not FSDKaggle2018), the seeds and how to regenerate.
+    assert "not FSDKaggle2018" in report and "48 labelled training clips" in report
+    assert "- Seeds: 0;" in report and "To regenerate" in report
 
     # A second invocation finds every run finished: nothing is retrained or re-scored.
     best = out / "runs" / units[1] / "1s" / "cnn-audio" / "best.safetensors"
@@ -135,6 +140,11 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
     # The head on top of a retrained branch is trained again and re-scored.
     assert (comb / "best.safetensors").stat().st_mtime_ns != comb_stamp
     assert (comb / "study-eval-val.json").is_file()
+    # Called from Python, the report states the equivalent command, not this process's argv.
+    assert (
+        f"wavemel reproduce --data {data} --out {out} --preset tiny\n"
+        in (out / "report.md").read_text()
+    )
 
 
 def test_study_folder_is_protected(tmp_path):
@@ -160,3 +170,66 @@ def test_study_folder_is_protected(tmp_path):
     (other / "keep.txt").write_text("x")
     assert _open_study(other, {"preset": "cpu"}, force=True).runs == {}
     assert not (other / "runs").exists() and (other / "keep.txt").exists()
+
+
+def _fsdk18_layout(tmp_path):
+    """The synthetic clips in the FSDKaggle2018 Zenodo layout: 4 clips per class train, 2 test
+    (one Public, one Private), so that the test-split and Public/Private code paths run."""
+    import shutil
+
+    from wavemel.data.synthetic import generate
+
+    source = generate(tmp_path / "synthetic", clips_per_class=6, seed=2, sample_rate=8000)
+    root = tmp_path / "fsdk18"
+    train_dir, test_dir, meta = (
+        root / "FSDKaggle2018.audio_train",
+        root / "FSDKaggle2018.audio_test",
+        root / "FSDKaggle2018.meta",
+    )
+    for folder in (train_dir, test_dir, meta):
+        folder.mkdir(parents=True)
+    train_rows = ["fname,label,manually_verified,freesound_id,license"]
+    test_rows = ["fname,label,usage,freesound_id,license"]
+    for label_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+        for i, wav in enumerate(sorted(label_dir.glob("*.wav"))):
+            name = f"{label_dir.name}{i}.wav"
+            if i < 4:
+                shutil.copy(wav, train_dir / name)
+                train_rows.append(f"{name},{label_dir.name},1,{i},CC0")
+            else:
+                shutil.copy(wav, test_dir / name)
+                usage = "Public" if i == 4 else "Private"
+                test_rows.append(f"{name},{label_dir.name},{usage},{i},CC0")
+    (meta / "train_post_competition.csv").write_text("\n".join(train_rows) + "\n")
+    (meta / "test_post_competition_scoring_clips.csv").write_text("\n".join(test_rows) + "\n")
+    return root
+
+
+def test_test_split_study_reports_public_private_and_total(tmp_path):
+    data = _fsdk18_layout(tmp_path)
+    out = tmp_path / "study"
+    report_path = reproduce(
+        StudyConfig(data=str(data), out=str(out), preset="tiny", lengths=(1.0,), progress=False)
+    )
+    report = report_path.read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["evaluation_split"] == "test" and results["has_usage"]
+    assert results["units"] == ["seed0"]  # a test split: seeds are the units, no folds
+    assert "| Model | Input length | Public | Private | Total | Runs |" in report
+    rows = _table_rows(report, "## Table 1")
+    for model in ("cnn-audio", "cnn-spec", "cnn-comb"):
+        cells = rows[(model, "1 s")]
+        scored = json.loads(
+            (out / "runs" / "seed0" / "1s" / model / "study-eval-test.json").read_text()
+        )
+        assert scored["n_clips"] == 16
+        for cell, key in zip(cells[:3], ("map3_public", "map3_private", "map3")):
+            assert _CELL.match(cell), cells
+            assert float(cell) == pytest.approx(scored[key], abs=_HALF_ULP)
+        assert cells[3] == "1"
+    # Total is the mean over all 16 clips, so it lies between the Public and Private scores.
+    public, private, total = (float(c) for c in rows[("cnn-comb", "1 s")][:3])
+    assert min(public, private) - 2 * _HALF_ULP <= total <= max(public, private) + 2 * _HALF_ULP
+    assert rows[("baseline (MFCC + LR)", "whole clip")][2] != "n/a"
+    assert "labelled test split (16 clips, Public / Private" in report
+    assert "not FSDKaggle2018" in report

@@ -303,12 +303,8 @@ def pad(x: Tensor, lengths: Tensor | None, offsets: Tensor, input_samples: int) 
     Returns:
         ``(B, N)`` or ``(B, C, N)``.
     """
-    input_samples = _check_positive_int("input_samples", input_samples)
-    lengths = _prepare(x, lengths)
-    offsets = offsets.to(device=x.device, dtype=torch.long)
-    source = _positions(x.shape[0], input_samples, x.device) - offsets.unsqueeze(1)
-    valid = (source >= 0) & (source < lengths.unsqueeze(1))
-    return _gather(x, source, valid)
+    # Padding by an offset is a crop that starts that many samples before the clip.
+    return crop(x, lengths, -offsets.to(dtype=torch.long), input_samples)
 
 
 def replicate(x: Tensor, lengths: Tensor | None, phases: Tensor, input_samples: int) -> Tensor:

@@ -168,9 +168,9 @@ def _resolve_device(device: str | torch.device | None, model: torch.nn.Module) -
     if device is None:
         parameter = next(iter(model.parameters()), None)
         return parameter.device if parameter is not None else torch.device("cpu")
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from wavemel.train.distributed import resolve_device
+
+    return resolve_device(device)
 
 
 class _WindowScorer:
@@ -182,6 +182,7 @@ class _WindowScorer:
         aggregator: _Aggregator,
         batch_size: int,
         device: torch.device,
+        amp: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -189,6 +190,7 @@ class _WindowScorer:
         self.aggregator = aggregator
         self.batch_size = batch_size
         self.device = device
+        self.amp = amp
         self._windows: list[np.ndarray] = []
         self._owners: list[int] = []
 
@@ -208,7 +210,7 @@ class _WindowScorer:
         # Mixed precision only on CUDA (CPU autocast is slower for these convs); bfloat16 where
         # supported because its float32 range cannot overflow on loud inputs.
         autocast = contextlib.nullcontext()
-        if self.device.type == "cuda":
+        if self.amp and self.device.type == "cuda":
             half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             autocast = torch.autocast(device_type="cuda", dtype=half)
         with torch.inference_mode(), autocast:
@@ -236,6 +238,7 @@ def predict_waveforms(
     aggregate: str = "mean",
     fill: str = "replicate",
     empty_distribution: np.ndarray | None = None,
+    amp: bool = True,
 ) -> np.ndarray:
     """Class probabilities of whole clips from window predictions.
 
@@ -252,6 +255,7 @@ def predict_waveforms(
         aggregate: ``"mean"`` of window probabilities or ``"geometric"`` (renormalised).
         fill: How a clip shorter than a window is filled: ``"replicate"`` or ``"pad"``.
         empty_distribution: ``(C,)`` answer for empty clips (default uniform; the caller warns).
+        amp: Mixed precision on CUDA (bfloat16 where supported, else float16); ignored on CPU.
 
     Returns:
         ``(N, C)`` float64 probabilities; each row sums to 1.
@@ -263,7 +267,7 @@ def predict_waveforms(
     num_classes = int(model.num_classes)
     aggregator = _Aggregator(len(waveforms), num_classes, aggregate)
     target = _resolve_device(device, model)
-    scorer = _WindowScorer(model, aggregator, batch_size, target)
+    scorer = _WindowScorer(model, aggregator, batch_size, target, amp=amp)
     # Long clips are pushed in pieces so that at most about one batch of windows is held at once.
     piece = max(input_samples, hop) * batch_size
     was_training = model.training

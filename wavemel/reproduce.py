@@ -641,9 +641,13 @@ def _figure4(per_class: dict[str, dict], length: str, out_png: Path) -> None:
         )
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("MAP@3")
+    ax.set_xlabel("Category")
+    ax.set_ylabel("MAP@3 (mean over runs)")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"Per-category MAP@3, input length {length}")
+    ax.set_xlim(-0.6, len(classes) - 0.4)
+    ax.yaxis.grid(True, linewidth=0.5, alpha=0.5)
+    ax.set_axisbelow(True)
+    ax.set_title(f"Per-category MAP@3, input length {length.replace('s', ' s')}")
     ax.legend(fontsize=8, ncol=len(names), loc="lower center", bbox_to_anchor=(0.5, 1.08))
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -714,18 +718,78 @@ def _environment(device: str) -> dict:
     }
 
 
+# The real FSDKaggle2018: 41 classes, 9,473 labelled training clips, 1,600 scored test clips.
+_FSDK18_SIZES = (41, 9473, 1600)
+
+
+def _data_note(fmt: str, n_labels: int, n_train: int, n_test: int) -> str:
+    """Whether the numbers can be set beside the poster's (FSDKaggle2018) or not."""
+    if fmt.startswith("fsdkaggle2018") and (n_labels, n_train, n_test) == _FSDK18_SIZES:
+        return (
+            "These data have the size of FSDKaggle2018 (41 classes, 9,473 training and 1,600 "
+            "scored test clips), so the numbers below can be compared with the poster's Table 1."
+        )
+    return (
+        f"These data are **not FSDKaggle2018** ({n_labels} classes, {n_train} labelled training "
+        "clips; FSDKaggle2018 has 41 and 9,473). The numbers below compare the networks with each "
+        "other on these data; they are not FSDKaggle2018 results and must not be set beside the "
+        "poster's (MAP@3 0.948 for cnn-comb at 2 s)."
+    )
+
+
+def equivalent_command(config: StudyConfig) -> str:
+    """The ``wavemel reproduce`` command line that runs ``config`` (for the report)."""
+    import shlex
+
+    words = ["wavemel", "reproduce", "--data", str(config.data), "--out", str(config.out)]
+    words += ["--preset", config.preset]
+    for option in (
+        "format",
+        "label_pattern",
+        "group_field",
+        "folds",
+        "max_folds",
+        "epochs",
+        "comb_epochs",
+        "sample_rate",
+        "cache_dir",
+    ):
+        value = getattr(config, option)
+        if value is not None:
+            words += ["--" + option.replace("_", "-"), str(value)]
+    for option in ("seeds", "lengths"):
+        values = getattr(config, option)
+        if values:
+            words += ["--" + option]
+            words += [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    if config.device != "auto":
+        words += ["--device", config.device]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def _write_report(out: Path, results: dict) -> Path:
     has_usage = results["has_usage"]
     preset = results["preset"]
     lines = [
         "# Reproducing the poster: results",
         "",
-        f"Data: `{results['data']}` (format `{results['format']}`, {results['n_labels']} classes). "
-        f"Preset `{preset['name']}`: model size `{preset['size']}`, epochs {preset['epochs']} "
-        f"(cnn-comb head: {preset['comb_epochs']}), {preset['sample_rate']} Hz, "
-        f"seeds {', '.join(map(str, preset['seeds']))}.",
+        "Made by `wavemel reproduce` (command, versions and device at the end). "
+        + results.get("data_note", ""),
         "",
-        f"Evaluation: {results['evaluation_note']}",
+        f"- Data: `{results['data']}` (format `{results['format']}`, {results['n_labels']} "
+        f"classes, {results.get('n_train_clips', '?')} labelled training clips).",
+        f"- Preset `{preset['name']}`: model size `{preset['size']}`, input lengths "
+        + ", ".join(f"{s:g} s" for s in preset["lengths"])
+        + f", {preset['epochs']} epoch{'s' if preset['epochs'] != 1 else ''} (cnn-comb head: "
+        f"{preset['comb_epochs']}), batch "
+        f"{preset['batch_size']}, learning rate {preset['lr']:g}, mixup alpha "
+        f"{preset['mixup_alpha']:g}, clips resampled to {preset['sample_rate']} Hz.",
+        f"- Seeds: {', '.join(map(str, preset['seeds']))}; runs (seed, and fold where there is "
+        f"no test split): {', '.join(results['units'])}.",
+        f"- Evaluated on: {results['evaluation_note']}",
+        "- Scores are MAP@3 (mean average precision of the top 3 tags, as on the Kaggle "
+        "leaderboard) on whole clips: each clip is cut into input-length windows whose "
+        "probabilities are averaged.",
         "",
         "## Table 1: MAP@3 per model and input length",
         "",
@@ -767,7 +831,7 @@ def _write_report(out: Path, results: dict) -> Path:
     overall = obs["overall_map3"]
     lines += [
         "",
-        f"## Figure 4: per-category MAP@3 ({fig4['input_length']} input)",
+        f"## Figure 4: per-category MAP@3 ({fig4['input_length'].replace('s', ' s')} input)",
         "",
         f"![Figure 4]({fig4['png']})",
         "",
@@ -814,6 +878,10 @@ def _write_report(out: Path, results: dict) -> Path:
         f"- Device: {env['device']}.",
         f"- Seeds: {', '.join(map(str, preset['seeds']))} (each seeds the split, the weights, the "
         "data order and the augmentations); units: " + ", ".join(results["units"]) + ".",
+        "- To regenerate: run the command above with a new `--out` (the same command and `--out` "
+        "resumes this study and only redoes what is missing). The same seeds give the same "
+        "splits and baseline; the network scores can differ in the last digits on another "
+        "machine, thread count or torch version.",
         f"- Wall time: {wall['this_invocation_s'] / 60:.1f} min for this invocation; "
         f"{wall['all_invocations_s'] / 60:.1f} min over {wall['invocations']} invocation(s); "
         f"training time summed over runs {wall['training_s'] / 60:.1f} min.",
@@ -880,7 +948,7 @@ def reproduce(config: StudyConfig, *, command: str | None = None) -> Path:
     state = _open_study(out, settings, config.force)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
     units = _units(preset, has_test)
-    command = command or " ".join(sys.argv)
+    command = command or equivalent_command(config)
 
     evaluations: dict[str, dict] = {}
     baselines: dict[str, dict] = {}
@@ -992,9 +1060,12 @@ def reproduce(config: StudyConfig, *, command: str | None = None) -> Path:
                 held_out.append(f"{unit.key}: {', '.join(groups)}")
             evaluation_note += f" Held-out {config.group_field} per run: " + "; ".join(held_out)
             evaluation_note += "."
+    n_train = sum(1 for r in index.split("train") if r.labels)
     results = {
         "data": settings["data"],
         "format": index.format,
+        "data_note": _data_note(index.format, len(index.labels), n_train, len(eval_records)),
+        "n_train_clips": n_train,
         "n_labels": len(index.labels),
         "labels": index.labels,
         "preset": asdict(preset),

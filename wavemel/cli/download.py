@@ -16,8 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="download and unpack a public data set (resumable, checksummed)",
         description="Download a public data set from its official host and unpack it into the "
         "layout the data adapters read. Interrupted downloads resume when run again.",
-        epilog="fsdkaggle2018: Zenodo record 2552860 (~4.8 GB); fsdd: Free Spoken Digit Dataset "
-        "(GitHub); esc50: ESC-50 (GitHub).",
+        epilog="fsdkaggle2018: Zenodo record 2552860 (~4.8 GB; every zip is checked against the "
+        "md5 that Zenodo lists for the record); fsdd: Free Spoken Digit Dataset (GitHub); esc50: "
+        "ESC-50 (GitHub). GitHub snapshots carry no checksum and are checked for being valid "
+        "archives.",
     )
     parser.add_argument("name", choices=DATASETS, help="data set to fetch")
     parser.add_argument("--to", type=Path, required=True, help="parent folder of the data set")
@@ -28,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--base-url",
         default=None,
-        help="fetch archives from BASE_URL/<archive name> (a mirror); default "
-        "$WAVEMEL_DOWNLOAD_BASE_URL or the official host",
+        help="fetch archives (and fsdkaggle2018's zenodo-record-2552860.json checksum list) from "
+        "BASE_URL/<file name> (a mirror); default $WAVEMEL_DOWNLOAD_BASE_URL or the official host",
     )
     parser.add_argument("--retries", type=int, default=4, help="retries per archive (default 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

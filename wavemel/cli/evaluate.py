@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from wavemel.cli._options import add_inference_options, inference_kwargs
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -30,20 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("audio", "spec"),
         help="cnn-comb ablation: zero that branch's features",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    parser.add_argument(
-        "--hop-seconds",
-        type=float,
-        metavar="S",
-        help="window hop for whole-clip scoring (default: the training input length)",
-    )
-    parser.add_argument(
-        "--aggregate",
-        choices=("mean", "geometric"),
-        default="mean",
-        help="how window probabilities are combined (default: mean)",
-    )
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="windows per pass")
+    add_inference_options(parser)
     parser.add_argument("--out-dir", metavar="DIR", help="where to write (default: RUN)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
@@ -86,11 +75,8 @@ def run(args: argparse.Namespace) -> int:
             args.data,
             split=args.split,
             zero_input=args.zero_input,
-            device=args.device,
             out_dir=args.out_dir,
-            hop_seconds=args.hop_seconds,
-            aggregate=args.aggregate,
-            batch_size=args.batch_size,
+            **inference_kwargs(args),
             progress=not args.json and sys.stderr.isatty(),
         )
     if args.json:

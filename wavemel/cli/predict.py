@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from wavemel.cli._options import add_inference_options, inference_kwargs
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -27,20 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write a Kaggle submission (fname,label with three labels per file)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing --submission")
-    parser.add_argument(
-        "--hop-seconds",
-        type=float,
-        metavar="S",
-        help="window hop (default: the training input length, no overlap)",
-    )
-    parser.add_argument(
-        "--aggregate",
-        choices=("mean", "geometric"),
-        default="mean",
-        help="how window probabilities are combined (default: mean)",
-    )
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="windows per pass")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    add_inference_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -102,13 +91,7 @@ def run(args: argparse.Namespace) -> int:
     files, errors = expand_paths(args.paths)
     if not files and not errors:
         raise WavemelError(f"no audio files found in {', '.join(args.paths)}")
-    tagger = Tagger.from_checkpoint(
-        args.run,
-        device=args.device,
-        hop_seconds=args.hop_seconds,
-        aggregate=args.aggregate,
-        batch_size=args.batch_size,
-    )
+    tagger = Tagger.from_checkpoint(args.run, **inference_kwargs(args))
     top_k = min(args.top_k, len(tagger.labels))
     results: list[tuple[Path, list[tuple[str, float]]]] = []
     progress = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 
 
@@ -73,40 +72,15 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.quiet,
     )
-    report = reproduce(config, command=_command_line(args))
+    report = reproduce(config, command=_command_line(config, args.force))
     print(f"report: {report}")
     print(f"numbers: {report.parent / 'results.json'}")
     return 0
 
 
-def _command_line(args: argparse.Namespace) -> str:
+def _command_line(config, force: bool) -> str:
     """The command as it would be typed, rebuilt from the parsed options (also correct when
     ``main(argv)`` is called from Python, where ``sys.argv`` is someone else's)."""
-    words = ["wavemel", "reproduce", "--data", str(args.data), "--out", str(args.out)]
-    words += ["--preset", args.preset]
-    for option in (
-        "format",
-        "label_pattern",
-        "group_field",
-        "folds",
-        "max_folds",
-        "epochs",
-        "comb_epochs",
-        "sample_rate",
-        "cache_dir",
-    ):
-        value = getattr(args, option)
-        if value is not None:
-            words += ["--" + option.replace("_", "-"), str(value)]
-    for option in ("seeds", "lengths"):
-        values = getattr(args, option)
-        if values:
-            words += [
-                "--" + option,
-                *(f"{v:g}" if isinstance(v, float) else str(v) for v in values),
-            ]
-    if args.device != "auto":
-        words += ["--device", args.device]
-    if args.force:
-        words.append("--force")
-    return " ".join(shlex.quote(w) for w in words)
+    from wavemel.reproduce import equivalent_command
+
+    return equivalent_command(config) + (" --force" if force else "")

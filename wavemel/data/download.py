@@ -8,11 +8,12 @@ verified file is renamed to ``NAME``, so a file with the final name is never a t
 Archives are unpacked into a staging folder that is renamed into place when every archive of the
 data set is in, so the data set folder is either absent or complete.
 
-Checksums: the FSDD and ESC-50 archives are GitHub snapshots of a branch, whose bytes change with
-every commit (and with GitHub's archiver), so they carry no checksum. The md5 sums of the
-FSDKaggle2018 archives are listed on the Zenodo record page; they were not available when this
-registry was written (no network), so they are ``None`` here and a downloaded FSDKaggle2018 archive
-is checked only for being a valid zip. Pass ``md5=`` to :func:`download_file` to verify one.
+Checksums: the FSDKaggle2018 archives are verified against the md5 sums that Zenodo publishes for
+the record: its JSON description (``https://zenodo.org/api/records/2552860``, fetched first, a few
+kB) lists ``"checksum": "md5:..."`` for every file, so no digest is hard-coded here. The FSDD and
+ESC-50 archives are GitHub snapshots of a branch, whose bytes change with every commit (and with
+GitHub's archiver), so they carry no checksum and are checked only for being a valid archive.
+Pass ``md5=`` or ``sha256=`` to :func:`download_file` to verify any other file.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 
@@ -75,6 +76,8 @@ class Source:
         format_hint: the ``--format`` (and options) that read it.
         finish: optional step run on the unpacked folder before it is moved into place (e.g.
             writing a manifest the adapters read).
+        checksums: a Zenodo record's JSON description, which lists the md5 of every archive
+            (fetched from ``BASE/<name>`` with a base URL, like the archives); None: no list.
     """
 
     name: str
@@ -86,6 +89,7 @@ class Source:
     data_root: str = "."
     format_hint: str = ""
     finish: Callable[[Path], None] | None = None
+    checksums: RemoteFile | None = None
 
 
 def _write_esc50_manifest(folder: Path) -> None:
@@ -119,6 +123,9 @@ SOURCES: dict[str, Source] = {
         ),
         expect="FSDKaggle2018.meta/train_post_competition.csv",
         format_hint="--format fsdkaggle2018",
+        checksums=RemoteFile(
+            name="zenodo-record-2552860.json", url="https://zenodo.org/api/records/2552860"
+        ),
     ),
     "fsdd": Source(
         name="fsdd",
@@ -154,6 +161,57 @@ SOURCES: dict[str, Source] = {
         finish=_write_esc50_manifest,
     ),
 }
+
+
+def zenodo_checksums(record: dict) -> dict[str, str]:
+    """``{file name: md5}`` from a Zenodo record's JSON (``/api/records/ID``).
+
+    Zenodo lists files as ``{"key": NAME, "checksum": "md5:HEX"}``, either in a list under
+    ``files`` or, in the file-listing form, in ``entries`` (a list or a dict keyed by name).
+    Entries with another algorithm or a malformed digest are left out.
+    """
+    files = record.get("files", record.get("entries", []))
+    if isinstance(files, dict):
+        files = files.get("entries", files)
+    if isinstance(files, dict):
+        files = list(files.values())
+    sums = {}
+    for entry in files if isinstance(files, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        name, checksum = entry.get("key") or entry.get("filename"), entry.get("checksum")
+        if not isinstance(name, str) or not isinstance(checksum, str):
+            continue
+        algorithm, _, digest = checksum.partition(":")
+        if algorithm.lower() == "md5" and len(digest) == 32:
+            sums[name] = digest.lower()
+    return sums
+
+
+def _published_checksums(
+    source: Source, to: Path, base_url: str | None, **fetch_options
+) -> dict[str, str]:
+    """The md5 sums the host publishes for ``source``'s archives ({} when it publishes none)."""
+    if source.checksums is None:
+        return {}
+    url = resolve_url(source.checksums, base_url)
+    # Fetched afresh every time: a few kB, and a stale list would reject good archives.
+    listing = to / source.checksums.name
+    listing.unlink(missing_ok=True)
+    download_file(url, listing, **fetch_options)
+    try:
+        sums = zenodo_checksums(json.loads(listing.read_text()))
+    except (ValueError, UnicodeDecodeError):
+        sums = {}
+    finally:
+        listing.unlink(missing_ok=True)
+    missing = [r.name for r in source.files if r.md5 is None and r.name not in sums]
+    if missing:
+        raise DataError(
+            f"{url}: lists no md5 for {', '.join(missing)}; cannot verify the download "
+            "(the record's format may have changed)"
+        )
+    return sums
 
 
 def resolve_url(remote: RemoteFile, base_url: str | None = None) -> str:
@@ -456,11 +514,20 @@ def download_dataset(
             )
     to.mkdir(parents=True, exist_ok=True)
 
+    fetch_options = {
+        "retries": retries,
+        "backoff": backoff,
+        "timeout": timeout,
+        "progress": False,
+    }
+    published = _published_checksums(source, to, base_url, **fetch_options)
     staging = to / f".{source.folder}.unpacking"
     if staging.exists():
         shutil.rmtree(staging)
     archives: list[Path] = []
     for remote in source.files:
+        if remote.md5 is None and remote.name in published:
+            remote = replace(remote, md5=published[remote.name])
         url = resolve_url(remote, base_url)
         archive = to / remote.name
         if archive.exists() and not force:

@@ -71,3 +71,10 @@ def config_from_dict(config_cls: type, values: dict[str, Any]) -> Any:
             f"valid fields: {', '.join(sorted(known))}"
         )
     return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-able dict (tuples as lists); inverts ``config_from_dict``."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }

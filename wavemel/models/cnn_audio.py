@@ -9,14 +9,19 @@ for every named size), so 1, 2 or 3 s training crops and longer inference window
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from wavemel.models._registry import config_for_size, config_from_dict, register_model
+from wavemel.models._layers import check_vgg_config, conv_bn_relu, dense_head, vgg_blocks
+from wavemel.models._registry import (
+    config_for_size,
+    config_from_dict,
+    config_to_dict,
+    register_model,
+)
 
 # Standardisation floor for the per-example standard deviation: about -80 dBFS, so digital
 # silence with a little dither is not blown up to unit variance.
@@ -54,17 +59,8 @@ class CnnAudioConfig:
     normalize: str = "standardize"
 
     def __post_init__(self) -> None:
-        if not len(self.channels) == len(self.convs_per_block) == len(self.pools) >= 1:
-            raise ValueError(
-                "channels, convs_per_block and pools need one entry per block (at least one); got "
-                f"{self.channels}, {self.convs_per_block}, {self.pools}"
-            )
-        ints = [self.sample_rate, self.stem_channels, self.stem_kernel, self.stem_stride]
-        ints += [*self.channels, *self.convs_per_block, *self.pools, self.kernel_size, self.dense]
-        if any(int(v) != v or v < 1 for v in ints):
-            raise ValueError(f"cnn-audio sizes must be positive integers, got {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        stem = [self.sample_rate, self.stem_channels, self.stem_kernel, self.stem_stride]
+        check_vgg_config("cnn-audio", self, stem)
         if self.normalize not in ("standardize", "none"):
             raise ValueError(f"normalize must be 'standardize' or 'none', got {self.normalize!r}")
 
@@ -95,14 +91,6 @@ SIZES: dict[str, CnnAudioConfig] = {
 }
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
-    # Odd kernels with k // 2 padding keep the length at stride 1; BN makes the conv bias redundant.
-    conv = nn.Conv1d(
-        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
-    )
-    return [conv, nn.BatchNorm1d(out_channels), nn.ReLU(inplace=True)]
-
-
 @register_model("cnn-audio")
 class CnnAudio(nn.Module):
     """VGG-like 1-D CNN on the raw waveform.
@@ -130,28 +118,17 @@ class CnnAudio(nn.Module):
         self.sample_rate = int(cfg.sample_rate)
 
         self.stem = nn.Sequential(
-            *_conv_bn_relu(1, cfg.stem_channels, cfg.stem_kernel, stride=cfg.stem_stride)
+            *conv_bn_relu(1, 1, cfg.stem_channels, cfg.stem_kernel, stride=cfg.stem_stride)
         )
-        blocks = []
-        in_channels = cfg.stem_channels
-        for out_channels, n_convs, pool in zip(cfg.channels, cfg.convs_per_block, cfg.pools):
-            layers = []
-            for _ in range(n_convs):
-                layers += _conv_bn_relu(in_channels, out_channels, cfg.kernel_size)
-                in_channels = out_channels
-            layers.append(nn.MaxPool1d(pool))
-            blocks.append(nn.Sequential(*layers))
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, in_channels = vgg_blocks(
+            1, cfg.stem_channels, cfg.channels, cfg.convs_per_block, cfg.pools, cfg.kernel_size
+        )
         #: Size of :meth:`conv_features` (max and mean pooling concatenated).
         self.conv_dim = 2 * in_channels
-        self.embedding = nn.Sequential(
-            nn.Linear(self.conv_dim, cfg.dense, bias=False),
-            nn.BatchNorm1d(cfg.dense),
-            nn.ReLU(inplace=True),
+        self.embedding, self.dropout, self.classifier = dense_head(
+            self.conv_dim, cfg.dense, cfg.dropout, self.num_classes
         )
         self.embedding_dim = cfg.dense
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.classifier = nn.Linear(cfg.dense, self.num_classes)
         self.min_samples = self._min_samples()
         if self.min_samples > self.sample_rate:
             raise ValueError(
@@ -179,10 +156,7 @@ class CnnAudio(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         """JSON-able config (tuples as lists), enough for ``model_from_config``."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self.config).items()
-        }
+        return config_to_dict(self.config)
 
     def _init_weights(self) -> None:
         for module in self.modules():

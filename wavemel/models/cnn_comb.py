@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from wavemel.models._layers import dense_head
 from wavemel.models._registry import (
     config_for_size,
     create_model,
@@ -112,12 +113,10 @@ class CnnComb(nn.Module):
         self.spec = self._strip_branch(spec_model)
         self.min_samples = max(self.audio.min_samples, self.spec.min_samples)
         in_dim = self.audio.conv_dim + self.spec.conv_dim
-        self.embedding = nn.Sequential(
-            nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)
+        self.embedding, self.dropout, self.classifier = dense_head(
+            in_dim, hidden, dropout, self.num_classes
         )
         self.embedding_dim = int(hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, self.num_classes)
         self.zero_input = zero_input
 
     @staticmethod

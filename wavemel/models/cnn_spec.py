@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from wavemel.frontend import LogMel, default_hop_length, default_n_fft
-from wavemel.models._registry import config_for_size, config_from_dict, register_model
+from wavemel.models._layers import check_vgg_config, dense_head, vgg_blocks
+from wavemel.models._registry import (
+    config_for_size,
+    config_from_dict,
+    config_to_dict,
+    register_model,
+)
 
 
 @dataclass(frozen=True)
@@ -60,17 +66,7 @@ class CnnSpecConfig:
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        if not len(self.channels) == len(self.convs_per_block) == len(self.pools) >= 1:
-            raise ValueError(
-                "channels, convs_per_block and pools need one entry per block (at least one); got "
-                f"{self.channels}, {self.convs_per_block}, {self.pools}"
-            )
-        ints = [self.sample_rate, self.n_mels, self.kernel_size, self.dense]
-        ints += [*self.channels, *self.convs_per_block, *self.pools]
-        if any(int(v) != v or v < 1 for v in ints):
-            raise ValueError(f"cnn-spec sizes must be positive integers, got {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_vgg_config("cnn-spec", self, [self.sample_rate, self.n_mels])
         if math.prod(self.pools) > self.n_mels:
             raise ValueError(
                 f"n_mels={self.n_mels} is too few for pooling factors {self.pools} "
@@ -145,36 +141,15 @@ class CnnSpec(nn.Module):
         )
         # Learned normalisation of the dB values (their scale depends on the recording level).
         self.input_norm = nn.BatchNorm2d(1)
-        blocks = []
-        in_channels = 1
-        for out_channels, n_convs, pool in zip(cfg.channels, cfg.convs_per_block, cfg.pools):
-            layers: list[nn.Module] = []
-            for _ in range(n_convs):
-                layers += [
-                    nn.Conv2d(
-                        in_channels,
-                        out_channels,
-                        cfg.kernel_size,
-                        padding=cfg.kernel_size // 2,
-                        bias=False,
-                    ),
-                    nn.BatchNorm2d(out_channels),
-                    nn.ReLU(inplace=True),
-                ]
-                in_channels = out_channels
-            layers.append(nn.MaxPool2d(pool))
-            blocks.append(nn.Sequential(*layers))
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, in_channels = vgg_blocks(
+            2, 1, cfg.channels, cfg.convs_per_block, cfg.pools, cfg.kernel_size
+        )
         #: Size of :meth:`conv_features` (max and mean pooling over time concatenated).
         self.conv_dim = 2 * in_channels
-        self.embedding = nn.Sequential(
-            nn.Linear(self.conv_dim, cfg.dense, bias=False),
-            nn.BatchNorm1d(cfg.dense),
-            nn.ReLU(inplace=True),
+        self.embedding, self.dropout, self.classifier = dense_head(
+            self.conv_dim, cfg.dense, cfg.dropout, self.num_classes
         )
         self.embedding_dim = cfg.dense
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.classifier = nn.Linear(cfg.dense, self.num_classes)
         #: Fewest spectrogram frames the pooling stack accepts.
         self.min_frames = math.prod(cfg.pools)
         #: Fewest waveform samples :meth:`forward` accepts.
@@ -205,8 +180,7 @@ class CnnSpec(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         """JSON-able config (tuples as lists, front-end sizes resolved)."""
-        items = dataclasses.asdict(self.config).items()
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in items}
+        return config_to_dict(self.config)
 
     # -- forward --------------------------------------------------------------------------------
 

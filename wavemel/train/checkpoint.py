@@ -193,9 +193,9 @@ def _read_tensors(weights_path: Path, device: str | torch.device = "cpu") -> dic
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from wavemel.train.distributed import resolve_device
+
+    return resolve_device(device)
 
 
 def load_checkpoint(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wavemel.errors import CheckpointError
-from wavemel.train.config import SPLIT_FIELDS, CombineConfig, TrainConfig
+from wavemel.train.config import SPLIT_FIELDS, CombineConfig, TrainConfig, resume_config
 
 __all__ = ["combine", "check_branches", "resolve_combine_config"]
 
@@ -107,18 +107,7 @@ def combine(config: CombineConfig) -> Path:
     from wavemel.train.loop import fit, seed_everything, start_run
 
     if config.resume:
-        saved_path = Path(config.out) / "config.json"
-        if not saved_path.exists():
-            raise CheckpointError(f"{config.out}: no config.json to resume from")
-        saved = CombineConfig.load(saved_path)
-        config = saved.replace(
-            out=config.out,
-            resume=True,
-            force=False,
-            device=config.device,
-            workers=config.workers,
-            cache_dir=config.cache_dir or saved.cache_dir,
-        )
+        config = resume_config(config)
     config.check()
     audio_model, audio_meta = load_checkpoint(config.audio_run)
     spec_model, spec_meta = load_checkpoint(config.spec_run)

@@ -15,9 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wavemel.errors import WavemelError
+from wavemel.errors import CheckpointError, WavemelError
 
-__all__ = ["TrainConfig", "CombineConfig", "SPLIT_FIELDS", "load_config_file", "layer_config"]
+__all__ = [
+    "TrainConfig",
+    "CombineConfig",
+    "SPLIT_FIELDS",
+    "load_config_file",
+    "layer_config",
+    "resume_config",
+]
 
 #: The fields that determine which clips are training and which are validation clips. Two runs
 #: can only be combined when they agree on all of them.
@@ -103,6 +110,33 @@ def layer_config(
     source = str(file) if file is not None else "config"
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return cls.from_dict(values, source=source)
+
+
+def resume_config(config: _Config) -> _Config:
+    """The configuration to continue ``config.out`` with: the run's own ``config.json`` wins.
+
+    Only where and how the run executes may change on ``--resume`` (device, data-loading workers,
+    clip cache); everything that shapes the result comes from the saved file, so a resumed run
+    ends as the uninterrupted one would.
+
+    Raises:
+        WavemelError: No run folder given.
+        CheckpointError: The run folder has no ``config.json``.
+    """
+    if not config.out:
+        raise WavemelError("--resume needs the run folder to continue (--out RUN)")
+    path = Path(config.out) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{config.out}: no config.json to resume from")
+    saved = type(config).load(path)
+    return saved.replace(
+        out=config.out,
+        resume=True,
+        force=False,
+        device=config.device,
+        workers=config.workers,
+        cache_dir=config.cache_dir or saved.cache_dir,
+    )
 
 
 def _check_common(cfg: TrainConfig | CombineConfig) -> None:

@@ -15,7 +15,6 @@ across ranks, and only rank 0 writes or prints.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -32,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wavemel.errors import CheckpointError, WavemelError
-from wavemel.train.config import TrainConfig
+from wavemel.train.config import TrainConfig, resume_config
 from wavemel.train.distributed import (
     DistContext,
     ShardSampler,
@@ -111,12 +110,6 @@ def seed_everything(seed: int, *parts: int) -> None:
     random.seed(int(words[0]))
     np.random.seed(int(words[0]))
     torch.manual_seed(int(words[0]) << 32 | int(words[1]))
-
-
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
 
 
 class _SpectrogramInput(nn.Module):
@@ -267,23 +260,22 @@ def validate(
     device = torch.device(device)
     mine = list(range(ctx.rank, len(items), ctx.world_size))
     parts = []
-    with torch.autocast(
-        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-    ):
-        for begin in range(0, len(mine), _VAL_CHUNK):
-            chunk = mine[begin : begin + _VAL_CHUNK]
-            waves = [store.read(items[j].index) for j in chunk]
-            parts.append(
-                predict_waveforms(
-                    model,
-                    waves,
-                    input_samples=input_samples,
-                    hop_samples=hop_samples,
-                    batch_size=batch_size,
-                    device=device,
-                    empty_distribution=empty_distribution,
-                )
+    for begin in range(0, len(mine), _VAL_CHUNK):
+        chunk = mine[begin : begin + _VAL_CHUNK]
+        waves = [store.read(items[j].index) for j in chunk]
+        parts.append(
+            predict_waveforms(
+                model,
+                waves,
+                input_samples=input_samples,
+                hop_samples=hop_samples,
+                batch_size=batch_size,
+                device=device,
+                empty_distribution=empty_distribution,
+                # predict_waveforms picks the same autocast dtype as training on CUDA.
+                amp=amp_dtype is not None,
             )
+        )
     num_classes = len(items[0].target)
     local = np.concatenate(parts) if parts else np.zeros((0, num_classes))
     probs = np.zeros((len(items), num_classes))
@@ -336,6 +328,16 @@ def _clear_run_folder(out: Path) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+def _format_duration(seconds: float) -> str:
+    """``"1h02m"``, ``"3m05s"`` or ``"12s"``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def _frontend_config(model: nn.Module) -> dict | None:
@@ -454,6 +456,7 @@ def fit(
         )
 
     last_map3 = progress.best_map3 if progress.epoch else float("nan")
+    run_started, first_epoch, run_eta = time.perf_counter(), progress.epoch, "?"
     for epoch in range(progress.epoch, config.epochs):
         if config.patience and progress.epochs_without_improvement >= config.patience:
             break
@@ -477,7 +480,7 @@ def fit(
             ctx=ctx,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             log_every=config.log_every,
-            postfix={"map3": f"{last_map3:.3f}"},
+            postfix={"map3": f"{last_map3:.3f}", "run_eta": run_eta},
         )
         broadcast_buffers(model, ctx)
         scores = validate(
@@ -494,6 +497,9 @@ def fit(
         )
         last_map3 = scores["val_map3"]
         progress.epoch = epoch + 1
+        # Whole-run ETA from the mean epoch time so far (the bar's own ETA covers one epoch).
+        per_epoch = (time.perf_counter() - run_started) / (progress.epoch - first_epoch)
+        run_eta = _format_duration(per_epoch * (config.epochs - progress.epoch))
         improved = scores["val_map3"] > progress.best_map3
         if improved:
             progress.best_map3 = scores["val_map3"]
@@ -528,7 +534,7 @@ def fit(
                 f"epoch {epoch + 1}/{config.epochs}  train_loss {train_loss:.4f}  "
                 f"val_loss {scores['val_loss']:.4f}  val_map3 {scores['val_map3']:.4f}"
                 f"{' *' if improved else '  '}  lr {record['lr']:.2e}  "
-                f"{record['seconds']:.1f}s",
+                f"{record['seconds']:.1f}s  eta {run_eta}",
                 flush=True,
             )
         barrier(ctx)
@@ -542,19 +548,6 @@ def fit(
             flush=True,
         )
     return out
-
-
-def _resolve_resume_config(config: TrainConfig) -> TrainConfig:
-    """On ``--resume`` the run's own config.json wins; only where/how it runs may change."""
-    saved = TrainConfig.load(Path(config.out) / "config.json")
-    return saved.replace(
-        out=config.out,
-        resume=True,
-        force=False,
-        device=config.device,
-        workers=config.workers,
-        cache_dir=config.cache_dir or saved.cache_dir,
-    )
 
 
 def start_run(config, ctx: DistContext) -> None:
@@ -589,9 +582,7 @@ def train(config: TrainConfig) -> Path:
     from wavemel.models import create_model
 
     if config.resume:
-        if not (Path(config.out) / "config.json").exists():
-            raise CheckpointError(f"{config.out}: no config.json to resume from")
-        config = _resolve_resume_config(config)
+        config = resume_config(config)
     config.check()
     ctx = init_distributed(config.device)
     try:
