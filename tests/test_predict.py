@@ -126,3 +126,46 @@ def test_options_reach_the_tagger(tmp_path, capsys, aggregate):
     assert main([*args, "--aggregate", aggregate, "--hop-seconds", "0.25"]) == 0
     other = json.loads(capsys.readouterr().out)["results"][0]["tags"]
     assert [t["score"] for t in mean] != [t["score"] for t in other]
+
+
+def test_submission_keeps_undecodable_files_with_the_prior_answer(tmp_path, capsys):
+    labels = ["a", "b", "c", "d"]
+    prior = [0.1, 0.2, 0.3, 0.4]
+    _make_checkpoint(tmp_path / "run" / "best", labels, prior=prior)
+    folder = tmp_path / "test"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    sf.write(folder / "good.wav", (0.1 * rng.standard_normal(9000)).astype(np.float32), RATE)
+    sf.write(folder / "empty.wav", np.zeros(0, dtype=np.float32), RATE)
+    (folder / "bad.wav").write_bytes(b"RIFF but not really a wav file")
+    out = tmp_path / "submission.csv"
+
+    status = main(["predict", str(tmp_path / "run"), str(folder), "--submission", str(out)])
+    captured = capsys.readouterr()
+    assert status == 1  # the bad file is still an error ...
+    assert "bad.wav" in captured.err and "could not be tagged" in captured.err
+    with open(out, newline="") as handle:
+        rows = {row["fname"]: row["label"].split() for row in csv.DictReader(handle)}
+    # ... but every file has a row, so Kaggle accepts the submission.
+    assert sorted(rows) == ["bad.wav", "empty.wav", "good.wav"]
+    assert all(len(tags) == 3 and set(tags) <= set(labels) for tags in rows.values())
+    by_prior = ["d", "c", "b"]
+    assert rows["bad.wav"] == by_prior and rows["empty.wav"] == by_prior
+
+
+def test_inference_options_are_checked(tmp_path, capsys):
+    _make_checkpoint(tmp_path / "run" / "best", ["a", "b"])
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(RATE, dtype=np.float32), RATE)
+    run = str(tmp_path / "run")
+    assert main(["predict", run, str(clip), "--hop-seconds", "0"]) == 2
+    assert "--hop-seconds" in capsys.readouterr().err
+    assert main(["predict", run, str(clip), "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert main(["predict", run, str(clip), "--device", "gpu"]) == 2
+    assert "not a device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        # A one-line error, not torch's assertion from deep inside Module.to.
+        assert main(["predict", run, str(clip), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "CUDA is not available" in err and "Traceback" not in err

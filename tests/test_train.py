@@ -279,6 +279,26 @@ def test_combine_trains_only_the_head(synth, tmp_path):
         if name in comb.audio.state_dict():
             assert torch.equal(comb.audio.state_dict()[name], tensor), name
 
+    # --resume of a finished combine run reads its own config.json (branches, head, epochs) and
+    # has nothing left to do.
+    before = (out / "metrics.jsonl").read_text()
+    again = combine(CombineConfig(out=str(out), resume=True, device="cpu", workers=0))
+    assert again == out and (out / "metrics.jsonl").read_text() == before
+
+
+def test_resume_config_keeps_the_saved_run_and_changes_only_runtime_settings(tmp_path):
+    from wavemel.train.config import resume_config
+
+    saved = TrainConfig(data="/data/x", out=str(tmp_path), epochs=7, lr=0.01, workers=3)
+    saved.save(tmp_path / "config.json")
+    asked = TrainConfig(out=str(tmp_path), resume=True, epochs=99, device="cpu", workers=0)
+    resolved = resume_config(asked)
+    assert resolved == saved.replace(resume=True, device="cpu", workers=0)
+    with pytest.raises(WavemelError, match="--out"):
+        resume_config(TrainConfig(resume=True))
+    with pytest.raises(CheckpointError, match="no config.json"):
+        resume_config(CombineConfig(out=str(tmp_path / "none"), resume=True))
+
 
 def test_bad_and_empty_training_clips_are_left_out_with_one_warning(synth, tmp_path):
     import shutil
@@ -313,3 +333,12 @@ def test_package_exports_the_combine_function_even_after_its_module_is_imported(
 
     assert exported is combine and callable(exported)
     assert wavemel.train.train.__module__ == "wavemel.train.loop"
+
+
+def test_run_config_records_absolute_paths(synth, tmp_path, monkeypatch):
+    # evaluate, --resume and combine read config.json back, maybe from another directory.
+    monkeypatch.chdir(synth.parent)
+    run = train(_config(Path(synth.name), tmp_path, epochs=1, cache_dir="cache"))
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"] == str(synth.resolve())
+    assert saved["cache_dir"] == str((synth.parent / "cache").resolve())

@@ -35,16 +35,11 @@ def _run_folder(run: Path) -> Path:
 
 
 def _read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The run's ``config.json`` as a dict (``{}`` for a bare checkpoint folder without one)."""
+    from wavemel.train.config import load_config_file
+
     path = run_dir / "config.json"
-    if not path.exists():
-        return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable JSON config ({exc})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return config
+    return load_config_file(path) if path.exists() else {}
 
 
 def _select_records(

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--submission",
         metavar="CSV",
-        help="also write a Kaggle submission (fname,label with three labels per file)",
+        help="also write a Kaggle submission (fname,label with three labels for every file)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing --submission")
     add_inference_options(parser)
@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     tagger = Tagger.from_checkpoint(args.run, **inference_kwargs(args))
     top_k = min(args.top_k, len(tagger.labels))
     results: list[tuple[Path, list[tuple[str, float]]]] = []
+    # Kaggle rejects a submission that lacks a test file, so an undecodable one still gets a row
+    # (the empty-clip answer: training prior or uniform); it is reported like any bad file.
+    rows: list[tuple[str, list[str]]] = []
+    fallback = [label for label, _ in tagger.top_k(tagger.empty_distribution, 3)]
     progress = None
     if not args.json and sys.stderr.isatty() and len(files) > 1:
         from tqdm import tqdm
@@ -106,9 +110,11 @@ def run(args: argparse.Namespace) -> int:
                 progress.update()
             if error is not None:
                 errors[str(path)] = error
+                rows.append((Path(path).name, fallback))
                 continue
             ranked = tagger.top_k(probabilities, max(top_k, 3))
             results.append((path, ranked))
+            rows.append((Path(path).name, [label for label, _ in ranked[:3]]))
             if not args.json:
                 shown = "  ".join(f"{label} {score:.3f}" for label, score in ranked[:top_k])
                 line = f"{path}\t{shown}"
@@ -134,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(payload, indent=2))
     if submission is not None:
-        _write_submission(submission, [(p.name, [lab for lab, _ in r[:3]]) for p, r in results])
-        print(f"wrote {submission} ({len(results)} files)", file=sys.stderr)
+        _write_submission(submission, rows)
+        guessed = len(rows) - len(results)
+        note = f", {guessed} undecodable given the prior answer" if guessed else ""
+        print(f"wrote {submission} ({len(rows)} files{note})", file=sys.stderr)
     for note in notes:
         print(f"wavemel: warning: {note}", file=sys.stderr)
     if errors:

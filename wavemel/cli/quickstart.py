@@ -198,6 +198,7 @@ def train_and_score(
     from wavemel.evaluate import evaluate_run
     from wavemel.train import CombineConfig, TrainConfig
 
+    data, out = data.resolve(), out.resolve()
     runs = out / "runs"
     cache = str(out / "cache")
     common = dict(

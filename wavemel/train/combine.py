@@ -109,6 +109,7 @@ def combine(config: CombineConfig) -> Path:
     if config.resume:
         config = resume_config(config)
     config.check()
+    config = config.with_absolute_paths()
     audio_model, audio_meta = load_checkpoint(config.audio_run)
     spec_model, spec_meta = load_checkpoint(config.spec_run)
     check_branches(audio_meta, spec_meta, config.audio_run, config.spec_run)

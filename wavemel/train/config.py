@@ -69,6 +69,20 @@ class _ConfigMixin:
     def replace(self: _Config, **changes: Any) -> _Config:
         return dataclasses.replace(self, **changes)
 
+    def with_absolute_paths(self: _Config) -> _Config:
+        """The same settings with input paths made absolute.
+
+        ``RUN/config.json`` is read back by ``evaluate``, ``--resume`` and ``combine``, possibly
+        from another working directory, so the dataset, cache and branch-run paths it records
+        must not depend on where training was started.
+        """
+        changes = {}
+        for name in ("data", "cache_dir", "audio_run", "spec_run"):
+            value = getattr(self, name, None)
+            if value:
+                changes[name] = str(Path(value).expanduser().resolve())
+        return self.replace(**changes)
+
     def save(self, path: Path) -> None:
         """Write the configuration as indented JSON to ``path``."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

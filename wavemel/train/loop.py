@@ -584,6 +584,7 @@ def train(config: TrainConfig) -> Path:
     if config.resume:
         config = resume_config(config)
     config.check()
+    config = config.with_absolute_paths()
     ctx = init_distributed(config.device)
     try:
         start_run(config, ctx)
