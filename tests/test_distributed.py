@@ -40,7 +40,8 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "wavemel", *args,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # torchrun leaves a torchelastic_* folder in TMPDIR: keep it inside the test's own folder.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(cwd)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=150, env=env, cwd=cwd)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
