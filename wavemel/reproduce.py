@@ -439,6 +439,7 @@ def _train_comb(
             epochs=preset.comb_epochs,
             batch_size=preset.batch_size,
             lr=preset.lr,
+            mixup_alpha=preset.mixup_alpha,
             device=config.device,
             workers=preset.workers,
             cache_dir=str(cache_dir),
