@@ -160,6 +160,9 @@ def test_inference_options_are_checked(tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main(["predict", run, str(clip), "--hop-seconds", "0"]) == 2
     assert "--hop-seconds" in capsys.readouterr().err
+    # Positive but under one sample at the model's rate: still one line, not a traceback.
+    assert main(["predict", run, str(clip), "--hop-seconds", "0.00001"]) == 2
+    assert "under one sample" in capsys.readouterr().err
     assert main(["predict", run, str(clip), "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
     assert main(["predict", run, str(clip), "--device", "gpu"]) == 2

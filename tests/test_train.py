@@ -342,3 +342,21 @@ def test_run_config_records_absolute_paths(synth, tmp_path, monkeypatch):
     saved = json.loads((run / "config.json").read_text())
     assert saved["data"] == str(synth.resolve())
     assert saved["cache_dir"] == str((synth.parent / "cache").resolve())
+
+
+@pytest.mark.parametrize("model", ["cnn-audio", "cnn-spec"])
+def test_input_shorter_than_the_model_minimum_is_a_one_line_error(synth, tmp_path, model):
+    with pytest.raises(WavemelError, match="--input-seconds .* needs at least"):
+        train(_config(synth, tmp_path, model=model, input_seconds=0.002))
+
+
+def test_manifest_rows_without_a_file_are_named_in_a_warning(synth, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    rows = [(str(p), p.parent.name) for p in sorted(synth.glob("*/*.wav"))]
+    rows.append((str(synth / "chirp" / "zz_typo.wav"), "chirp"))
+    with manifest.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label"), *rows])
+    cfg = _config(manifest, tmp_path, folds=2)
+    with pytest.warns(UserWarning, match="zz_typo.wav"):
+        prepared = prepare_data(cfg, progress=False)
+    assert len(prepared.train) + len(prepared.val) == len(rows) - 1

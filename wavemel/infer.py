@@ -406,7 +406,7 @@ class Tagger:
         Raises:
             CheckpointError: The checkpoint is missing, corrupt or lacks labels / rates.
         """
-        from wavemel.errors import CheckpointError
+        from wavemel.errors import CheckpointError, WavemelError
         from wavemel.train.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(path, device=device)
@@ -416,6 +416,8 @@ class Tagger:
         sample_rate = int(meta["sample_rate"])
         input_samples = int(round(float(meta["input_seconds"]) * sample_rate))
         hop_samples = None if hop_seconds is None else int(round(hop_seconds * sample_rate))
+        if hop_samples is not None and hop_samples < 1:
+            raise WavemelError(f"hop {hop_seconds:g} s is under one sample at {sample_rate} Hz")
         train_config = meta.get("train_config") or {}
         if fill is None:
             fill = meta.get("eval_fill") or train_config.get("eval_fill") or "replicate"

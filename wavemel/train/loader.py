@@ -119,6 +119,12 @@ def prepare_data(config, ctx=None, *, progress: bool | None = None) -> PreparedD
         label_pattern=config.label_pattern,
         group_field=config.group_field,
     )
+    # load_dataset drops listed clips whose file is absent; say so instead of training silently
+    # on less data than the manifest lists.
+    missing = [f"{p.path}: {p.message}" for p in index.problems if p.kind == "missing"]
+    if missing and ctx.is_main:
+        shown = "; ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        warnings.warn(f"listed clip(s) not found and left out: {shown}", stacklevel=2)
     train_records, val_records = train_val_split(
         index,
         folds=config.folds,

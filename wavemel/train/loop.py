@@ -593,6 +593,13 @@ def train(config: TrainConfig) -> Path:
         model = create_model(
             config.model, len(data.labels), size=config.size, sample_rate=config.sample_rate
         )
+        min_samples = int(getattr(model, "min_samples", 1))
+        if config.input_samples < min_samples:
+            raise WavemelError(
+                f"--input-seconds {config.input_seconds:g}: {config.model} needs at least "
+                f"{min_samples} samples ({min_samples / config.sample_rate:.3f} s at "
+                f"{config.sample_rate} Hz)"
+            )
         run_config = config.replace(force=False, resume=False).to_dict()
         return fit(model, data, config, Path(config.out), run_config=run_config, ctx=ctx)
     finally:
