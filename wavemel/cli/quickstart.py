@@ -132,16 +132,15 @@ def _finished(run_dir: Path, config: Any) -> bool | None:
     Raises:
         WavemelError: The folder holds a run made with other settings.
     """
-    import json
-
     from wavemel.errors import WavemelError
+    from wavemel.train.config import load_config_file
 
     saved_config = run_dir / "config.json"
     if not saved_config.is_file():
         return None
     # Fields left None (cnn-comb's split settings) are filled from the branch runs when training
     # starts, so only the settings given here are compared.
-    saved = json.loads(saved_config.read_text())
+    saved = load_config_file(saved_config)
     wanted = {
         k: v for k, v in config.to_dict().items() if k not in ("force", "resume") and v is not None
     }
@@ -154,7 +153,7 @@ def _finished(run_dir: Path, config: Any) -> bool | None:
     last = run_dir / "last.json"
     if not last.is_file():
         return False
-    epoch = json.loads(last.read_text()).get("metrics", {}).get("epoch")
+    epoch = load_config_file(last).get("metrics", {}).get("epoch")
     return epoch == config.epochs
 
 
