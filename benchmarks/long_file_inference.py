@@ -52,8 +52,8 @@ def make_checkpoint(folder: Path, model: str, size: str) -> Path:
     """Random-init checkpoint of one family and size (cnn-comb joins two branches of ``size``)."""
     import torch
 
+    from wavemel.checkpoint import save_checkpoint
     from wavemel.models import CnnComb, create_model
-    from wavemel.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     if model == "cnn-comb":

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from wavemel.errors import CheckpointError
-from wavemel.models import CnnComb, create_model, list_models
-from wavemel.train.checkpoint import (
+from wavemel.checkpoint import (
     FORMAT_VERSION,
     flatten_state,
     load_checkpoint,
@@ -21,6 +19,8 @@ from wavemel.train.checkpoint import (
     save_tensors,
     unflatten_state,
 )
+from wavemel.errors import CheckpointError
+from wavemel.models import CnnComb, create_model, list_models
 
 NUM_CLASSES = 5
 SAMPLE_RATE = 8000

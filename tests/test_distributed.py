@@ -74,7 +74,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
     # The logged val MAP@3 covers all validation clips: scoring the saved best model on one
     # process over the same split gives the same number.
-    from wavemel.train.checkpoint import load_checkpoint
+    from wavemel.checkpoint import load_checkpoint
     from wavemel.train.config import TrainConfig
     from wavemel.train.loader import prepare_data
     from wavemel.train.loop import validate

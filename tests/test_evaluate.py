@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from wavemel.checkpoint import save_checkpoint
 from wavemel.cli import main
 from wavemel.data import load_dataset, train_val_split
 from wavemel.errors import CheckpointError, DataError
@@ -18,7 +19,6 @@ from wavemel.evaluate import evaluate_run
 from wavemel.infer import Tagger
 from wavemel.metrics import map_at_k, top_k_accuracy
 from wavemel.models import CnnComb, create_model
-from wavemel.train.checkpoint import save_checkpoint
 
 LABELS = ["beep", "hiss", "hum"]
 RATE = 8000

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from wavemel.checkpoint import save_checkpoint
 from wavemel.cli import main
 from wavemel.models import create_model
-from wavemel.train.checkpoint import save_checkpoint
 
 RATE = 8000
 

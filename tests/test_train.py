@@ -210,8 +210,8 @@ def test_resume_without_state_is_a_clear_error(tmp_path, capsys):
 
 
 def _fake_branch(run: Path, name: str, labels: list[str], **train_changes) -> Path:
+    from wavemel.checkpoint import save_checkpoint
     from wavemel.models import create_model
-    from wavemel.train.checkpoint import save_checkpoint
 
     model = create_model(name, len(labels), size="tiny", sample_rate=SR)
     train_config = TrainConfig(model=name, data="/data/x", out=str(run), sample_rate=SR)
@@ -267,7 +267,7 @@ def test_combine_trains_only_the_head(synth, tmp_path):
             device="cpu",
         )
     )
-    from wavemel.train.checkpoint import load_checkpoint
+    from wavemel.checkpoint import load_checkpoint
 
     comb, meta = load_checkpoint(out)
     assert meta["model"] == "cnn-comb"

@@ -14,7 +14,6 @@ stays bounded however long the file is; the result equals scoring the whole deco
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import warnings
@@ -24,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wavemel.errors import AudioError
+from wavemel._device import autocast, model_device, resolve_device
+from wavemel.checkpoint import load_checkpoint
+from wavemel.errors import AudioError, CheckpointError, WavemelError
 
 __all__ = ["Tagger", "predict_waveforms", "window_starts", "fill_window"]
 
@@ -165,12 +166,7 @@ class _Aggregator:
 
 
 def _resolve_device(device: str | torch.device | None, model: torch.nn.Module) -> torch.device:
-    if device is None:
-        parameter = next(iter(model.parameters()), None)
-        return parameter.device if parameter is not None else torch.device("cpu")
-    from wavemel.train.distributed import resolve_device
-
-    return resolve_device(device)
+    return model_device(model) if device is None else resolve_device(device)
 
 
 class _WindowScorer:
@@ -207,13 +203,7 @@ class _WindowScorer:
         batch = torch.from_numpy(np.stack(self._windows)).to(self.device)
         owners = np.asarray(self._owners)
         self._windows, self._owners = [], []
-        # Mixed precision only on CUDA (CPU autocast is slower for these convs); bfloat16 where
-        # supported because its float32 range cannot overflow on loud inputs.
-        autocast = contextlib.nullcontext()
-        if self.amp and self.device.type == "cuda":
-            half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            autocast = torch.autocast(device_type="cuda", dtype=half)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device, self.amp):
             logits = self.model(batch)
         logits = logits.float()
         if self.aggregator.aggregate == "geometric":
@@ -396,7 +386,7 @@ class Tagger:
         """Load a checkpoint (run folder, ``.json``, ``.safetensors`` or stem) into a tagger.
 
         Args:
-            path: What :func:`wavemel.train.checkpoint.load_checkpoint` accepts.
+            path: What :func:`wavemel.checkpoint.load_checkpoint` accepts.
             device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``, ...
             hop_seconds: Window hop; default the training input length (no overlap).
             aggregate: ``"mean"`` or ``"geometric"``.
@@ -406,9 +396,6 @@ class Tagger:
         Raises:
             CheckpointError: The checkpoint is missing, corrupt or lacks labels / rates.
         """
-        from wavemel.errors import CheckpointError, WavemelError
-        from wavemel.train.checkpoint import load_checkpoint
-
         model, meta = load_checkpoint(path, device=device)
         for key in ("labels", "sample_rate", "input_seconds"):
             if key not in meta:

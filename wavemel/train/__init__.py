@@ -2,7 +2,7 @@
 
 ``train(TrainConfig(...))`` trains cnn-audio or cnn-spec into a run folder; ``combine(
 CombineConfig(...))`` trains cnn-comb's head on two such runs. The loop's names are imported
-lazily so that ``wavemel.train.checkpoint`` (used by inference) does not pull in the training
+lazily so that ``wavemel.checkpoint`` (used by inference) does not pull in the training
 loop.
 """
 
@@ -24,8 +24,8 @@ _LAZY = {
     "train_one_epoch": "wavemel.train.loop",
     "validate": "wavemel.train.loop",
     "fit": "wavemel.train.loop",
-    "save_checkpoint": "wavemel.train.checkpoint",
-    "load_checkpoint": "wavemel.train.checkpoint",
+    "save_checkpoint": "wavemel.checkpoint",
+    "load_checkpoint": "wavemel.checkpoint",
 }
 
 __all__ = [

@@ -100,8 +100,8 @@ def combine(config: CombineConfig) -> Path:
         CheckpointError: A branch run is missing or the two runs differ in labels, sample rate,
             input length or split settings (the message names the setting).
     """
+    from wavemel.checkpoint import load_checkpoint
     from wavemel.models.cnn_comb import CnnComb
-    from wavemel.train.checkpoint import load_checkpoint
     from wavemel.train.distributed import cleanup, init_distributed
     from wavemel.train.loader import prepare_data
     from wavemel.train.loop import fit, seed_everything, start_run

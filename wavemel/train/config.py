@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wavemel._io import read_json
 from wavemel.errors import CheckpointError, WavemelError
 
 __all__ = [
@@ -97,18 +98,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON object from ``path``.
 
     Raises:
-        WavemelError: The file is missing, is not JSON or is not a JSON object.
+        WavemelError: The file is missing, not a regular file, not JSON or not a JSON object.
     """
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise WavemelError(f"{path}: no such config file") from None
-    except (OSError, ValueError) as exc:
-        raise WavemelError(f"{path}: not a readable JSON config ({exc})") from None
-    if not isinstance(values, dict):
-        raise WavemelError(f"{path}: a config file must hold a JSON object")
-    return values
+    return read_json(path, what="config file")
 
 
 def layer_config(

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from wavemel._device import resolve_device
+
 __all__ = [
     "DistContext",
     "init_distributed",
@@ -58,34 +60,6 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` -> this rank's GPU.
-
-    Raises:
-        WavemelError: The name is not a device, or names a CUDA device this machine lacks (a
-            one-line message instead of torch's assertion deep inside ``Module.to``).
-    """
-    from wavemel.errors import WavemelError
-
-    name = str(name)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    except RuntimeError:
-        raise WavemelError(
-            f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise WavemelError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise WavemelError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) available"
-            )
-    return device
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from wavemel._device import half_dtype
 from wavemel.errors import CheckpointError, WavemelError
 from wavemel.train.config import TrainConfig, resume_config
 from wavemel.train.distributed import (
@@ -389,7 +390,7 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     amp_dtype = None
     if config.amp and is_cuda:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amp_dtype = half_dtype()
     # Loss scaling is only needed for float16's narrow exponent range.
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -523,7 +524,7 @@ def fit(
                 "best_epoch": progress.best_epoch,
             }
             meta = {**base_meta, "metrics": metrics}
-            from wavemel.train.checkpoint import save_checkpoint
+            from wavemel.checkpoint import save_checkpoint
 
             save_checkpoint(out / "last", model, meta)
             if improved:

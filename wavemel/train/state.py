@@ -3,7 +3,7 @@
 ``RUN/state/state.safetensors`` holds the tensors (model weights, optimizer moments, torch RNG
 states) and ``RUN/state/state.json`` the rest (epoch, step, best metric, early-stopping counter,
 optimizer hyper-parameters, GradScaler, Python and NumPy RNG states), both written by
-``wavemel.train.checkpoint.save_tensors`` (temporary names renamed into place, JSON last). The
+``wavemel.checkpoint.save_tensors`` (temporary names renamed into place, JSON last). The
 data order needs no state: it is a pure function of (seed, epoch).
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from wavemel.checkpoint import flatten_state, load_tensors, save_tensors, unflatten_state
 from wavemel.errors import CheckpointError
-from wavemel.train.checkpoint import flatten_state, load_tensors, save_tensors, unflatten_state
 
 __all__ = ["Progress", "save_state", "load_state", "has_state", "STATE_STEM"]
 

@@ -27,8 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
+from wavemel._device import resolve_device
+from wavemel._io import atomic_write_bytes, json_default, read_json
 from wavemel.errors import CheckpointError
+from wavemel.models import model_from_config
 
 __all__ = [
     "FORMAT_VERSION",
@@ -47,19 +52,6 @@ FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("model", "model_config", "num_classes")
 
 
-def _json_default(value: Any) -> Any:
-    # Configs often carry Paths and numpy scalars; store them as plain JSON values.
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"checkpoint metadata value of type {type(value).__name__} is not JSON-able")
-
-
 def _stem(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix in (".json", ".safetensors"):
@@ -67,27 +59,19 @@ def _stem(path: str | os.PathLike) -> Path:
     return path
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_pair(stem: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    from safetensors.torch import save
 
     stem.parent.mkdir(parents=True, exist_ok=True)
     # Serialise the JSON first so that a non-JSON-able value fails before anything is written.
-    text = json.dumps(meta, indent=2, default=_json_default, allow_nan=True) + "\n"
-    _atomic_write_bytes(stem.with_name(stem.name + ".safetensors"), save(_plain_tensors(tensors)))
-    _atomic_write_bytes(stem.with_name(stem.name + ".json"), text.encode("utf-8"))
+    text = json.dumps(meta, indent=2, default=json_default, allow_nan=True) + "\n"
+    atomic_write_bytes(
+        stem.with_name(stem.name + ".safetensors"),
+        save(_plain_tensors(tensors)),
+        error=CheckpointError,
+    )
+    atomic_write_bytes(
+        stem.with_name(stem.name + ".json"), text.encode("utf-8"), error=CheckpointError
+    )
 
 
 def _plain_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -168,21 +152,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def _read_json(json_path: Path) -> dict:
-    try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{json_path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{json_path}: corrupt JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{json_path}: expected a JSON object, got {type(meta).__name__}")
-    return meta
+    return read_json(json_path, error=CheckpointError, what="checkpoint metadata")
 
 
 def _read_tensors(weights_path: Path, device: str | torch.device = "cpu") -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not weights_path.exists():
         raise CheckpointError(f"{weights_path}: weights file not found")
     try:
@@ -190,12 +163,6 @@ def _read_tensors(weights_path: Path, device: str | torch.device = "cpu") -> dic
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{weights_path}: corrupt safetensors file ({reason})") from None
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    from wavemel.train.distributed import resolve_device
-
-    return resolve_device(device)
 
 
 def load_checkpoint(
@@ -215,8 +182,6 @@ def load_checkpoint(
             is unknown, or the weights do not fit the model (names or shapes). The message names
             the file.
     """
-    from wavemel.models import model_from_config
-
     stem = resolve_checkpoint(path)
     json_path = stem.with_name(stem.name + ".json")
     weights_path = stem.with_name(stem.name + ".safetensors")
@@ -259,7 +224,7 @@ def load_checkpoint(
             f"{weights_path}: weights do not fit model {meta['model']!r}: {'; '.join(problems)}"
         )
     model.load_state_dict(state, strict=True)
-    model.to(_resolve_device(device))
+    model.to(resolve_device(device))
     model.eval()
     return model, meta
 
