@@ -12,8 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from wavemel.checkpoint import load_checkpoint
 from wavemel.errors import CheckpointError
+from wavemel.models.cnn_comb import CnnComb
 from wavemel.train.config import SPLIT_FIELDS, CombineConfig, TrainConfig, resume_config
+from wavemel.train.distributed import cleanup, init_distributed
+from wavemel.train.loader import prepare_data
+from wavemel.train.loop import fit, open_run, seed_everything, start_run
+from wavemel.train.run_folder import check_not_inside
 
 __all__ = ["combine", "check_branches", "resolve_combine_config"]
 
@@ -100,16 +106,11 @@ def combine(config: CombineConfig) -> Path:
         CheckpointError: A branch run is missing or the two runs differ in labels, sample rate,
             input length or split settings (the message names the setting).
     """
-    from wavemel.checkpoint import load_checkpoint
-    from wavemel.models.cnn_comb import CnnComb
-    from wavemel.train.distributed import cleanup, init_distributed
-    from wavemel.train.loader import prepare_data
-    from wavemel.train.loop import fit, seed_everything, start_run
-
     if config.resume:
         config = resume_config(config)
     config.check()
     config = config.with_absolute_paths()
+    check_not_inside(config.out, {"--audio": config.audio_run, "--spec": config.spec_run})
     audio_model, audio_meta = load_checkpoint(config.audio_run)
     spec_model, spec_meta = load_checkpoint(config.spec_run)
     check_branches(audio_meta, spec_meta, config.audio_run, config.spec_run)
@@ -117,8 +118,9 @@ def combine(config: CombineConfig) -> Path:
     loop_config = _loop_config(config)
 
     ctx = init_distributed(config.device)
+    run = None
     try:
-        start_run(config, ctx)
+        run = open_run(config, ctx)
         data = prepare_data(loop_config, ctx)
         if list(data.labels) != list(audio_meta["labels"]):
             raise CheckpointError(
@@ -133,6 +135,7 @@ def combine(config: CombineConfig) -> Path:
             len(data.labels),
             **{k: v for k, v in head.items() if v is not None},
         )
+        start_run(run, config, ctx)
         run_config = config.replace(force=False, resume=False).to_dict()
         run_config["model"] = "cnn-comb"
         extra = {
@@ -147,6 +150,9 @@ def combine(config: CombineConfig) -> Path:
             run_config=run_config,
             extra_meta=extra,
             ctx=ctx,
+            run=run,
         )
     finally:
+        if run is not None:
+            run.release()
         cleanup(ctx)
