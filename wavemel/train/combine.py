@@ -67,15 +67,10 @@ def check_branches(audio_meta: dict, spec_meta: dict, audio_run: str, spec_run: 
 def resolve_combine_config(config: CombineConfig, audio_meta: dict) -> CombineConfig:
     """Fill the split fields, sample rate, input length (and cache) from the checked branches."""
     branch = audio_meta.get("train_config") or {}
+    split = {name: branch.get(name) for name in SPLIT_FIELDS if name != "data"}
     return config.replace(
         data=config.data or branch.get("data"),
-        format=branch.get("format"),
-        label_pattern=branch.get("label_pattern"),
-        group_field=branch.get("group_field"),
-        folds=branch.get("folds"),
-        fold=branch.get("fold"),
-        seed=branch.get("seed"),
-        val_split=branch.get("val_split"),
+        **split,
         sample_rate=int(audio_meta["sample_rate"]),
         input_seconds=float(audio_meta["input_seconds"]),
         # The branches' clip cache already holds these clips at this rate.

@@ -278,7 +278,8 @@ def validate(
     """
     ctx = ctx or DistContext()
     device = torch.device(device)
-    mine = list(range(ctx.rank, len(items), ctx.world_size))
+    # Undecodable clips have no answer (all-NaN rows) and count as misses, as in `evaluate`.
+    mine = [j for j in range(ctx.rank, len(items), ctx.world_size) if items[j].error is None]
     parts = []
     for begin in range(0, len(mine), _VAL_CHUNK):
         chunk = mine[begin : begin + _VAL_CHUNK]
@@ -298,11 +299,15 @@ def validate(
         )
     num_classes = len(items[0].target)
     local = np.concatenate(parts) if parts else np.zeros((0, num_classes))
-    probs = np.zeros((len(items), num_classes))
+    probs = np.full((len(items), num_classes), np.nan)
     for indices, rows in all_gather_objects((mine, local), ctx):
         probs[indices] = rows
     targets = np.stack([item.target for item in items])
-    loss = float(np.mean(-(targets * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)))
+    answered = ~np.isnan(probs).all(axis=1)
+    clipped = np.log(np.clip(probs[answered], 1e-12, None))
+    loss = (
+        float(np.mean(-(targets[answered] * clipped).sum(axis=1))) if answered.any() else math.nan
+    )
     hot = (targets > 0).astype(np.int64)
     return {
         "val_loss": loss,
