@@ -797,3 +797,15 @@ def test_cli_errors_are_one_line(server, silent_host, tmp_path, capsys, full_dis
     assert err.startswith("wavemel: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
     assert CLI_ERRORS[case] in err
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:8000/x.zip", "ftp://host/x.zip", "http://[::1/x", "http://h:port/x"]
+)
+def test_malformed_url_is_one_line_and_not_retried(url, tmp_path, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(download_module.time, "sleep", sleeps.append)
+    with pytest.raises(DataError, match="not a valid download URL") as info:
+        download_file(url, tmp_path / "x.zip", progress=False)
+    assert str(info.value).startswith(url) and "\n" not in str(info.value)
+    assert sleeps == []  # retrying cannot fix a URL

@@ -46,7 +46,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from http.client import HTTPException
+from http.client import HTTPException, InvalidURL
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -341,7 +341,10 @@ def _check_digests(path: Path, url: str, md5: str | None, sha256: str | None) ->
     for algorithm, expected in (("md5", md5), ("sha256", sha256)):
         if expected is None:
             continue
-        actual = file_digest(path, algorithm)
+        try:
+            actual = file_digest(path, algorithm)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({os_error_reason(exc)})") from None
         if actual.lower() != expected.lower():
             path.unlink(missing_ok=True)
             raise DataError(
@@ -397,6 +400,16 @@ class _Retry(Exception):
         super().__init__(reason)
         self.reason, self.hint = reason, hint
 
+    def message(self, url: str, attempts: int) -> str:
+        """The one line shown when the last attempt failed like this."""
+        tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+        if self.hint == _OFFLINE:
+            return f"cannot reach {url}: {self.reason} ({tries}); {self.hint}"
+        return f"{url}: {self.reason} ({tries}); {self.hint}"
+
+
+_OFFLINE = "are you offline?"
+
 
 class _Restart(Exception):
     """The ``.part`` file was worthless and is gone: ask for the whole file, now."""
@@ -433,7 +446,7 @@ def _network_error(transfer: _Transfer, exc: BaseException) -> _Retry:
             why = f"{transfer.host} refused the connection"
         else:
             why = f"cannot connect ({_one_line(reason)})"
-        return _Retry(why, "are you offline?")
+        return _Retry(why, _OFFLINE)
     return _Retry(f"transfer interrupted ({_one_line(exc) or type(exc).__name__})")
 
 
@@ -475,6 +488,8 @@ def _open(transfer: _Transfer, offset: int):
             # A string reason is a malformed URL ("unknown url type"): retrying cannot fix it.
             raise DataError(f"{transfer.url}: not a valid download URL ({exc.reason})") from None
         raise _network_error(transfer, exc) from None
+    except InvalidURL as exc:  # a bad port or a space in the host name
+        raise DataError(f"{transfer.url}: not a valid download URL ({_one_line(exc)})") from None
     except (OSError, HTTPException) as exc:
         raise _network_error(transfer, exc) from None
 
@@ -646,6 +661,12 @@ def download_file(
         DataError: unreachable or silent host (after the retries), HTTP error, too large, disk
             full, or checksum mismatch (the bad file is removed); one line naming the URL or file.
     """
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError as exc:
+        raise DataError(f"{url}: not a valid download URL ({exc})") from None
+    if scheme not in ("http", "https"):
+        raise DataError(f"{url}: not a valid download URL (http:// or https:// expected)")
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -671,8 +692,7 @@ def download_file(
         except ValueError as exc:  # urllib's "unknown url type", http.client's InvalidURL
             raise DataError(f"{url}: not a valid download URL ({_one_line(exc)})") from None
     else:
-        attempts = f"{retries + 1} attempt{'s' if retries else ''}"
-        raise DataError(f"{url}: {failure.reason} ({attempts}); {failure.hint}")
+        raise DataError(failure.message(url, retries + 1))
     _check_digests(transfer.part, url, md5, sha256)
     try:
         os.replace(transfer.part, dest)
@@ -1080,9 +1100,9 @@ def download_dataset(
     fetch_options = {"retries": retries, "backoff": backoff, "timeout": timeout}
     source = _published_files(source, to, base_url, progress=False, **fetch_options)
     staging = to / f".{source.folder}.unpacking"
-    if staging.exists():
-        shutil.rmtree(staging)  # wavemel's own leftover from an interrupted run
     try:
+        if staging.exists():
+            shutil.rmtree(staging)  # wavemel's own leftover from an interrupted run
         archives = _fetch_and_unpack(source, to, staging, base_url, force, progress, fetch_options)
         _finish(source, staging, archives, base_url)
         if final.exists() or final.is_symlink():
