@@ -809,3 +809,43 @@ def test_malformed_url_is_one_line_and_not_retried(url, tmp_path, monkeypatch):
         download_file(url, tmp_path / "x.zip", progress=False)
     assert str(info.value).startswith(url) and "\n" not in str(info.value)
     assert sleeps == []  # retrying cannot fix a URL
+
+
+def test_limits_hold_while_writing_even_if_the_headers_passed(tmp_path, monkeypatch):
+    # Stands for headers that lie in a way the header check cannot see: the bytes are counted.
+    monkeypatch.setattr(download_module, "_check_headers", lambda members, limits: 0)
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_zip_bytes({f"{i}.bin": _wav_like(i, 3000) for i in range(4)}))
+    with pytest.raises(ArchiveError, match="unpacks to more than 5.0 kB"):
+        unpack_archive(archive, tmp_path / "out", limits=UnpackLimits(max_total_bytes=5000))
+    assert not (tmp_path / "out").exists()
+    bomb = tmp_path / "bomb.zip"
+    bomb.write_bytes(_deflated_zip({"zeros.bin": bytes(8 << 20)}))
+    with pytest.raises(ArchiveError, match="zeros.bin is compressed beyond the ratio limit"):
+        unpack_archive(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tar_links_and_too_many_entries_are_refused(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        link = tarfile.TarInfo("p/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    (tmp_path / "link.tar.gz").write_bytes(buffer.getvalue())
+    with pytest.raises(ArchiveError, match="unsafe entry p/passwd"):
+        unpack_archive(tmp_path / "link.tar.gz", tmp_path / "out")
+    (tmp_path / "many.tar.gz").write_bytes(_tar_bytes({f"p/{i}": b"x" for i in range(4)}))
+    with pytest.raises(ArchiveError, match="more than 3 entries"):
+        unpack_archive(tmp_path / "many.tar.gz", tmp_path / "out", limits=UnpackLimits(10**6, 3))
+    assert not (tmp_path / "out").exists()
+
+
+def test_stale_part_file_rejected_with_416_restarts_at_once(server, tmp_path):
+    payload = _wav_like(11, 3000)
+    server.files["s.bin"] = payload
+    dest = tmp_path / "s.bin"
+    dest.with_name("s.bin.part").write_bytes(_wav_like(12, 5000))  # longer: another file's bytes
+    download_file(f"{server.url}/s.bin", dest, retries=0, progress=False)
+    assert dest.read_bytes() == payload
+    assert [r["range"] for r in server.requests] == ["bytes=4992-", None]
