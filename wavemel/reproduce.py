@@ -658,7 +658,7 @@ def _figure4(per_class: dict[str, dict], length: str, out_png: Path) -> None:
 
 def _figure3(index, train_records, preset: Preset, out_png: Path, seed: int) -> dict:
     from wavemel.audio import audio_info
-    from wavemel.augment_preview import render_augmentation_figure
+    from wavemel.figures import render_augmentation_figure
 
     # A clip a little shorter than the 2 s input shows padding and replication; fall back to the
     # longest of the first few.
