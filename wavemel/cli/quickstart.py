@@ -89,6 +89,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from wavemel.data.inspect import format_report
     from wavemel.study.quickstart import (
+        TourSettings,
         inspect_data,
         prepare_data,
         say,
@@ -109,17 +110,15 @@ def run(args: argparse.Namespace) -> int:
     say(f"data ready in {time.perf_counter() - started:.1f} s: {data}")
     if args.data_only:
         return 0
-    results = train_and_score(
-        data,
-        args.out,
+    settings = TourSettings(
         size=args.size,
         epochs=args.epochs,
         comb_epochs=args.comb_epochs,
         input_seconds=args.input_seconds,
         seed=args.seed,
         device=args.device,
-        force=args.force,
     )
+    results = train_and_score(data, args.out, settings, force=args.force)
     print()
     print("Validation MAP@3 on the held-out fold (fold 0 of 5) of the built-in data:")
     print(format_table(results))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,15 @@ from wavemel.evaluate import evaluate_run
 from wavemel.train import CombineConfig, TrainConfig, combine, train
 from wavemel.train.config import load_config_file
 
-__all__ = ["SPLIT_NOTE", "inspect_data", "prepare_data", "say", "train_and_score", "write_summary"]
+__all__ = [
+    "SPLIT_NOTE",
+    "TourSettings",
+    "inspect_data",
+    "prepare_data",
+    "say",
+    "train_and_score",
+    "write_summary",
+]
 
 #: The split every quickstart score is on.
 SPLIT_NOTE = "val (fold 0 of 5)"
@@ -124,26 +133,46 @@ def _train_or_reuse(config: TrainConfig | CombineConfig, force: bool) -> Path:
     return train(config)
 
 
+@dataclass(frozen=True)
+class TourSettings:
+    """What the quickstart trains (the command's flags).
+
+    Attributes:
+        size: model size of both branches.
+        epochs: epochs per branch.
+        comb_epochs: epochs of cnn-comb's head.
+        input_seconds: training input length in seconds.
+        seed: split and training seed.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    size: str = "small"
+    epochs: int = 15
+    comb_epochs: int = 6
+    input_seconds: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+
+
 def train_and_score(
-    data: Path,
-    out: Path,
-    *,
-    size: str = "small",
-    epochs: int = 15,
-    comb_epochs: int = 6,
-    input_seconds: float = 1.0,
-    seed: int = 0,
-    device: str = "auto",
-    force: bool = False,
+    data: Path, out: Path, settings: TourSettings = TourSettings(), *, force: bool = False
 ) -> dict[str, dict[str, Any]]:
     """Train cnn-audio and cnn-spec on ``data``, combine them and score all three.
 
     The validation fold (fold 0 of 5, stratified) picks each run's best epoch and is the split
     the table reports, so the figures are validation scores, not test scores.
 
+    Args:
+        data: the built-in dataset's root (folder-per-class).
+        out: the quickstart's output folder (runs in ``out/runs``, clip cache in ``out/cache``).
+        settings: sizes and schedules.
+        force: retrain runs made with other settings instead of refusing.
+
     Returns:
         ``{model name: evaluation dict}`` as returned by :func:`wavemel.evaluate.evaluate_run`.
     """
+    size, epochs, comb_epochs = settings.size, settings.epochs, settings.comb_epochs
+    input_seconds, seed, device = settings.input_seconds, settings.seed, settings.device
     data, out = data.resolve(), out.resolve()
     runs = out / "runs"
     cache = str(out / "cache")
