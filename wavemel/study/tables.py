@@ -28,6 +28,9 @@ __all__ = [
 def summary(values: list[float]) -> dict:
     """Mean, sample standard deviation, count and the values themselves."""
     array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        # No run has this metric: None (JSON null, "n/a" in the report), never a NaN.
+        return {"mean": None, "std": None, "n": 0, "values": []}
     return {
         "mean": float(array.mean()),
         # Sample standard deviation over seeds/folds; 0 for a single run.
