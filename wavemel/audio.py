@@ -23,7 +23,14 @@ from wavemel._io import require_regular_file
 from wavemel._paths import display_path
 from wavemel.errors import AudioError
 
-__all__ = ["AudioInfo", "audio_info", "load_audio", "stream_audio", "AUDIO_EXTENSIONS"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioInfo",
+    "audio_info",
+    "check_audio_path",
+    "load_audio",
+    "stream_audio",
+]
 
 #: File extensions the dataset adapters treat as audio (libsndfile reads all of them; MP3 needs
 #: libsndfile >= 1.1).
@@ -55,24 +62,29 @@ class AudioInfo:
     subtype: str = ""
 
 
-def _check_path(path: str | os.PathLike) -> Path:
-    """``path`` as a :class:`Path` after checking it is a regular file, without opening it.
+def check_audio_path(path: str | os.PathLike) -> os.stat_result:
+    """Check, without opening it, that ``path`` is a regular file that decoding may open.
 
     Opening a FIFO would block until a writer appears and a device may never end, so both are
-    refused here, as are folders, broken links and link loops.
+    refused here, as are folders, broken links and link loops. File finders use this to report
+    such entries by name instead of handing them to a decoder.
+
+    Returns:
+        The file's ``os.stat`` (links followed).
+
+    Raises:
+        AudioError: One line naming the file (escaped by :func:`display_path`) and the reason.
     """
-    path = Path(path)
     shown = display_path(path)
     if not os.path.lexists(path):
         raise AudioError(f"{shown}: no such file")
     if os.path.isdir(path):
         raise AudioError(f"{shown}: is a directory, not an audio file")
     try:
-        require_regular_file(path, error=AudioError, what="audio file")
+        return require_regular_file(path, error=AudioError, what="audio file")
     except AudioError as exc:
         # Its message starts with the raw name, which may not be printable: show the escaped one.
         raise AudioError(shown + str(exc)[len(str(path)) :]) from None
-    return path
 
 
 def _decode_failure(path: Path, exc: Exception) -> AudioError:
@@ -96,7 +108,8 @@ def _open(path: str | os.PathLike) -> Iterator[tuple[Path, sf.SoundFile]]:
         ``(path, handle)``. libsndfile errors raised while the handle is open (a truncated data
         chunk, say) leave as one-line :class:`AudioError`s naming the file.
     """
-    path = _check_path(path)
+    path = Path(path)
+    check_audio_path(path)
     try:
         # The name as bytes: soundfile would encode a str strictly as UTF-8 and fail on a name
         # that is not (b"x_\xff.wav"), although the file itself is fine.
