@@ -281,7 +281,7 @@ def test_a_link_loop_in_a_class_folder_is_named_and_the_other_clips_load(tmp_pat
     assert sorted(r.clip_id for r in index.records) == ["a.wav", "b.wav", "c.wav"]
     assert sorted((p.path.name, p.kind, p.message) for p in index.problems) == [
         ("loop.wav", "not_a_file", "symbolic link loop"),
-        ("pipe.wav", "not_a_file", "is a named pipe (FIFO), expected a audio file"),
+        ("pipe.wav", "not_a_file", "is a named pipe (FIFO), expected a regular file"),
     ]
 
 

@@ -51,7 +51,7 @@ def test_bad_entries_in_a_folder_are_named_and_the_rest_found(tmp_path):
         "dirloop": ("not_a_file", "symbolic link loop"),
         "loop.wav": ("not_a_file", "symbolic link loop"),
         "loop2.wav": ("not_a_file", "symbolic link loop"),
-        "pipe.wav": ("not_a_file", "is a named pipe (FIFO), expected a audio file"),
+        "pipe.wav": ("not_a_file", "is a named pipe (FIFO), expected a regular file"),
     }
     assert walk_audio_files(root, recursive=False)[0] == [good[0], good[2]]
 
@@ -75,7 +75,7 @@ def test_a_name_that_is_not_utf8_is_found_and_shown_escaped(tmp_path):
     os.mkfifo(os.fsdecode(os.fsencode(tmp_path) + b"/p_\xfe.wav"))
     files, problems = find_audio_files([tmp_path])
     assert files == [tmp_path / "a.wav", bad]
-    fifo_line = f"{tmp_path}/p_\\xfe.wav: is a named pipe (FIFO), expected a audio file"
+    fifo_line = f"{tmp_path}/p_\\xfe.wav: is a named pipe (FIFO), expected a regular file"
     assert str(problems[0]) == fifo_line
 
 

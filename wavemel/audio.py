@@ -81,7 +81,7 @@ def check_audio_path(path: str | os.PathLike) -> os.stat_result:
     if os.path.isdir(path):
         raise AudioError(f"{shown}: is a directory, not an audio file")
     try:
-        return require_regular_file(path, error=AudioError, what="audio file")
+        return require_regular_file(path, error=AudioError, what="regular file")
     except AudioError as exc:
         # Its message starts with the raw name, which may not be printable: show the escaped one.
         raise AudioError(shown + str(exc)[len(str(path)) :]) from None
