@@ -223,7 +223,7 @@ def test_fifos_and_bad_links_are_reported_without_hanging(tmp_path):
     command = [sys.executable, "-m", "wavemel", "predict", str(tmp_path / "run")]
     command += [str(tmp_path / "given.wav"), str(folder)]
     # A subprocess with a timeout: opening a FIFO blocks forever, which must fail, not hang.
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert [line.split("\t")[0] for line in done.stdout.splitlines()] == [f"{folder}/good.wav"]
     assert "Traceback" not in done.stderr
