@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -68,10 +69,9 @@ def find_audio_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], li
         paths: Files and folders, e.g. from the command line.
 
     Returns:
-        ``(files, problems)``: ``files`` in the order given, each folder's files sorted by path
-        (see :func:`iter_audio_files`);
-        ``problems`` names each given path that does not exist (kind ``missing``) and each
-        entry that is not a regular file (kind ``not_a_file``), with a one-line reason.
+        ``(files, problems)``: ``files`` in the order given, each folder's files sorted by
+        path; ``problems`` names each given path that does not exist (kind ``missing``) and
+        each entry that is not a regular file (kind ``not_a_file``), with a one-line reason.
     """
     files: list[Path] = []
     problems: list[Problem] = []
@@ -110,7 +110,7 @@ def walk_audio_files(
 
 
 def iter_audio_files(
-    folder: Path, *, recursive: bool = True, _visited: set[_FileKey] | None = None
+    folder: str | os.PathLike, *, recursive: bool = True
 ) -> Iterator[tuple[Path, _FileKey] | Problem]:
     """Lazily yield ``(path, file key)`` per audio file and a :class:`Problem` per bad entry.
 
@@ -118,7 +118,12 @@ def iter_audio_files(
     :func:`walk_audio_files`. Entries are visited by name, depth first, which is the order of
     ``sorted()`` on the paths, so no list of a whole tree is ever sorted.
     """
-    visited = set() if _visited is None else _visited
+    return _walk(Path(folder), recursive, visited=set())
+
+
+def _walk(
+    folder: Path, recursive: bool, visited: set[_FileKey]
+) -> Iterator[tuple[Path, _FileKey] | Problem]:
     try:
         info = os.stat(folder)
         with os.scandir(folder) as listing:
@@ -132,20 +137,18 @@ def iter_audio_files(
             continue
         path = Path(entry.path)
         try:
-            target = os.stat(path)
+            target = os.stat(path)  # links followed
         except OSError as exc:
             if entry.is_symlink() or is_audio_name(path):
                 yield Problem(path, "not_a_file", _link_reason(path, exc))
             continue
-        if os.path.isdir(path):
-            key = (target.st_dev, target.st_ino)
+        key = (target.st_dev, target.st_ino)
+        if stat.S_ISDIR(target.st_mode):
             if recursive and key not in visited:
-                yield from iter_audio_files(path, recursive=True, _visited=visited)
-            continue
-        if not is_audio_name(path):
-            continue
-        problem = file_problem(path)
-        yield (path, (target.st_dev, target.st_ino)) if problem is None else problem
+                yield from _walk(path, recursive, visited)
+        elif is_audio_name(path):
+            problem = file_problem(path)
+            yield (path, key) if problem is None else problem
 
 
 def _collect(
