@@ -356,3 +356,16 @@ def test_short_rows_of_fsdkaggle2018_csvs_are_problems_not_tracebacks(tmp_path):
     assert [(p.kind, p.message) for p in index.problems] == [
         ("bad_row", "line 3: 1 cell(s) where the header has 3; left out")
     ]
+
+
+def test_a_fifo_as_dataset_root_or_manifest_is_refused_unopened(tmp_path):
+    os.mkfifo(tmp_path / "m.csv")
+    for format in (None, "csv"):
+        with pytest.raises(DataError, match=r"m.csv: is a named pipe \(FIFO\)"):
+            load_dataset(tmp_path / "m.csv", format=format)
+    _csv(tmp_path / "short.csv", ["path", "label"], [["a.wav"], ["b.wav"]])
+    index = load_dataset(tmp_path / "short.csv", check_files=False)
+    assert [p.message for p in index.problems] == [
+        "line 2: 1 cell(s) where the header has 2; left out",
+        "line 3: 1 cell(s) where the header has 2; left out",
+    ]

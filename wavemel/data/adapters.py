@@ -136,7 +136,9 @@ def detect_format(root: str | os.PathLike, *, label_pattern: str | None = None) 
         DataError: Nothing matches; the message names ``root`` and what was looked for.
     """
     root = Path(root)
-    if root.is_file():
+    if not root.is_dir():
+        # Never open a FIFO or device given as the root: reading it could block forever.
+        require_regular_file(root, error=DataError, what="dataset folder or CSV manifest")
         if root.suffix.lower() == ".csv":
             return "csv"
         raise DataError(f"{root}: a file, but not a CSV manifest; give a dataset folder or a .csv")
@@ -234,11 +236,11 @@ def _load_folder(root: Path, problems: list[Problem], _pattern: str | None) -> l
 
 
 def _load_csv(root: Path, problems: list[Problem], _pattern: str | None) -> list[ClipRecord]:
-    manifest = root if root.is_file() else root / MANIFEST
-    if not manifest.is_file():
+    manifest = root / MANIFEST if root.is_dir() else root
+    if root.is_dir() and not os.path.lexists(manifest):
         raise DataError(f"{root}: no {MANIFEST} found (format 'csv' needs a manifest CSV)")
-    rows = _read_csv(manifest, problems)
-    columns = set(rows[0][1]) if rows else set()
+    header, rows = _read_csv(manifest, problems)
+    columns = set(header)
     path_col = next((c for c in ("path", "fname", "file", "filename") if c in columns), None)
     label_col = next((c for c in ("label", "labels") if c in columns), None)
     if path_col is None or label_col is None:
@@ -349,14 +351,15 @@ _ADAPTERS: dict[str, Callable[..., list[ClipRecord]]] = {
 
 
 def _fsd_train_records(train_csv: Path, audio_dir: Path, problems: list[Problem]):
-    rows = _read_csv(train_csv, problems)
-    _require_columns(train_csv, rows, ("fname", "label"))
+    header, rows = _read_csv(train_csv, problems)
+    _require_columns(train_csv, header, rows, ("fname", "label"))
     records = []
     for line, row in rows:
         label = row["label"].strip()
         if label.lower() in _NO_LABEL:
             path = audio_dir / row["fname"]
-            problems.append(Problem(path, "no_label", "training row without a label"))
+            where = f"{train_csv.name} line {line}"
+            problems.append(Problem(path, "no_label", f"{where}: training row without a label"))
             continue
         records.append(
             ClipRecord(
@@ -384,8 +387,8 @@ def _fsd_test_records(
     records = []
     listed = set()
     if test_csv is not None:
-        rows = _read_csv(test_csv, problems)
-        _require_columns(test_csv, rows, ("fname", "label"))
+        header, rows = _read_csv(test_csv, problems)
+        _require_columns(test_csv, header, rows, ("fname", "label"))
         for _line, row in rows:
             fname = row["fname"].strip()
             label = row["label"].strip()
@@ -550,13 +553,17 @@ def _check_labels(records, labels, problems):
 # Small helpers
 
 
-def _read_csv(path: Path, problems: list[Problem]) -> list[tuple[int, dict[str, str]]]:
-    """``(line, row)`` for every complete row; a row with too few cells is a ``bad_row``."""
+def _read_csv(
+    path: Path, problems: list[Problem]
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and ``(line, row)`` of every complete row; a short row is a ``bad_row``."""
+    header: list[str] = []
     rows = []
     require_regular_file(path, error=DataError, what="CSV file")  # a FIFO would block
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or ())
             for row in reader:
                 # A short row has None for its missing cells; a long one keeps them under None.
                 if None in row.values():
@@ -566,22 +573,21 @@ def _read_csv(path: Path, problems: list[Problem]) -> list[tuple[int, dict[str, 
                             path,
                             "bad_row",
                             f"line {reader.line_num}: {cells} cell(s) where the header has "
-                            f"{len(reader.fieldnames or ())}; left out",
+                            f"{len(header)}; left out",
                         )
                     )
                     continue
                 rows.append((reader.line_num, row))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{display_path(path)}: cannot read CSV ({exc})") from None
-    return rows
+    return header, rows
 
 
 def _require_columns(
-    path: Path, rows: list[tuple[int, dict[str, str]]], columns: tuple[str, ...]
+    path: Path, header: list[str], rows: list[tuple[int, dict[str, str]]], columns: tuple[str, ...]
 ) -> None:
     if not rows:
-        return
-    header = list(rows[0][1])
+        return  # nothing to read (an empty CSV counts as no rows, whatever its header)
     absent = [c for c in columns if c not in header]
     if absent:
         raise DataError(f"{path}: missing column(s) {', '.join(absent)}; found {header}")
