@@ -127,6 +127,7 @@ def test_train_then_predict_name_every_bad_file_and_use_the_good_ones(corpus, tm
     # dataset index reports them, see test_data_inspect_names_every_bad_entry).
     for name in ("truncated.wav", "text.wav", "nan.wav", "zero_channels.wav", "zero_rate.wav"):
         assert name in said, name
+    assert "x_" not in said  # the good clip whose name is not UTF-8 was trained on
 
     status = main(["predict", str(tmp_path / "run"), str(root), "--json"])
     captured = capsys.readouterr()
