@@ -277,9 +277,11 @@ def test_a_link_loop_in_a_class_folder_is_named_and_the_other_clips_load(tmp_pat
     _wav(tmp_path / "cat" / "c.wav")
     (tmp_path / "dog" / "loop.wav").symlink_to(tmp_path / "dog" / "loop.wav")
     os.mkfifo(tmp_path / "cat" / "pipe.wav")
+    (tmp_path / "bird").symlink_to(tmp_path / "moved-away")  # a class folder link, broken
     index = load_dataset(tmp_path)
     assert sorted(r.clip_id for r in index.records) == ["a.wav", "b.wav", "c.wav"]
     assert sorted((p.path.name, p.kind, p.message) for p in index.problems) == [
+        ("bird", "not_a_file", "broken symbolic link"),
         ("loop.wav", "not_a_file", "symbolic link loop"),
         ("pipe.wav", "not_a_file", "is a named pipe (FIFO), expected a regular file"),
     ]

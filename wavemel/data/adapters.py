@@ -222,6 +222,10 @@ def _load_kaggle(root: Path, problems: list[Problem], _pattern: str | None) -> l
 def _load_folder(root: Path, problems: list[Problem], _pattern: str | None) -> list[ClipRecord]:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (format 'folder' needs ROOT/<label>/*.wav)")
+    # Top-level files are no clips here, but a link that cannot be followed may have been a
+    # class folder: name it rather than lose a class without a word.
+    _, top_problems = walk_audio_files(root, recursive=False)
+    problems += top_problems
     records = []
     for class_dir in _subdirs(root):
         files, found_problems = walk_audio_files(class_dir)
