@@ -1,0 +1,88 @@
+"""Type checks of dataclass fields from their annotations, for values read from JSON.
+
+Run configs (``RUN/config.json``) and model configs (inside a checkpoint's JSON) are plain JSON
+that a user may have edited. A field of the wrong type must be refused with one line naming it,
+before any arithmetic or tensor allocation trips over it: ``"16"`` channels, ``NaN`` seconds or a
+``1e400`` learning rate (JSON's ``1e400`` parses as infinity).
+
+Understood annotations: ``int``, ``float`` (an integer is accepted; the value must be finite),
+``str``, ``bool``, ``X | None`` and ``tuple[X, ...]`` / ``list[X]`` (a JSON list). JSON has no
+separate boolean and integer types in some writers, so ``true`` is never accepted as an integer
+and ``1`` never as a boolean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+__all__ = ["check_field_types", "describe", "type_problem"]
+
+_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+
+
+def describe(hint: Any) -> str:
+    """What a value of annotation ``hint`` must be, in words ("an integer or null", ...)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [describe(arg) for arg in args if arg is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin in (tuple, list):
+        return f"a list of {_plural(describe(args[0]))}" if args else "a list"
+    return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(words: str) -> str:
+    return {
+        "an integer": "integers",
+        "a finite number": "finite numbers",
+        "a string": "strings",
+        "true or false": "booleans",
+    }.get(words, words)
+
+
+def type_problem(hint: Any, value: Any) -> bool:
+    """Whether ``value`` (parsed JSON) does *not* fit annotation ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return all(type_problem(arg, value) for arg in args)
+    if hint is type(None):
+        return value is not None
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return True
+        return any(type_problem(args[0], item) for item in value) if args else False
+    if hint is bool:
+        return not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, bool) or not isinstance(value, int)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True
+        return not math.isfinite(value)
+    if hint is str:
+        return not isinstance(value, str)
+    return False  # an annotation this module does not know: left to the caller's checks
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_field_types(cls: type, values: dict[str, Any], *, error: type, source: str) -> None:
+    """Raise ``error("SOURCE: field 'X' must be ..., got ...")`` for the first ill-typed field.
+
+    Keys that are not fields of ``cls`` are ignored (callers report unknown keys themselves).
+    """
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in values and type_problem(hints[field.name], values[field.name]):
+            value = values[field.name]
+            raise error(
+                f"{source}: field {field.name!r} must be {describe(hints[field.name])}, "
+                f"got {_shown(value)}"
+            )
