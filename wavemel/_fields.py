@@ -73,16 +73,26 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_field_types(cls: type, values: dict[str, Any], *, error: type, source: str) -> None:
+def check_field_types(
+    classes: type | tuple[type, ...], values: dict[str, Any], *, error: type, source: str
+) -> None:
     """Raise ``error("SOURCE: field 'X' must be ..., got ...")`` for the first ill-typed field.
 
-    Keys that are not fields of ``cls`` are ignored (callers report unknown keys themselves).
+    Args:
+        classes: A dataclass, or several: then a value is accepted when it fits the field's
+            annotation in any of them that has the field (a file that may belong to either).
+        values: Parsed JSON. Keys that are no field are ignored (callers report unknown keys).
+        error: The exception type to raise.
+        source: What to name first in the message: the file, or the JSON key it came from.
     """
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in values and type_problem(hints[field.name], values[field.name]):
-            value = values[field.name]
+    hints: dict[str, list[Any]] = {}
+    for cls in classes if isinstance(classes, tuple) else (classes,):
+        resolved = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            hints.setdefault(field.name, []).append(resolved[field.name])
+    for name, value in values.items():
+        options = hints.get(name)
+        if options and all(type_problem(hint, value) for hint in options):
             raise error(
-                f"{source}: field {field.name!r} must be {describe(hints[field.name])}, "
-                f"got {_shown(value)}"
+                f"{source}: field {name!r} must be {describe(options[0])}, got {_shown(value)}"
             )
