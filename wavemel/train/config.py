@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 from wavemel._fields import check_field_types
 from wavemel._io import atomic_write_text, read_json
+from wavemel.checkpoint import MAX_INPUT_SECONDS
 from wavemel.errors import CheckpointError, WavemelError
+from wavemel.models._layers import SAMPLE_RATE_RANGE
 
 __all__ = [
     "TrainConfig",
@@ -195,7 +197,7 @@ def resume_config(config: _Config) -> _Config:
     if not config.out:
         raise WavemelError("--resume needs the run folder to continue (--out RUN)")
     path = Path(config.out) / "config.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"{config.out}: no config.json to resume from")
     saved = type(config).load(path)
     resumed = saved.replace(
@@ -291,8 +293,15 @@ class TrainConfig(_RunConfig):
             )
         if not self.data:
             raise WavemelError("no dataset given (--data ROOT)")
-        if self.input_seconds <= 0 or self.sample_rate <= 0:
-            raise WavemelError("--input-seconds and --sample-rate must be positive")
+        low, high = SAMPLE_RATE_RANGE
+        if not low <= self.sample_rate <= high:
+            raise WavemelError(
+                f"--sample-rate must be in [{low}, {high}] Hz, got {self.sample_rate}"
+            )
+        if not 0 < self.input_seconds <= MAX_INPUT_SECONDS:
+            raise WavemelError(
+                f"--input-seconds must be in (0, {MAX_INPUT_SECONDS:g}], got {self.input_seconds}"
+            )
         if self.val_split is None and (self.folds < 2 or not 0 <= self.fold < self.folds):
             raise WavemelError(
                 f"--fold must be in [0, --folds) with --folds >= 2, got fold {self.fold} "
