@@ -520,8 +520,8 @@ def checkpoint_info(meta: dict[str, Any], json_path: str | os.PathLike) -> Check
 def _build_model(info: CheckpointInfo) -> torch.nn.Module:
     try:
         model = model_from_config(info.model, info.num_classes, info.model_config)
-    except (KeyError, ValueError, TypeError, OverflowError) as exc:
-        reason = str(exc).strip("'\"") or type(exc).__name__
+    except (KeyError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
+        reason = (str(exc).splitlines() or [""])[0].strip("'\"") or type(exc).__name__
         raise CheckpointError(
             f"{info.json_path}: cannot build model {info.model!r} ({reason})"
         ) from None
