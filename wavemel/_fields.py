@@ -19,7 +19,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["check_field_types", "describe", "type_problem"]
+__all__ = ["check_field_types", "describe", "fits"]
 
 _NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
 
@@ -44,28 +44,27 @@ def _plural(words: str) -> str:
     }.get(words, words)
 
 
-def type_problem(hint: Any, value: Any) -> bool:
-    """Whether ``value`` (parsed JSON) does *not* fit annotation ``hint``."""
+def fits(hint: Any, value: Any) -> bool:
+    """Whether ``value`` (parsed JSON) is of the type annotation ``hint`` describes."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return all(type_problem(arg, value) for arg in args)
+        return any(fits(arg, value) for arg in args)
     if hint is type(None):
-        return value is not None
+        return value is None
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            return True
-        return any(type_problem(args[0], item) for item in value) if args else False
+            return False
+        return all(fits(args[0], item) for item in value) if args else True
     if hint is bool:
-        return not isinstance(value, bool)
+        return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, bool) or not isinstance(value, int)
+        return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return True
-        return not math.isfinite(value)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and math.isfinite(value)
     if hint is str:
-        return not isinstance(value, str)
-    return False  # an annotation this module does not know: left to the caller's checks
+        return isinstance(value, str)
+    return True  # an annotation this module does not know: left to the caller's checks
 
 
 def _shown(value: Any) -> str:
@@ -92,7 +91,7 @@ def check_field_types(
             hints.setdefault(field.name, []).append(resolved[field.name])
     for name, value in values.items():
         options = hints.get(name)
-        if options and all(type_problem(hint, value) for hint in options):
+        if options and not any(fits(hint, value) for hint in options):
             raise error(
                 f"{source}: field {name!r} must be {describe(options[0])}, got {_shown(value)}"
             )
