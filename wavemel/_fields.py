@@ -6,9 +6,9 @@ before any arithmetic or tensor allocation trips over it: ``"16"`` channels, ``N
 ``1e400`` learning rate (JSON's ``1e400`` parses as infinity).
 
 Understood annotations: ``int``, ``float`` (an integer is accepted; the value must be finite),
-``str``, ``bool``, ``X | None`` and ``tuple[X, ...]`` / ``list[X]`` (a JSON list). JSON has no
-separate boolean and integer types in some writers, so ``true`` is never accepted as an integer
-and ``1`` never as a boolean.
+``str``, ``bool``, ``X | None`` and ``tuple[X, ...]`` / ``list[X]`` (a JSON list). Python's
+``bool`` is an ``int``, so ``true`` is refused explicitly where a number is wanted, as ``1`` is
+where a boolean is.
 """
 
 from __future__ import annotations
