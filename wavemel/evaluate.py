@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from wavemel._io import atomic_write_json, read_json
+from wavemel._io import atomic_write_json
 from wavemel.data.records import ClipRecord, DatasetIndex
 from wavemel.data.splits import SPLIT_FIELDS, SplitSpec
 from wavemel.errors import (
@@ -44,6 +44,7 @@ from wavemel.metrics import (
     per_class_map_at_k,
     top_k_accuracy,
 )
+from wavemel.train.config import load_config_file
 
 __all__ = [
     "SPLITS",
@@ -74,7 +75,8 @@ def _run_folder(run: Path) -> Path:
 def _read_run_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.json`` as a dict (``{}`` for a bare checkpoint folder without one)."""
     path = run_dir / "config.json"
-    return read_json(path, what="run config") if path.exists() else {}
+    # Field types are checked there, so a crafted config is one line naming the field.
+    return load_config_file(path) if path.exists() else {}
 
 
 def _split_records(

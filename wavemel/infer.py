@@ -26,8 +26,8 @@ import torch
 from wavemel._device import autocast, model_device, resolve_device
 from wavemel._paths import display_path
 from wavemel.audio import stream_audio
-from wavemel.checkpoint import load_checkpoint
-from wavemel.errors import AudioError, CheckpointError, EmptyClipWarning, WavemelError
+from wavemel.checkpoint import load_model
+from wavemel.errors import AudioError, EmptyClipWarning, WavemelError
 
 __all__ = ["Tagger", "predict_waveforms", "window_starts", "fill_window"]
 
@@ -362,33 +362,24 @@ class Tagger:
         Raises:
             CheckpointError: The checkpoint is missing, corrupt or lacks labels / rates.
         """
-        model, meta = load_checkpoint(path, device=device)
-        for key in ("labels", "sample_rate", "input_seconds"):
-            if key not in meta:
-                raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}")
-        sample_rate = int(meta["sample_rate"])
-        input_samples = int(round(float(meta["input_seconds"]) * sample_rate))
+        model, info = load_model(path, device=device)
+        info.require("labels", "sample_rate", "input_seconds")
+        sample_rate = info.sample_rate
         hop_samples = None if hop_seconds is None else int(round(hop_seconds * sample_rate))
         if hop_samples is not None and hop_samples < 1:
             raise WavemelError(f"hop {hop_seconds:g} s is under one sample at {sample_rate} Hz")
-        train_config = meta.get("train_config") or {}
-        if fill is None:
-            fill = meta.get("eval_fill") or train_config.get("eval_fill") or "replicate"
-        prior = next(
-            (meta[k] for k in ("prior", "class_prior", "label_prior") if meta.get(k)), None
-        )
         return cls(
             model,
-            meta["labels"],
+            info.labels,
             sample_rate=sample_rate,
-            input_samples=input_samples,
+            input_samples=info.input_samples,
             hop_samples=hop_samples,
             aggregate=aggregate,
-            fill=fill,
+            fill=fill or info.eval_fill or "replicate",
             batch_size=batch_size,
             device=device,
-            prior=prior,
-            meta=meta,
+            prior=info.label_prior,
+            meta=info.meta,
         )
 
     @property

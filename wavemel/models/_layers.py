@@ -95,13 +95,29 @@ def vgg_blocks(
     return nn.Sequential(*blocks), in_channels
 
 
+#: Caps on a VGG-like config, far above the poster's largest ("paper") sizes. A config read
+#: from a checkpoint's JSON is checked against them before any layer is built, so an edited or
+#: corrupt file cannot ask for gigabytes of weights.
+MAX_CHANNELS = 4096
+MAX_BLOCKS = 16
+MAX_CONVS_PER_BLOCK = 16
+MAX_KERNEL = 1024
+MAX_POOL = 64
+MAX_DENSE = 16384
+MAX_CLASSES = 100_000
+#: About 1.6 GB of float32 weights; the paper sizes have under 25 million parameters.
+MAX_PARAMETERS = 400_000_000
+#: Sample rates a model may be built for (telephone speech to high-resolution audio).
+SAMPLE_RATE_RANGE = (1000, 384_000)
+
+
 def check_vgg_config(model_name: str, config: Any, other_sizes: list[Any]) -> None:
     """Validate the fields every VGG-like config shares; raise a clear ``ValueError``.
 
     Args:
         model_name: used in the message, e.g. ``"cnn-audio"``.
-        config: a dataclass with ``channels``, ``convs_per_block``, ``pools``, ``kernel_size``,
-            ``dense`` and ``dropout``.
+        config: a dataclass with ``sample_rate``, ``channels``, ``convs_per_block``, ``pools``,
+            ``kernel_size``, ``dense`` and ``dropout``.
         other_sizes: the family's own fields that must be positive integers too.
     """
     if not len(config.channels) == len(config.convs_per_block) == len(config.pools) >= 1:
@@ -111,7 +127,58 @@ def check_vgg_config(model_name: str, config: Any, other_sizes: list[Any]) -> No
         )
     sizes = [*other_sizes, *config.channels, *config.convs_per_block, *config.pools]
     sizes += [config.kernel_size, config.dense]
-    if any(int(v) != v or v < 1 for v in sizes):
+    # isinstance first: int(inf) raises OverflowError and int("16") is not a comparison.
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
         raise ValueError(f"{model_name} sizes must be positive integers, got {config}")
-    if not 0.0 <= config.dropout < 1.0:
+    low, high = SAMPLE_RATE_RANGE
+    if not low <= config.sample_rate <= high:
+        raise ValueError(f"sample_rate must be in [{low}, {high}] Hz, got {config.sample_rate}")
+    for name, values, cap in (
+        ("blocks", [len(config.channels)], MAX_BLOCKS),
+        ("channels", config.channels, MAX_CHANNELS),
+        ("convs_per_block", config.convs_per_block, MAX_CONVS_PER_BLOCK),
+        ("pools", config.pools, MAX_POOL),
+        ("kernel_size", [config.kernel_size], MAX_KERNEL),
+        ("dense", [config.dense], MAX_DENSE),
+    ):
+        if max(values) > cap:
+            raise ValueError(f"{model_name} {name} is at most {cap}, got {max(values)}")
+    if isinstance(config.dropout, bool) or not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+
+
+def vgg_parameter_count(dims: int, in_channels: int, config: Any) -> int:
+    """Weights of :func:`vgg_blocks` built from ``config`` (convolutions and BatchNorm)."""
+    count = 0
+    for out_channels, n_convs in zip(config.channels, config.convs_per_block):
+        for _ in range(n_convs):
+            count += in_channels * out_channels * config.kernel_size**dims + 2 * out_channels
+            in_channels = out_channels
+    return count
+
+
+def check_num_classes(num_classes: Any) -> None:
+    """Raise ``ValueError`` unless ``num_classes`` is an integer in ``[1, MAX_CLASSES]``."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
+
+
+def check_parameter_budget(model_name: str, parameters: int) -> None:
+    """Refuse a model larger than :data:`MAX_PARAMETERS`, before any of it is allocated.
+
+    Args:
+        model_name: used in the message.
+        parameters: the model's parameter count computed from its config.
+    """
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(
+            f"{model_name} config asks for {parameters:,} parameters, over the "
+            f"{MAX_PARAMETERS:,} limit"
+        )
+
+
+def dense_head_parameter_count(in_dim: int, dense: int, num_classes: int) -> int:
+    """Weights of :func:`dense_head` (Linear without bias, BatchNorm, classifier)."""
+    return in_dim * dense + 2 * dense + dense * num_classes + num_classes

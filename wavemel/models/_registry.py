@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from wavemel._fields import check_field_types
+
 _MODELS: dict[str, type] = {}
 
 
@@ -62,7 +64,14 @@ def config_for_size(config_cls: type, sizes: dict[str, Any], size: str, **fields
 
 
 def config_from_dict(config_cls: type, values: dict[str, Any]) -> Any:
-    """Build a config dataclass from a (JSON) dict: lists become tuples, unknown keys raise."""
+    """Build a config dataclass from a (JSON) dict: lists become tuples.
+
+    Raises:
+        ValueError: A key is not a field, or a value has the wrong type for its field
+            (``model_config: field 'channels' must be a list of integers, got ...``).
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"model_config must be a JSON object, got {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -70,6 +79,7 @@ def config_from_dict(config_cls: type, values: dict[str, Any]) -> Any:
             f"unknown {config_cls.__name__} field(s) {', '.join(unknown)}; "
             f"valid fields: {', '.join(sorted(known))}"
         )
+    check_field_types(config_cls, values, error=ValueError, source="model_config")
     return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

@@ -15,7 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from wavemel.models._layers import check_vgg_config, conv_bn_relu, dense_head, vgg_blocks
+from wavemel.models._layers import (
+    MAX_CHANNELS,
+    MAX_KERNEL,
+    check_num_classes,
+    check_parameter_budget,
+    check_vgg_config,
+    conv_bn_relu,
+    dense_head,
+    dense_head_parameter_count,
+    vgg_blocks,
+    vgg_parameter_count,
+)
 from wavemel.models._registry import (
     config_for_size,
     config_from_dict,
@@ -61,6 +72,13 @@ class CnnAudioConfig:
     def __post_init__(self) -> None:
         stem = [self.sample_rate, self.stem_channels, self.stem_kernel, self.stem_stride]
         check_vgg_config("cnn-audio", self, stem)
+        stem_too_big = max(self.stem_kernel, self.stem_stride) > MAX_KERNEL
+        if self.stem_channels > MAX_CHANNELS or stem_too_big:
+            raise ValueError(
+                f"cnn-audio stem_channels is at most {MAX_CHANNELS} and stem_kernel / stem_stride "
+                f"at most {MAX_KERNEL}, got {self.stem_channels}, {self.stem_kernel}, "
+                f"{self.stem_stride}"
+            )
         if self.normalize not in ("standardize", "none"):
             raise ValueError(f"normalize must be 'standardize' or 'none', got {self.normalize!r}")
 
@@ -110,10 +128,10 @@ class CnnAudio(nn.Module):
 
     def __init__(self, num_classes: int, config: CnnAudioConfig | None = None) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.config = config or CnnAudioConfig()
         cfg = self.config
+        check_num_classes(num_classes)
+        check_parameter_budget("cnn-audio", self.parameter_count(cfg, num_classes))
         self.num_classes = int(num_classes)
         self.sample_rate = int(cfg.sample_rate)
 
@@ -138,6 +156,14 @@ class CnnAudio(nn.Module):
         self._init_weights()
 
     # -- construction helpers -----------------------------------------------------------------
+
+    @staticmethod
+    def parameter_count(config: CnnAudioConfig, num_classes: int) -> int:
+        """Parameters (and BatchNorm statistics) a model of ``config`` has, without building it."""
+        stem = config.stem_channels * config.stem_kernel + 2 * config.stem_channels
+        blocks = vgg_parameter_count(1, config.stem_channels, config)
+        head = dense_head_parameter_count(2 * config.channels[-1], config.dense, num_classes)
+        return stem + blocks + head
 
     @classmethod
     def from_size(
@@ -172,8 +198,10 @@ class CnnAudio(nn.Module):
         return length
 
     def _min_samples(self) -> int:
+        # Bounded search: a config that needs more than a second is refused by the caller, and
+        # an unbounded loop would spin for ages on absurd pooling factors.
         num_samples = 1
-        while self._output_length(num_samples) < 1:
+        while self._output_length(num_samples) < 1 and num_samples <= self.sample_rate:
             num_samples += 1
         return num_samples
 

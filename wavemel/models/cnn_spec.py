@@ -20,13 +20,24 @@ import torch
 from torch import nn
 
 from wavemel.frontend import LogMel, default_hop_length, default_n_fft
-from wavemel.models._layers import check_vgg_config, dense_head, vgg_blocks
+from wavemel.models._layers import (
+    check_num_classes,
+    check_parameter_budget,
+    check_vgg_config,
+    dense_head,
+    dense_head_parameter_count,
+    vgg_blocks,
+    vgg_parameter_count,
+)
 from wavemel.models._registry import (
     config_for_size,
     config_from_dict,
     config_to_dict,
     register_model,
 )
+
+_MAX_N_FFT = 65536
+_MAX_N_MELS = 1024
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,15 @@ class CnnSpecConfig:
 
     def __post_init__(self) -> None:
         check_vgg_config("cnn-spec", self, [self.sample_rate, self.n_mels])
+        # The front end's window and filterbank grow with n_fft * n_mels: cap both well above
+        # any real setting (the paper size uses 1024 and 128).
+        for name, value, cap in (
+            ("n_fft", self.n_fft, _MAX_N_FFT),
+            ("hop_length", self.hop_length, _MAX_N_FFT),
+            ("n_mels", self.n_mels, _MAX_N_MELS),
+        ):
+            if value is not None and not 1 <= value <= cap:
+                raise ValueError(f"cnn-spec {name} must be in [1, {cap}], got {value}")
         if math.prod(self.pools) > self.n_mels:
             raise ValueError(
                 f"n_mels={self.n_mels} is too few for pooling factors {self.pools} "
@@ -119,14 +139,14 @@ class CnnSpec(nn.Module):
 
     def __init__(self, num_classes: int, config: CnnSpecConfig | None = None) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_num_classes(num_classes)
         cfg = config or CnnSpecConfig()
         cfg = dataclasses.replace(
             cfg,
             n_fft=cfg.n_fft or default_n_fft(cfg.sample_rate),
             hop_length=cfg.hop_length or default_hop_length(cfg.sample_rate),
         )
+        check_parameter_budget("cnn-spec", self.parameter_count(cfg, num_classes))
         self.config = cfg
         self.num_classes = int(num_classes)
         self.sample_rate = int(cfg.sample_rate)
@@ -166,6 +186,17 @@ class CnnSpec(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     # -- construction helpers -----------------------------------------------------------------
+
+    @staticmethod
+    def parameter_count(config: CnnSpecConfig, num_classes: int) -> int:
+        """Parameters and buffers (front end included) of a model of ``config``, unbuilt.
+
+        ``config`` must have ``n_fft`` resolved (not ``None``).
+        """
+        frontend = config.n_fft + config.n_mels * (config.n_fft // 2 + 1)
+        blocks = 4 + vgg_parameter_count(2, 1, config)  # 4: the input BatchNorm's tensors
+        head = dense_head_parameter_count(2 * config.channels[-1], config.dense, num_classes)
+        return frontend + blocks + head
 
     @classmethod
     def from_size(
