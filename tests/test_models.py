@@ -61,7 +61,7 @@ def _tiny_comb(seed: int = 0) -> CnnComb:
 
 
 def test_registry_lists_the_poster_models():
-    assert list_models() == ["cnn-audio", "cnn-comb", "cnn-spec"]
+    assert list_models() == ["cnn-audio", "cnn-comb", "cnn-spec", "cnn14"]
     for name in list_models():
         assert list_sizes(name) == ["tiny", "small", "paper"]
 
