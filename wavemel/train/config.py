@@ -78,7 +78,7 @@ class _ConfigMixin:
         must not depend on where training was started.
         """
         changes = {}
-        for name in ("data", "cache_dir", "audio_run", "spec_run"):
+        for name in ("data", "cache_dir", "audio_run", "spec_run", "init"):
             value = getattr(self, name, None)
             if value:
                 changes[name] = str(Path(value).expanduser().resolve())
@@ -176,7 +176,7 @@ class TrainConfig(_ConfigMixin):
     """Everything that defines one training run of a single branch (cnn-audio or cnn-spec).
 
     Attributes:
-        model: Registered model name ("cnn-audio" or "cnn-spec").
+        model: Registered model name ("cnn-audio", "cnn-spec" or "cnn14").
         size: Named model size ("tiny", "small", "paper").
         data: Dataset root (or CSV manifest) given to ``wavemel.data.load_dataset``.
         out: Run folder.
@@ -209,6 +209,9 @@ class TrainConfig(_ConfigMixin):
         cache_dir: Clip cache; ``None`` uses ``$WAVEMEL_CACHE`` or ``~/.cache/wavemel``.
         force: Replace an existing run folder.
         resume: Continue the interrupted run in ``out`` from ``out/state``.
+        init: Checkpoint (or run folder) to start from: its model config and weights, with a
+            new classifier when its labels differ from the data's; sets ``sample_rate``.
+        freeze_blocks: Keep the first N conv blocks frozen (models with ``freeze_blocks``).
     """
 
     model: str = "cnn-audio"
@@ -246,6 +249,8 @@ class TrainConfig(_ConfigMixin):
     cache_dir: str | None = None
     force: bool = False
     resume: bool = False
+    init: str | None = None
+    freeze_blocks: int = 0
 
     @property
     def input_samples(self) -> int:
@@ -258,11 +263,12 @@ class TrainConfig(_ConfigMixin):
             WavemelError: An option is out of range or inconsistent with another.
         """
         _check_common(self)
-        if self.model not in ("cnn-audio", "cnn-spec"):
+        if self.model not in ("cnn-audio", "cnn-spec", "cnn14"):
             raise WavemelError(
-                f"--model must be cnn-audio or cnn-spec, got {self.model!r} "
+                f"--model must be cnn-audio, cnn-spec or cnn14, got {self.model!r} "
                 "(cnn-comb is trained with `wavemel combine`)"
             )
+        self._check_init()
         if not self.data:
             raise WavemelError("no dataset given (--data ROOT)")
         if self.input_seconds <= 0 or self.sample_rate <= 0:
@@ -276,6 +282,12 @@ class TrainConfig(_ConfigMixin):
             raise WavemelError(f"mixup_on must be 'wave' or 'spec', got {self.mixup_on!r}")
         if self.mixup_on == "spec" and self.model != "cnn-spec":
             raise WavemelError("mixup_on 'spec' needs --model cnn-spec")
+
+    def _check_init(self) -> None:
+        if self.freeze_blocks < 0:
+            raise WavemelError(f"--freeze must be >= 0, got {self.freeze_blocks}")
+        if self.init is not None and not str(self.init).strip():
+            raise WavemelError("--init needs a checkpoint or run folder")
 
 
 @dataclass

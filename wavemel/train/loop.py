@@ -568,7 +568,7 @@ def start_run(config, ctx: DistContext) -> None:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train one branch (cnn-audio or cnn-spec) as described by ``config``.
+    """Train one branch (cnn-audio, cnn-spec or cnn14) as described by ``config``.
 
     Writes ``RUN/config.json``, ``RUN/metrics.jsonl`` (one JSON line per epoch), ``RUN/best.*``
     and ``RUN/last.*`` (checkpoints) and ``RUN/state/`` (resume state).
@@ -580,20 +580,18 @@ def train(config: TrainConfig) -> Path:
         WavemelError: Bad settings, an existing run folder without ``force``/``resume``, or data
             problems (DataError) and resume problems (CheckpointError).
     """
-    from wavemel.models import create_model
+    from wavemel.train.finetune import build_model, resolve_init
 
     if config.resume:
         config = resume_config(config)
     config.check()
-    config = config.with_absolute_paths()
+    config = resolve_init(config.with_absolute_paths())
     ctx = init_distributed(config.device)
     try:
         start_run(config, ctx)
         data = prepare_data(config, ctx)
         seed_everything(config.seed)
-        model = create_model(
-            config.model, len(data.labels), size=config.size, sample_rate=config.sample_rate
-        )
+        model = build_model(config, data.labels)
         min_samples = int(getattr(model, "min_samples", 1))
         if config.input_samples < min_samples:
             raise WavemelError(
