@@ -286,6 +286,9 @@ class TrainConfig(_ConfigMixin):
     def _check_init(self) -> None:
         if self.freeze_blocks < 0:
             raise WavemelError(f"--freeze must be >= 0, got {self.freeze_blocks}")
+        if self.freeze_blocks and not self.init:
+            # Frozen random blocks would never learn anything.
+            raise WavemelError("--freeze needs --init: only pretrained blocks are worth freezing")
         if self.init is not None and not str(self.init).strip():
             raise WavemelError("--init needs a checkpoint or run folder")
 
