@@ -288,6 +288,25 @@ def test_import_needs_force_for_an_existing_run_and_never_clears_other_folders(t
     assert (stranger / "chapter1.tex").exists()
 
 
+def test_import_keeps_the_file_it_reads_and_accepts_old_batchnorm_state(tmp_path, capsys):
+    source = _tiny(num_classes=3)
+    run = tmp_path / "run"
+    assert _import(_panns_file(tmp_path / "tiny.pth", source), run) == 0
+    # A .pth inside the run folder would be deleted by --force clearing the folder.
+    inside = _panns_file(run / "tiny.pth", source)
+    assert _import(inside, run, "--force") == 2
+    assert "is inside the run folder" in capsys.readouterr().err and inside.exists()
+    # Checkpoints from before PyTorch 0.4.1 have no num_batches_tracked.
+    state = torch.load(inside, weights_only=True)
+    state["model"] = {k: v for k, v in state["model"].items() if "num_batches" not in k}
+    torch.save(state, tmp_path / "old.pth")
+    assert _import(tmp_path / "old.pth", tmp_path / "old") == 0
+    old, _ = load_checkpoint(tmp_path / "old")
+    x = torch.randn(1, SR)
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), source(x))
+
+
 def test_predict_with_an_imported_run_never_calls_torch_load(tmp_path, monkeypatch, capsys):
     pth = _panns_file(tmp_path / "tiny.pth", _tiny(num_classes=3))
     assert _import(pth, tmp_path / "run") == 0
@@ -348,6 +367,23 @@ def test_combine_accepts_an_imported_cnn14_as_the_spec_branch(synth, tmp_path, c
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "differ in sample_rate (32000 vs 16000)" in err and "--sample-rate" in err
+
+
+def test_combine_refuses_windows_shorter_than_the_cnn14_minimum(tmp_path):
+    from wavemel.checkpoint import save_checkpoint
+    from wavemel.train.combine import combine
+    from wavemel.train.config import CombineConfig, TrainConfig
+
+    audio = create_model("cnn-audio", 3, size="tiny", sample_rate=SR)
+    train_config = TrainConfig(data="/data/x", out=str(tmp_path / "a"), sample_rate=SR)
+    meta = {"labels": list("abc"), "sample_rate": SR, "input_seconds": 0.25}
+    save_checkpoint(
+        tmp_path / "a" / "best", audio, {**meta, "train_config": train_config.to_dict()}
+    )
+    assert _import(_panns_file(tmp_path / "tiny.pth", _tiny(num_classes=3)), tmp_path / "p") == 0
+    config = CombineConfig(audio_run=str(tmp_path / "a"), spec_run=str(tmp_path / "p"), out="c")
+    with pytest.raises(CheckpointError, match="needs windows of at least 0.310 s"):
+        combine(config)
 
 
 def test_fine_tuning_an_imported_cnn14(synth, tmp_path, capsys):

@@ -106,7 +106,9 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable PyTorch weights file ({reason})") from None
     state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise CheckpointError(
             f"{path}: expected a state dict of tensors (or a dict with one under 'model')"
         )
@@ -179,14 +181,15 @@ def _wavemel_state(
     """Rename (and, for kernels, transpose) the PANNs tensors; refuse any mismatch."""
     table = panns_cnn14_key_map(len(model.blocks))
     unexpected = sorted(set(state) - set(table) - {_STFT_REAL, _STFT_IMAG, _MEL})
-    absent = sorted(set(table) - set(state))
+    # Checkpoints saved before PyTorch 0.4.1 have no BatchNorm step counters (unused in eval).
+    absent = sorted(k for k in set(table) - set(state) if not k.endswith("num_batches_tracked"))
     if unexpected or absent:
         first = f"unexpected {unexpected[0]!r}" if unexpected else f"missing {absent[0]!r}"
         raise CheckpointError(f"{path}: not a CNN14 state dict ({first})")
     expected = model.state_dict()
     converted = {}
     for source, target in table.items():
-        tensor = state[source]
+        tensor = state.get(source, expected[target])
         if tensor.dim() == 4:
             # PANNs convolves (time, mel) images, wavemel (mel, time) ones.
             tensor = tensor.transpose(2, 3)
@@ -244,6 +247,14 @@ def import_panns_cnn14(
     weights, out = Path(weights), Path(out)
     if input_seconds <= 0:
         raise CheckpointError(f"--input-seconds must be positive, got {input_seconds:g}")
+    if hop_length is not None and hop_length < 1:
+        raise CheckpointError(
+            f"--hop-length must be a positive number of samples, got {hop_length}"
+        )
+    for given in (weights, labels_csv):
+        if given is not None and out.resolve() in Path(given).resolve().parents:
+            # --force clears the run folder, which would delete the very file being imported.
+            raise CheckpointError(f"{given}: is inside the run folder {out}; choose another -o")
     prepare_run_folder(out, force=force, resume=False)
     state = _load_pth(weights)
     model = _model_for(weights, state, sample_rate, hop_length, fmin, fmax)

@@ -26,11 +26,14 @@ def _same_path(a: Any, b: Any) -> bool:
     return Path(a).expanduser().absolute() == Path(b).expanduser().absolute()
 
 
-def check_slots(audio_model: Any, spec_model: Any, audio_run: str, spec_run: str) -> None:
+def check_slots(
+    audio_model: Any, spec_model: Any, audio_meta: dict, audio_run: str, spec_run: str
+) -> None:
     """Any single-branch model fits ``--audio``; ``--spec`` needs a log-mel front end.
 
     The comb uses a branch through ``conv_features`` only, and the Figure 4 ablation zeroes the
-    ``--spec`` branch's spectrogram (``conv_features_from_spectrogram``).
+    ``--spec`` branch's spectrogram (``conv_features_from_spectrogram``). Both branches must take
+    the ``--audio`` run's input length (an imported ``--spec`` branch may need longer windows).
     """
     if not hasattr(audio_model, "conv_features"):
         raise CheckpointError(
@@ -40,6 +43,13 @@ def check_slots(audio_model: Any, spec_model: Any, audio_run: str, spec_run: str
         raise CheckpointError(
             f"{spec_run}: --spec must be a log-mel model run (cnn-spec, cnn14), "
             f"not {spec_model.name}"
+        )
+    seconds = float(audio_meta.get("input_seconds") or 0)
+    if round(seconds * spec_model.sample_rate) < spec_model.min_samples:
+        raise CheckpointError(
+            f"{spec_run}: {spec_model.name} needs windows of at least "
+            f"{spec_model.min_samples / spec_model.sample_rate:.3f} s; {audio_run} was trained "
+            f"on {seconds:g} s windows"
         )
 
 
@@ -137,7 +147,7 @@ def combine(config: CombineConfig) -> Path:
     config = config.with_absolute_paths()
     audio_model, audio_meta = load_checkpoint(config.audio_run)
     spec_model, spec_meta = load_checkpoint(config.spec_run)
-    check_slots(audio_model, spec_model, config.audio_run, config.spec_run)
+    check_slots(audio_model, spec_model, audio_meta, config.audio_run, config.spec_run)
     check_branches(audio_meta, spec_meta, config.audio_run, config.spec_run)
     config = resolve_combine_config(config, audio_meta)
     loop_config = _loop_config(config)
