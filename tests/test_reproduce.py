@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from wavemel.cli import main as cli_main
-from wavemel.errors import DataError
-from wavemel.reproduce import PRESETS, VARIANTS, StudyConfig, reproduce
+from wavemel.study import PRESETS, VARIANTS, StudyConfig, reproduce
 
 pytestmark = pytest.mark.slow
 
@@ -145,31 +144,6 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
         f"wavemel reproduce --data {data} --out {out} --preset tiny\n"
         in (out / "report.md").read_text()
     )
-
-
-def test_study_folder_is_protected(tmp_path):
-    from wavemel.reproduce import _open_study
-
-    out = tmp_path / "study"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="holds no study"):
-        _open_study(out, {"preset": "tiny"}, force=False)
-    assert (out / "notes.txt").read_text() == "mine"
-
-    other = tmp_path / "other"
-    state = _open_study(other, {"preset": "tiny"}, force=False)
-    state.runs["runs/x"] = {"trained": True}
-    state.save()
-    (other / "runs").mkdir()
-    # Same settings: the state is picked up again.
-    assert _open_study(other, {"preset": "tiny"}, force=False).runs == {"runs/x": {"trained": True}}
-    with pytest.raises(DataError, match=r"other settings \(preset\)"):
-        _open_study(other, {"preset": "cpu"}, force=False)
-    # --force discards the old study (and only the study's own files).
-    (other / "keep.txt").write_text("x")
-    assert _open_study(other, {"preset": "cpu"}, force=True).runs == {}
-    assert not (other / "runs").exists() and (other / "keep.txt").exists()
 
 
 def _fsdk18_layout(tmp_path):

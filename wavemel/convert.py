@@ -29,7 +29,7 @@ from wavemel._io import require_regular_file
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import CheckpointError, DataError
 from wavemel.models.cnn14 import Cnn14, Cnn14Config, cnn14_fmax, cnn14_hop_length
-from wavemel.train.loop import _clear_run_folder, prepare_run_folder
+from wavemel.train.run_folder import RunFolder
 
 __all__ = ["FORMATS", "import_panns_cnn14", "panns_cnn14_key_map", "read_class_labels"]
 
@@ -240,9 +240,10 @@ def import_panns_cnn14(
         The run folder.
 
     Raises:
-        CheckpointError: The file is not a CNN14 checkpoint, its front end does not match the
-            settings, or ``out`` is taken.
+        CheckpointError: The file is not a CNN14 checkpoint or its front end does not match the
+            settings.
         DataError: The labels CSV is unreadable or does not fit the model's class count.
+        WavemelError: ``out`` is taken (see :class:`~wavemel.train.run_folder.RunFolder`).
     """
     weights, out = Path(weights), Path(out)
     if input_seconds <= 0:
@@ -251,11 +252,40 @@ def import_panns_cnn14(
         raise CheckpointError(
             f"--hop-length must be a positive number of samples, got {hop_length}"
         )
-    for given in (weights, labels_csv):
-        if given is not None and out.resolve() in Path(given).resolve().parents:
-            # --force clears the run folder, which would delete the very file being imported.
-            raise CheckpointError(f"{given}: is inside the run folder {out}; choose another -o")
-    prepare_run_folder(out, force=force, resume=False)
+    with RunFolder.claim(out, force=force, resume=False) as run:
+        model, meta = _convert(weights, labels_csv, sample_rate, hop_length, fmin, fmax)
+        if input_seconds * sample_rate < model.min_samples:
+            raise CheckpointError(
+                f"--input-seconds {input_seconds:g} is shorter than cnn14's minimum "
+                f"({model.min_samples} samples at {sample_rate} Hz)"
+            )
+        settings = {
+            "format": "panns-cnn14",
+            "weights": str(weights.resolve()),
+            "labels": None if labels_csv is None else str(Path(labels_csv).resolve()),
+            "sample_rate": sample_rate,
+            "hop_length": model.config.hop_length,
+            "fmin": fmin,
+            "fmax": model.config.fmax,
+            "input_seconds": input_seconds,
+            "out": str(out),
+        }
+        # Everything is checked: only now may --force clear the folder's wavemel files.
+        run.start(settings)
+        save_checkpoint(out / "best", model, {**meta, "input_seconds": input_seconds})
+        run.finish({"imported": "panns-cnn14"})
+    return out
+
+
+def _convert(
+    weights: Path,
+    labels_csv: str | os.PathLike | None,
+    sample_rate: int,
+    hop_length: int | None,
+    fmin: float,
+    fmax: float | None,
+) -> tuple[Cnn14, dict]:
+    """The converted model (eval mode) and its checkpoint metadata, less ``input_seconds``."""
     state = _load_pth(weights)
     model = _model_for(weights, state, sample_rate, hop_length, fmin, fmax)
     _check_frontend(weights, state, model)
@@ -268,15 +298,9 @@ def import_panns_cnn14(
             )
     else:
         labels = [str(i) for i in range(model.num_classes)]
-    if input_seconds * sample_rate < model.min_samples:
-        raise CheckpointError(
-            f"--input-seconds {input_seconds:g} is shorter than cnn14's minimum "
-            f"({model.min_samples} samples at {sample_rate} Hz)"
-        )
     meta = {
         "labels": labels,
         "sample_rate": sample_rate,
-        "input_seconds": input_seconds,
         "frontend": model.frontend.config(),
         "source": {
             "format": "panns-cnn14",
@@ -285,7 +309,4 @@ def import_panns_cnn14(
             "labels_csv": None if labels_csv is None else str(Path(labels_csv).resolve()),
         },
     }
-    if out.is_dir() and force:
-        _clear_run_folder(out)
-    save_checkpoint(out / "best", model.eval(), meta)
-    return out
+    return model.eval(), meta

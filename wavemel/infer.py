@@ -25,7 +25,7 @@ import torch
 
 from wavemel._device import autocast, model_device, resolve_device
 from wavemel.checkpoint import load_checkpoint
-from wavemel.errors import AudioError, CheckpointError, WavemelError
+from wavemel.errors import AudioError, CheckpointError, EmptyClipWarning, WavemelError
 
 __all__ = ["Tagger", "predict_waveforms", "window_starts", "fill_window"]
 
@@ -432,7 +432,8 @@ class Tagger:
 
     def _warn_empty(self, name: str) -> None:
         kind = "training label prior" if self.prior is not None else "uniform distribution"
-        warnings.warn(f"{name}: empty clip (0 samples); answering with the {kind}", stacklevel=2)
+        message = f"{name}: empty clip (0 samples); answering with the {kind}"
+        warnings.warn(EmptyClipWarning(message, name), stacklevel=2)
 
     def _blocks(self, item: str | os.PathLike | np.ndarray) -> tuple[Iterable[np.ndarray], str]:
         """Sample blocks of a file (decoded lazily) or of an in-memory waveform, and its name."""

@@ -9,10 +9,13 @@ inside their ``run`` functions so that ``wavemel --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
 import sys
+import warnings
+from collections.abc import Iterator
 
 from wavemel.errors import WavemelError
 
@@ -33,6 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Print every warning as ``wavemel: warning: MESSAGE`` (not Python's two-line format)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"wavemel: warning: {message}", file=file or sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _one_line_warnings():
+            return int(args.func(args) or 0)
     except WavemelError as exc:
         print(f"wavemel: error: {exc}", file=sys.stderr)
         return 2

@@ -14,8 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from wavemel.checkpoint import load_checkpoint
 from wavemel.errors import CheckpointError
+from wavemel.models.cnn_comb import CnnComb
 from wavemel.train.config import SPLIT_FIELDS, CombineConfig, TrainConfig, resume_config
+from wavemel.train.distributed import cleanup, init_distributed
+from wavemel.train.loader import prepare_data
+from wavemel.train.loop import fit, open_run, seed_everything, start_run
+from wavemel.train.run_folder import check_not_inside
 
 __all__ = ["combine", "check_branches", "check_slots", "resolve_combine_config"]
 
@@ -96,15 +102,10 @@ def check_branches(audio_meta: dict, spec_meta: dict, audio_run: str, spec_run: 
 def resolve_combine_config(config: CombineConfig, audio_meta: dict) -> CombineConfig:
     """Fill the split fields, sample rate, input length (and cache) from the checked branches."""
     branch = audio_meta.get("train_config") or {}
+    split = {name: branch.get(name) for name in SPLIT_FIELDS if name != "data"}
     return config.replace(
         data=config.data or branch.get("data"),
-        format=branch.get("format"),
-        label_pattern=branch.get("label_pattern"),
-        group_field=branch.get("group_field"),
-        folds=branch.get("folds"),
-        fold=branch.get("fold"),
-        seed=branch.get("seed"),
-        val_split=branch.get("val_split"),
+        **split,
         sample_rate=int(audio_meta["sample_rate"]),
         input_seconds=float(audio_meta["input_seconds"]),
         # The branches' clip cache already holds these clips at this rate.
@@ -135,16 +136,11 @@ def combine(config: CombineConfig) -> Path:
         CheckpointError: A branch run is missing or the two runs differ in labels, sample rate,
             input length or split settings (the message names the setting).
     """
-    from wavemel.checkpoint import load_checkpoint
-    from wavemel.models.cnn_comb import CnnComb
-    from wavemel.train.distributed import cleanup, init_distributed
-    from wavemel.train.loader import prepare_data
-    from wavemel.train.loop import fit, seed_everything, start_run
-
     if config.resume:
         config = resume_config(config)
     config.check()
     config = config.with_absolute_paths()
+    check_not_inside(config.out, {"--audio": config.audio_run, "--spec": config.spec_run})
     audio_model, audio_meta = load_checkpoint(config.audio_run)
     spec_model, spec_meta = load_checkpoint(config.spec_run)
     check_slots(audio_model, spec_model, audio_meta, config.audio_run, config.spec_run)
@@ -153,8 +149,9 @@ def combine(config: CombineConfig) -> Path:
     loop_config = _loop_config(config)
 
     ctx = init_distributed(config.device)
+    run = None
     try:
-        start_run(config, ctx)
+        run = open_run(config, ctx)
         data = prepare_data(loop_config, ctx)
         if list(data.labels) != list(audio_meta["labels"]):
             raise CheckpointError(
@@ -169,6 +166,7 @@ def combine(config: CombineConfig) -> Path:
             len(data.labels),
             **{k: v for k, v in head.items() if v is not None},
         )
+        start_run(run, config, ctx)
         run_config = config.replace(force=False, resume=False).to_dict()
         run_config["model"] = "cnn-comb"
         extra = {
@@ -183,6 +181,9 @@ def combine(config: CombineConfig) -> Path:
             run_config=run_config,
             extra_meta=extra,
             ctx=ctx,
+            run=run,
         )
     finally:
+        if run is not None:
+            run.release()
         cleanup(ctx)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from wavemel._io import read_json
+from wavemel.data.splits import SPLIT_FIELDS
 from wavemel.errors import CheckpointError, WavemelError
 
 __all__ = [
@@ -27,18 +28,6 @@ __all__ = [
     "resume_config",
 ]
 
-#: The fields that determine which clips are training and which are validation clips. Two runs
-#: can only be combined when they agree on all of them.
-SPLIT_FIELDS = (
-    "data",
-    "format",
-    "label_pattern",
-    "group_field",
-    "folds",
-    "fold",
-    "seed",
-    "val_split",
-)
 
 _Config = TypeVar("_Config", "TrainConfig", "CombineConfig")
 
