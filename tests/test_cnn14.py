@@ -250,6 +250,8 @@ def _bad_file(kind: str, tmp_path: Path) -> tuple[list[str], str]:
         return ["--fmin", "20"], "mel filterbank is not the one of sample_rate 32000"
     if kind == "wrong-rate":
         return ["--sample-rate", "16000"], "mel filterbank is not the one of sample_rate 16000"
+    if kind == "hop":
+        return ["--hop-length", "0"], "--hop-length must be a positive number of samples"
     if kind == "label-count":
         labels = _write_labels(tmp_path / "labels.csv", 5)
         return ["--labels", str(labels)], "5 labels for a model with 3 classes"
@@ -261,7 +263,16 @@ def _bad_file(kind: str, tmp_path: Path) -> tuple[list[str], str]:
 
 @pytest.mark.parametrize(
     "kind",
-    ["text", "pickle", "missing-key", "wrong-fmin", "wrong-rate", "label-count", "label-columns"],
+    [
+        "text",
+        "pickle",
+        "missing-key",
+        "wrong-fmin",
+        "wrong-rate",
+        "hop",
+        "label-count",
+        "label-columns",
+    ],
 )
 def test_import_refuses_bad_input_in_one_line(kind, tmp_path, capsys):
     extra, message = _bad_file(kind, tmp_path)
@@ -390,12 +401,14 @@ def test_fine_tuning_an_imported_cnn14(synth, tmp_path, capsys):
     assert _import(_panns_file(tmp_path / "tiny.pth", source), tmp_path / "panns") == 0
     # The data's 8 labels differ from the import's 527: a new classifier; the rate is the init's.
     args = ["--model", "cnn14", "--init", str(tmp_path / "panns"), "--freeze", "2"]
-    assert main(_train_args(synth, tmp_path, "tuned", *args, "--sample-rate", "16000")) == 0
+    args += ["--sample-rate", "16000", "--mixup-on", "spec", "--mixup-alpha", "0.4"]
+    assert main(_train_args(synth, tmp_path, "tuned", *args)) == 0
     assert "new classifier for the data's 8 labels" in capsys.readouterr().out
     model, meta = load_checkpoint(tmp_path / "tuned")
     assert meta["sample_rate"] == SR and len(meta["labels"]) == 8
     assert meta["model_config"]["output_activation"] == "softmax"
     assert meta["train_config"]["freeze_blocks"] == 2
+    assert meta["train_config"]["mixup_on"] == "spec"
     assert meta["train_config"]["init"] == str((tmp_path / "panns").resolve())
     assert model.classifier.weight.shape == (8, source.embedding_dim)
     before, after = source.state_dict(), model.state_dict()

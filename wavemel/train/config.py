@@ -269,8 +269,8 @@ class TrainConfig(_ConfigMixin):
             )
         if self.mixup_on not in ("wave", "spec"):
             raise WavemelError(f"mixup_on must be 'wave' or 'spec', got {self.mixup_on!r}")
-        if self.mixup_on == "spec" and self.model != "cnn-spec":
-            raise WavemelError("mixup_on 'spec' needs --model cnn-spec")
+        if self.mixup_on == "spec" and self.model not in ("cnn-spec", "cnn14"):
+            raise WavemelError("mixup_on 'spec' needs --model cnn-spec or cnn14")
 
     def _check_init(self) -> None:
         if self.freeze_blocks < 0:
