@@ -58,7 +58,7 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
             assert match, cells
             values = [
                 json.loads(
-                    (out / "runs" / u / f"{seconds:g}s" / model / "study-eval-val.json").read_text()
+                    (out / "runs" / u / f"{seconds:g}s" / model / "evaluation_val.json").read_text()
                 )["map3"]
                 for u in units
             ]
@@ -78,7 +78,7 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
 
     # The evaluation JSONs agree with what evaluate_run wrote into the run folder.
     run = out / "runs" / units[0] / "2s" / "cnn-comb"
-    ours = json.loads((run / "study-eval-val-zero_spec.json").read_text())
+    ours = json.loads((run / "evaluation_val_zero-spec.json").read_text())
     assert ours["zero_input"] == "spec"
     assert results["runs"][units[0]]["2s"]["cnn-comb spec_input=0"]["map3"] == ours["map3"]
 
@@ -123,22 +123,20 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
 
     # An interrupted study: one evaluation missing and one run never marked finished. Only
     # those are redone.
-    (run / "study-eval-val.json").unlink()
-    state = json.loads((out / "state.json").read_text())
+    (run / "evaluation_val.json").unlink()
     key = f"runs/{units[1]}/2s/cnn-spec"
-    del state["runs"][key]
-    (out / "state.json").write_text(json.dumps(state))
+    (out / key / "finished.json").unlink()
     other = out / "runs" / units[0] / "1s" / "cnn-spec" / "best.safetensors"
     other_stamp = other.stat().st_mtime_ns
     comb = out / "runs" / units[1] / "2s" / "cnn-comb"
     comb_stamp = (comb / "best.safetensors").stat().st_mtime_ns
     reproduce(StudyConfig(data=str(data), out=str(out), preset="tiny", progress=False))
-    assert (run / "study-eval-val.json").is_file()
+    assert (run / "evaluation_val.json").is_file()
     assert json.loads((out / "state.json").read_text())["runs"][key]["trained"] is True
     assert other.stat().st_mtime_ns == other_stamp
     # The head on top of a retrained branch is trained again and re-scored.
     assert (comb / "best.safetensors").stat().st_mtime_ns != comb_stamp
-    assert (comb / "study-eval-val.json").is_file()
+    assert (comb / "evaluation_val.json").is_file()
     # Called from Python, the report states the equivalent command, not this process's argv.
     assert (
         f"wavemel reproduce --data {data} --out {out} --preset tiny\n"
@@ -194,7 +192,7 @@ def test_test_split_study_reports_public_private_and_total(tmp_path):
     for model in ("cnn-audio", "cnn-spec", "cnn-comb"):
         cells = rows[(model, "1 s")]
         scored = json.loads(
-            (out / "runs" / "seed0" / "1s" / model / "study-eval-test.json").read_text()
+            (out / "runs" / "seed0" / "1s" / model / "evaluation_test.json").read_text()
         )
         assert scored["n_clips"] == 16
         for cell, key in zip(cells[:3], ("map3_public", "map3_private", "map3")):

@@ -35,6 +35,7 @@ from wavemel.errors import (
     WavemelError,
     WavemelWarning,
 )
+from wavemel.figures import plot_confusion
 from wavemel.infer import Tagger
 from wavemel.metrics import (
     average_precision_per_class,
@@ -372,45 +373,3 @@ def evaluate_run(
     )
     out = Path(out_dir) if out_dir is not None else _run_folder(Path(run))
     return write_evaluation(result, out)
-
-
-def plot_confusion(matrix: np.ndarray, labels: list[str], title: str, out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(labels)
-    size = max(5.0, 0.32 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
-    # Colour by row-normalised recall so rare classes are as visible as common ones.
-    totals = matrix.sum(axis=1, keepdims=True)
-    shown = np.divide(matrix, np.maximum(totals, 1), dtype=np.float64)
-    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    font = 8 if n <= 25 else 6
-    ax.set_xticklabels(labels, rotation=90, fontsize=font)
-    ax.set_yticklabels(labels, fontsize=font)
-    ax.set_xlabel("predicted label")
-    ax.set_ylabel("true label")
-    ax.set_title(title, fontsize=10)
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    colour = "white" if shown[i, j] > 0.5 else "black"
-                    ax.text(
-                        j,
-                        i,
-                        str(matrix[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=font - 1,
-                        color=colour,
-                    )
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from wavemel._device import autocast, model_device, resolve_device
+from wavemel._paths import display_path
+from wavemel.audio import stream_audio
 from wavemel.checkpoint import load_checkpoint
 from wavemel.errors import AudioError, CheckpointError, EmptyClipWarning, WavemelError
 
@@ -279,42 +281,6 @@ def predict_waveforms(
     return aggregator.result(np.asarray(empty_distribution, dtype=np.float64))
 
 
-def _read_blocks(path: Path, sample_rate: int, block_frames: int) -> Iterator[np.ndarray]:
-    """Mono float32 blocks of a file at ``sample_rate``, decoded and resampled incrementally.
-
-    Channel mixing and resampling match :func:`wavemel.audio.load_audio` (channel mean, soxr
-    "HQ"), so concatenating the blocks gives the same samples as decoding the whole file.
-    """
-    import soundfile as sf
-    import soxr
-
-    from wavemel.audio import audio_info
-
-    audio_info(path)  # one-line AudioError for missing / non-audio files
-    try:
-        with sf.SoundFile(str(path)) as handle:
-            resampler = None
-            if int(handle.samplerate) != sample_rate:
-                resampler = soxr.ResampleStream(
-                    int(handle.samplerate), sample_rate, 1, dtype="float32", quality="HQ"
-                )
-            while True:
-                block = handle.read(block_frames, dtype="float32", always_2d=True)
-                if block.shape[0] == 0:
-                    break
-                if not np.isfinite(block).all():
-                    raise AudioError(f"{path}: contains NaN/Inf samples")
-                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-                if resampler is not None:
-                    mono = resampler.resample_chunk(np.ascontiguousarray(mono), last=False)
-                yield mono
-            if resampler is not None:
-                yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioError(f"{path}: unreadable or corrupt audio ({reason})") from None
-
-
 class Tagger:
     """Tags audio files or waveforms with a trained model (the Python API).
 
@@ -447,7 +413,7 @@ class Tagger:
             )
             return blocks, "waveform"
         path = Path(item)
-        return _read_blocks(path, self.sample_rate, self.block_frames), str(path)
+        return stream_audio(path, self.sample_rate, self.block_frames), display_path(path)
 
     def _predict_group(
         self, items: Sequence[str | os.PathLike | np.ndarray]

@@ -26,7 +26,7 @@ from wavemel.data.synthetic import generate, is_synthetic_dataset
 from wavemel.errors import DataError, WavemelError
 from wavemel.evaluate import evaluate_run
 from wavemel.train import CombineConfig, TrainConfig, combine, train
-from wavemel.train.config import load_config_file
+from wavemel.train.run_folder import config_differences, inspect_run_folder
 
 __all__ = [
     "SPLIT_NOTE",
@@ -85,49 +85,30 @@ def inspect_data(root: Path) -> dict[str, Any]:
     return inspect_dataset(load_dataset(root, format="folder"))
 
 
-# TODO(run_folder)
-def _finished(run_dir: Path, config: Any) -> bool | None:
-    """Whether ``run_dir`` holds a finished run of ``config``.
-
-    Returns:
-        True when it finished with the same settings, False when it was interrupted with the same
-        settings (resumable), None when there is no run there.
+def _train_or_reuse(config: TrainConfig | CombineConfig, force: bool) -> Path:
+    """Train the run described by ``config``, resume it when interrupted, reuse it when finished.
 
     Raises:
-        WavemelError: The folder holds a run made with other settings.
+        WavemelError: The folder holds a run made with other settings (and no ``force``).
     """
-    saved_config = run_dir / "config.json"
-    if not saved_config.is_file():
-        return None
-    # Fields left None (cnn-comb's split settings) are filled from the branch runs when training
-    # starts, so only the settings given here are compared.
-    saved = load_config_file(saved_config)
-    wanted = {
-        k: v for k, v in config.to_dict().items() if k not in ("force", "resume") and v is not None
-    }
-    changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
-    if changed:
-        raise WavemelError(
-            f"{run_dir}: a run made with other settings ({', '.join(changed)}); "
-            "use --force to retrain or --out to choose another folder"
-        )
-    last = run_dir / "last.json"
-    if not last.is_file():
-        return False
-    epoch = load_config_file(last).get("metrics", {}).get("epoch")
-    return epoch == config.epochs
-
-
-def _train_or_reuse(config: TrainConfig | CombineConfig, force: bool) -> Path:
-    """Train (or resume, or reuse) the run described by ``config``."""
     run_dir = Path(config.out)
-    status = None if force else _finished(run_dir, config)
-    if status:
-        say(f"reusing the finished run {run_dir}")
-        return run_dir
-    config = config.replace(force=force, resume=status is False)
-    if status is False:
+    status = inspect_run_folder(run_dir)
+    if status.is_run and not force:
+        # Fields left None (cnn-comb's split settings) are filled from the branch runs when
+        # training starts, so only the settings given here are compared.
+        changed = config_differences(run_dir, config.to_dict(), ignore=("force", "resume"))
+        if changed:
+            raise WavemelError(
+                f"{run_dir}: a run made with other settings ({', '.join(changed)}); "
+                "use --force to retrain or --out to choose another folder"
+            )
+        if status.kind == "finished":
+            say(f"reusing the finished run {run_dir}")
+            return run_dir
+    resume = status.kind == "interrupted" and not force
+    if resume:
         say(f"resuming the interrupted run {run_dir}")
+    config = config.replace(force=status.is_run and not resume, resume=resume)
     if isinstance(config, CombineConfig):
         return combine(config)
     return train(config)

@@ -288,7 +288,7 @@ def _provenance_section(results: dict) -> list[str]:
         f"{wall['all_invocations_s'] / 60:.1f} min over {wall['invocations']} invocation(s); "
         f"training time summed over runs {wall['training_s'] / 60:.1f} min.",
         "- Every number above is in `results.json`; per-run evaluations are in "
-        "`runs/<unit>/<length>/<model>/study-eval-*.json`.",
+        "`runs/<unit>/<length>/<model>/evaluation_*.json`.",
         "",
     ]
 

@@ -2,8 +2,9 @@
 
 A :class:`Study` bundles what every step needs (the invocation, its preset, the state, the data);
 the steps train a branch, train cnn-comb's head, score a variant and fit the baseline. A run
-counts as finished when ``state.json`` marks it trained and its best checkpoint exists; a score
-when its ``study-eval-*.json`` exists, so an interrupted study resumes where it stopped.
+counts as finished when its run folder says so (:mod:`wavemel.train.run_folder`); a score when
+the run's ``evaluation_<split>[_zero-<x>].json`` exists (written by ``evaluate``), so an
+interrupted study resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wavemel.data.records import ClipRecord, DatasetIndex
-from wavemel.data.splits import train_val_split
-from wavemel.evaluate import evaluate_run
+from wavemel.data.splits import SplitSpec
+from wavemel.evaluate import evaluate_run, evaluation_name
 from wavemel.study.baseline import run_baseline
 from wavemel.study.presets import Preset, StudyConfig, Unit, length_key, split_fields
 from wavemel.study.state import StudyState, read_study_json, write_study_json
 from wavemel.train import CombineConfig, TrainConfig, combine, train
+from wavemel.train.run_folder import inspect_run_folder
 
 __all__ = ["Study", "evaluate_variant", "fit_baseline", "train_branch", "train_comb"]
 
@@ -76,14 +78,14 @@ class Study:
 
     def split_records(self, unit: Unit) -> tuple[list[ClipRecord], list[ClipRecord]]:
         """The training and validation clips of a unit, exactly as the trainer derives them."""
-        fields = split_fields(self.preset, unit, self.has_test)
-        return train_val_split(
-            self.index,
-            folds=fields["folds"],
-            fold=fields["fold"],
-            seed=fields["seed"],
+        spec = SplitSpec(
+            data=str(self.config.data),
+            format=self.config.format,
+            label_pattern=self.config.label_pattern,
             group_field=self.config.group_field,
+            **split_fields(self.preset, unit, self.has_test),
         )
+        return spec.split(self.index)
 
     def mark_trained(self, run_dir: Path, started: float) -> None:
         wall_s = round(time.perf_counter() - started, 2)
@@ -91,35 +93,29 @@ class Study:
         self.state.save()
 
 
-# TODO(run_folder)
-def _run_finished(state: StudyState, key: str, run_dir: Path) -> bool:
-    return (
-        bool(state.runs.get(key, {}).get("trained"))
-        and (run_dir / "best.json").is_file()
-        and (run_dir / "best.safetensors").is_file()
-    )
+def _run_finished(run_dir: Path) -> bool:
+    return inspect_run_folder(run_dir).kind == "finished"
 
 
-# TODO(run_folder)
 def _prepare_run_dir(run_dir: Path) -> dict:
-    """Resume an interrupted run when it left resume state, else start it afresh."""
-    if (run_dir / "state").is_dir():
+    """Resume an interrupted run, restart a finished or half-made one, else start it."""
+    kind = inspect_run_folder(run_dir).kind
+    if kind == "interrupted":
         return {"resume": True, "force": False}
-    if run_dir.exists():
-        return {"resume": False, "force": True}
-    return {"resume": False, "force": False}
+    # A foreign folder is refused by the trainer itself, with or without force.
+    return {"resume": False, "force": kind != "absent"}
 
 
 def _drop_evaluations(run_dir: Path) -> None:
     # Scores of an earlier model in this folder must not survive its retraining.
-    for stale in run_dir.glob("study-eval-*.json"):
+    for stale in run_dir.glob("evaluation_*.json"):
         stale.unlink()
 
 
 def train_branch(study: Study, unit: Unit, seconds: float, model: str) -> bool:
     """Train one branch unless it is finished; True when it was (re)trained now."""
     run_dir = study.length_dir(unit, seconds) / model
-    if _run_finished(study.state, study.run_key(run_dir), run_dir):
+    if _run_finished(run_dir):
         return False
     study.log(f"train {model} {length_key(seconds)} {unit.key}")
     _drop_evaluations(run_dir)
@@ -160,7 +156,7 @@ def train_comb(study: Study, unit: Unit, seconds: float, branches_changed: bool)
         # A head trained on the old branches is worthless: neither skip nor resume it.
         study.state.runs.pop(key, None)
         restart = {"resume": False, "force": run_dir.exists()}
-    elif _run_finished(study.state, key, run_dir):
+    elif _run_finished(run_dir):
         return
     else:
         restart = _prepare_run_dir(run_dir)
@@ -187,24 +183,19 @@ def train_comb(study: Study, unit: Unit, seconds: float, branches_changed: bool)
 
 
 def _evaluation_path(run_dir: Path, split: str, zero_input: str | None) -> Path:
-    suffix = f"-zero_{zero_input}" if zero_input else ""
-    return run_dir / f"study-eval-{split}{suffix}.json"
+    return run_dir / f"evaluation_{evaluation_name(split, zero_input)}.json"
 
 
 def evaluate_variant(study: Study, run_dir: Path, zero_input: str | None) -> dict:
     """The scores of one variant on the study's split (read back when already computed)."""
     path = _evaluation_path(run_dir, study.split, zero_input)
-    if path.is_file():
-        return read_study_json(path, what="study evaluation")
-    study.log(f"evaluate {study.run_key(run_dir)} zero_input={zero_input}")
-    started = time.perf_counter()
-    device = study.config.device
-    result = evaluate_run(run_dir, split=study.split, zero_input=zero_input, device=device)
+    if not path.is_file():
+        study.log(f"evaluate {study.run_key(run_dir)} zero_input={zero_input}")
+        evaluate_run(run_dir, split=study.split, zero_input=zero_input, device=study.config.device)
+    result = read_study_json(path, what="evaluation")
     kept = {k: result[k] for k in _KEEP if k in result}
     kept["zero_input"] = zero_input
     kept["split"] = study.split
-    kept["wall_s"] = round(time.perf_counter() - started, 2)
-    write_study_json(path, kept)
     return kept
 
 

@@ -1,7 +1,7 @@
 """The study's numbers: Table 1, the zero-input rows, Figure 4's per-class means, observations.
 
 Pure functions of the per-run scores, ``evaluations = {unit: {length key: {variant: scores}}}``
-(scores as written to ``study-eval-*.json``), so every cell of the report can be traced back to
+(scores as written to ``evaluation_*.json``), so every cell of the report can be traced back to
 those files.
 """
 

@@ -37,6 +37,9 @@ __all__ = [
     "RunStatus",
     "inspect_run_folder",
     "check_not_inside",
+    "config_differences",
+    "read_finished",
+    "saved_config",
 ]
 
 MARKER = ".wavemel-run"
@@ -61,7 +64,6 @@ _OWN_NAMES = {
 _OWN_PATTERNS = (
     re.compile(r"evaluation[-_].+\.(json|png)"),
     re.compile(r"confusion[-_].+\.png"),
-    re.compile(r"study-eval-.+\.json"),
     # Temporary files of wavemel._io.atomic_write_bytes (a killed writer leaves them behind).
     re.compile(r"\..+\.tmp-\d+"),
 )
@@ -308,6 +310,18 @@ def read_finished(path: str | os.PathLike) -> dict[str, Any] | None:
     if not file.is_file():
         return None
     return read_json(file, what="run summary")
+
+
+def config_differences(
+    path: str | os.PathLike, wanted: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """The settings (not ``None`` in ``wanted``) on which a run folder's config.json differs."""
+    saved = saved_config(path) or {}
+    return sorted(
+        key
+        for key, value in wanted.items()
+        if key not in ignore and value is not None and saved.get(key) != value
+    )
 
 
 def saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
