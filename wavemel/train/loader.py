@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wavemel._paths import display_path
 from wavemel.data.cache import ClipStore
 from wavemel.data.splits import SplitSpec
 from wavemel.errors import DataError, WavemelWarning
@@ -152,7 +153,11 @@ def prepare_data(config, ctx=None, *, progress: bool | None = None) -> PreparedD
     index = spec.load_index()
     # load_dataset drops listed clips whose file is absent; say so instead of training silently
     # on less data than the manifest lists.
-    missing = [f"{p.path}: {p.message}" for p in index.problems if p.kind == "missing"]
+    missing = [
+        f"{display_path(p.path)}: {p.message}"
+        for p in index.problems
+        if p.kind in ("missing", "not_a_file")
+    ]
     if missing and ctx.is_main:
         message = f"listed clip(s) not found and left out: {_shown(missing)}"
         warnings.warn(WavemelWarning(message), stacklevel=2)
