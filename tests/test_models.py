@@ -61,7 +61,7 @@ def _tiny_comb(seed: int = 0) -> CnnComb:
 
 
 def test_registry_lists_the_poster_models():
-    assert list_models() == ["cnn-audio", "cnn-comb", "cnn-spec"]
+    assert list_models() == ["cnn-audio", "cnn-comb", "cnn-spec", "cnn14"]
     for name in list_models():
         assert list_sizes(name) == ["tiny", "small", "paper"]
 
@@ -362,14 +362,14 @@ def test_num_classes_is_an_integer_in_range():
             create_model("cnn-audio", bad, size="tiny")
 
 
-def test_comb_branches_must_be_the_two_branch_families():
+def test_comb_branches_cannot_be_combs():
     audio = create_model("cnn-audio", 3, size="tiny")
     config = {
         "hidden": 8,
         "audio": {"name": "cnn-comb", "config": {}},
         "spec": {"name": "cnn-spec", "config": {}},
     }
-    with pytest.raises(ValueError, match="branches must be cnn-audio and cnn-spec"):
+    with pytest.raises(ValueError, match="branches cannot be cnn-comb"):
         model_from_config("cnn-comb", 3, config)
     assert CnnComb.from_size(3, size="tiny").embedding_dim == 32
     with pytest.raises(ValueError, match="hidden must be in"):

@@ -1,4 +1,4 @@
-"""``wavemel train``: train cnn-audio or cnn-spec on a dataset into a run folder.
+"""``wavemel train``: train cnn-audio, cnn-spec or cnn14 on a dataset into a run folder.
 
 Settings are layered: built-in defaults, then ``--config FILE.json`` (any ``TrainConfig`` field),
 then the flags given on the command line. Under ``torchrun --nproc_per_node=N -m wavemel train``
@@ -82,11 +82,11 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train cnn-audio or cnn-spec",
+        help="train cnn-audio, cnn-spec or cnn14",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default=S, help="cnn-audio (default) or cnn-spec")
+    parser.add_argument("--model", default=S, help="cnn-audio (default), cnn-spec or cnn14")
     parser.add_argument("--data", default=S, metavar="ROOT", help="dataset root or CSV manifest")
     parser.add_argument("--out", default=S, metavar="RUN", help="run folder to create")
     parser.add_argument("--size", default=S, help="model size: tiny, small (default) or paper")
@@ -122,6 +122,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--mixup-on", dest="mixup_on", default=S, help="wave (default) or spec (cnn-spec only)"
+    )
+    parser.add_argument(
+        "--init",
+        default=S,
+        metavar="RUN",
+        help="fine-tune this checkpoint (e.g. an imported cnn14); new classifier if labels differ",
+    )
+    parser.add_argument(
+        "--freeze",
+        dest="freeze_blocks",
+        type=int,
+        default=S,
+        metavar="N",
+        help="keep the first N conv blocks frozen (cnn14)",
     )
     add_runtime_flags(parser)
     parser.set_defaults(func=run)

@@ -186,9 +186,9 @@ class CnnComb(nn.Module):
                 "cnn-comb config needs 'audio' and 'spec' entries of the form "
                 "{'name': ..., 'config': {...}}"
             ) from None
-        # Only the two branch families have conv features; a comb inside a comb would recurse.
-        if names != ("cnn-audio", "cnn-spec"):
-            raise ValueError(f"cnn-comb branches must be cnn-audio and cnn-spec, got {names!r}")
+        # A comb inside a comb would recurse without bound on a crafted config.
+        if "cnn-comb" in names:
+            raise ValueError(f"cnn-comb branches cannot be cnn-comb models, got {names!r}")
         # Branch classifier sizes do not matter: those layers are removed.
         audio = model_from_config(names[0], 1, branch_configs[0])
         spec = model_from_config(names[1], 1, branch_configs[1])

@@ -125,7 +125,7 @@ class _RunConfig:
         must not depend on where training was started.
         """
         changes = {}
-        for name in ("data", "cache_dir", "audio_run", "spec_run"):
+        for name in ("data", "cache_dir", "audio_run", "spec_run", "init"):
             value = getattr(self, name, None)
             if value:
                 changes[name] = str(Path(value).expanduser().resolve())
@@ -238,7 +238,7 @@ class TrainConfig(_RunConfig):
     The fields shared with :class:`CombineConfig` are documented in :class:`_RunConfig`.
 
     Attributes:
-        model: Registered model name ("cnn-audio" or "cnn-spec").
+        model: Registered model name ("cnn-audio", "cnn-spec" or "cnn14").
         size: Named model size ("tiny", "small", "paper").
         data: Dataset root (or CSV manifest) given to ``wavemel.data.load_dataset``.
         folds, fold: Stratified k-fold split of the labelled train clips; ``fold`` is validation.
@@ -249,6 +249,9 @@ class TrainConfig(_RunConfig):
         warmup_epochs: Linear warm-up from 0, then cosine decay to 0, updated every step.
         mixup_on: "wave" mixes waveforms; "spec" mixes log-mels (cnn-spec only), as in the poster.
         patience: Stop after this many epochs without a better validation MAP@3; 0 never stops.
+        init: Checkpoint (or run folder) to start from: its model config and weights, with a
+            new classifier when its labels differ from the data's; sets ``sample_rate``.
+        freeze_blocks: Keep the first N conv blocks frozen (models with ``freeze_blocks``).
     """
 
     model: str = "cnn-audio"
@@ -263,6 +266,8 @@ class TrainConfig(_RunConfig):
     warmup_epochs: float = 1.0
     mixup_on: str = "wave"
     patience: int = 10
+    init: str | None = None
+    freeze_blocks: int = 0
 
     @property
     def input_samples(self) -> int:
@@ -275,11 +280,12 @@ class TrainConfig(_RunConfig):
             WavemelError: An option is out of range or inconsistent with another.
         """
         _check_common(self)
-        if self.model not in ("cnn-audio", "cnn-spec"):
+        if self.model not in ("cnn-audio", "cnn-spec", "cnn14"):
             raise WavemelError(
-                f"--model must be cnn-audio or cnn-spec, got {self.model!r} "
+                f"--model must be cnn-audio, cnn-spec or cnn14, got {self.model!r} "
                 "(cnn-comb is trained with `wavemel combine`)"
             )
+        self._check_init()
         if not self.data:
             raise WavemelError("no dataset given (--data ROOT)")
         low, high = SAMPLE_RATE_RANGE
@@ -298,8 +304,17 @@ class TrainConfig(_RunConfig):
             )
         if self.mixup_on not in ("wave", "spec"):
             raise WavemelError(f"mixup_on must be 'wave' or 'spec', got {self.mixup_on!r}")
-        if self.mixup_on == "spec" and self.model != "cnn-spec":
-            raise WavemelError("mixup_on 'spec' needs --model cnn-spec")
+        if self.mixup_on == "spec" and self.model not in ("cnn-spec", "cnn14"):
+            raise WavemelError("mixup_on 'spec' needs --model cnn-spec or cnn14")
+
+    def _check_init(self) -> None:
+        if self.freeze_blocks < 0:
+            raise WavemelError(f"--freeze must be >= 0, got {self.freeze_blocks}")
+        if self.freeze_blocks and not self.init:
+            # Frozen random blocks would never learn anything.
+            raise WavemelError("--freeze needs --init: only pretrained blocks are worth freezing")
+        if self.init is not None and not str(self.init).strip():
+            raise WavemelError("--init needs a checkpoint or run folder")
 
 
 @dataclass

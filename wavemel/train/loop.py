@@ -37,7 +37,6 @@ from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
 from wavemel.infer import predict_waveforms
 from wavemel.metrics import map_at_k, top_k_accuracy
-from wavemel.models import create_model
 from wavemel.train.config import TrainConfig, resume_config
 from wavemel.train.distributed import (
     DistContext,
@@ -50,6 +49,7 @@ from wavemel.train.distributed import (
     init_distributed,
     wrap_model,
 )
+from wavemel.train.finetune import build_model, resolve_init
 from wavemel.train.loader import (
     ClipItem,
     PreparedData,
@@ -603,7 +603,7 @@ def start_run(run: RunFolder | None, config, ctx: DistContext) -> None:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train one branch (cnn-audio or cnn-spec) as described by ``config``.
+    """Train one branch (cnn-audio, cnn-spec or cnn14) as described by ``config``.
 
     Writes ``RUN/config.json``, ``RUN/metrics.jsonl`` (one JSON line per epoch), ``RUN/best.*``
     and ``RUN/last.*`` (checkpoints) and ``RUN/state/`` (resume state).
@@ -618,16 +618,14 @@ def train(config: TrainConfig) -> Path:
     if config.resume:
         config = resume_config(config)
     config.check()
-    config = config.with_absolute_paths()
+    config = resolve_init(config.with_absolute_paths())
     ctx = init_distributed(config.device)
     run = None
     try:
         run = open_run(config, ctx)
         data = prepare_data(config, ctx)
         seed_everything(config.seed)
-        model = create_model(
-            config.model, len(data.labels), size=config.size, sample_rate=config.sample_rate
-        )
+        model = build_model(config, data.labels)
         min_samples = int(getattr(model, "min_samples", 1))
         if config.input_samples < min_samples:
             raise WavemelError(
