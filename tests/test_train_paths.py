@@ -8,6 +8,7 @@ also run with a bfloat16 autocast and channels-last log-mels on CPU, the code th
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -108,6 +109,16 @@ def test_compile_with_inductor_trains_and_matches_eager_outputs(synth, tmp_path)
     x = 0.1 * torch.randn(4, 4000, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fit_with_amp_and_channels_last(synth, tmp_path):
+    weights = _train(synth, tmp_path / "cuda", device="cuda", amp=True, channels_last=True)
+    # Autocast runs the convolutions in half precision; the saved weights stay float32.
+    floats = [t for t in weights.values() if t.is_floating_point()]
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
+    model, meta = load_checkpoint(tmp_path / "cuda" / "last")
+    assert math.isfinite(meta["metrics"]["train_loss"])
 
 
 def _one_epoch(*, amp_dtype=None, channels_last: bool = False) -> tuple[float, torch.nn.Module]:
