@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wavemel._threads import SHORT_SPINCOUNT, busy_cpus, plan_threads
+from wavemel._threads import SHORT_SPINCOUNT, busy_cpus, cgroup_cpu_quota, plan_threads
 from wavemel.cli import main
 from wavemel.errors import WavemelError
 
@@ -80,6 +80,23 @@ def test_busy_cpus_falls_back_to_the_load_average():
         raise OSError("no /proc")
 
     assert busy_cpus(broken) == pytest.approx(os.getloadavg()[0])
+
+
+def test_cgroup_cpu_quota_v2_v1_and_none(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(str(v2)) == pytest.approx(1.5)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(str(v2)) is None
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(str(v1.parent)) == pytest.approx(2.0)
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_quota(str(v1.parent)) is None
+    assert cgroup_cpu_quota(str(tmp_path / "absent")) is None
 
 
 def _fresh_python(code: str, **env: str) -> dict:

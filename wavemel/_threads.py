@@ -9,7 +9,8 @@ for a thread that the spinning keeps off a core. Sleeping at once (``OMP_WAIT_PO
 avoids that collapse but costs ~25% when idle; one thread per free core kept ~60% of the
 two-thread idle speed beside one busy process, a fair share. Hence:
 
-- threads: one per core that no other process is using at start-up (at least one);
+- threads: one per core that no other process is using at start-up (at least one), within
+  the process's affinity and any container CPU quota;
 - wait policy: a short spin (``GOMP_SPINCOUNT``) on an idle machine, which keeps the idle speed
   and limits the loss if other jobs start later, and passive waiting when it is already shared.
 
@@ -20,16 +21,18 @@ OpenMP) leaves the wait policy alone.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from wavemel.errors import WavemelError
 
-__all__ = ["ThreadPlan", "busy_cpus", "configure_threads", "plan_threads"]
+__all__ = ["ThreadPlan", "busy_cpus", "cgroup_cpu_quota", "configure_threads", "plan_threads"]
 
 # libgomp spin rounds before a waiting thread sleeps (its default is 300,000, i.e. milliseconds):
 # ~10,000 kept the idle speed on the 2-core benchmark machine while cutting the wasted spinning
@@ -88,10 +91,32 @@ def _read_proc_loadavg() -> str:
 
 
 def _usable_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a container's CPU quota."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs allowed by the cgroup CPU quota (``docker --cpus``), ``None`` without a quota.
+
+    A quota leaves the affinity at every core of the host, so without this a 2-CPU container
+    on a 64-core host would start 64 threads.
+    """
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = Path(root, "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: a quota of -1 means none
+        quota = int(Path(root, "cpu", "cpu.cfs_quota_us").read_text())
+        period = int(Path(root, "cpu", "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def _parse_threads(value: str, name: str) -> int:
