@@ -146,3 +146,13 @@ def test_cli_threads_option_before_or_after_the_sub_command(tmp_path, capsys):
         assert err.startswith("wavemel: error: --threads:") and err.count("\n") == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_cli_parser_does_not_load_torch():
+    # The thread settings only take effect if no sub-command module imports torch at import
+    # time: OpenMP reads them once, when torch loads.
+    code = (
+        "import json, sys\nfrom wavemel.cli import build_parser\nbuild_parser()\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules}))\n"
+    )
+    assert _fresh_python(code) == {"torch": False}
