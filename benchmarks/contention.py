@@ -95,6 +95,11 @@ def time_config(args: argparse.Namespace, model: str, policy: str, rivals: int) 
             text=True,
             timeout=args.rival_limit,
         )
+    except subprocess.TimeoutExpired:
+        raise SystemExit(
+            f"contention.py: {policy}, {model} with {rivals} rival(s) took over "
+            f"--rival-limit {args.rival_limit:g} s"
+        ) from None
     finally:
         stop_rivals(running)
     if done.returncode != 0:

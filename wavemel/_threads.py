@@ -1,13 +1,13 @@
 """CPU thread count and OpenMP wait policy that behave on a machine shared with other jobs.
 
 OpenMP reads its settings once, when torch loads it, so :func:`configure_threads` must run before
-``import torch`` (the ``wavemel`` entry point calls it first). Measured on 2 cores
-(``benchmarks/contention.py``): with torch's defaults, idle worker threads spin for ~300,000
-rounds before sleeping, which is fastest on idle cores but starves a training step to 2-10% of
-its idle speed when one other busy process shares the cores, because each parallel region waits
-for a thread that the spinning keeps off a core. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``)
-avoids that collapse but costs ~25% when idle; one thread per free core kept ~60% of the
-two-thread idle speed beside one busy process, a fair share. Hence:
+``import torch`` (the ``wavemel`` entry point calls it first). Measured on 2 cores shared with
+other jobs (``benchmarks/contention.py``, noisy): with torch's defaults, idle worker threads
+spin for ~300,000 rounds before sleeping, which is fastest on idle cores but cut a training
+step to between a few percent and a third of its idle speed beside one busy process, because
+each parallel region waits for a thread that the spinning keeps off a core. Sleeping at once
+(``OMP_WAIT_POLICY=PASSIVE``) softens that but cost ~25% when idle; one thread beside one busy
+process kept ~60% of the two-thread idle speed, a fair share. Hence:
 
 - threads: one per core that no other process is using at start-up (at least one), within
   the process's affinity and any container CPU quota;
@@ -35,8 +35,8 @@ from wavemel.errors import WavemelError
 __all__ = ["ThreadPlan", "busy_cpus", "cgroup_cpu_quota", "configure_threads", "plan_threads"]
 
 # libgomp spin rounds before a waiting thread sleeps (its default is 300,000, i.e. milliseconds):
-# ~10,000 kept the idle speed on the 2-core benchmark machine while cutting the wasted spinning
-# when another job takes a core.
+# 10,000 was within the noise of the default's idle speed on the 2-core machine while spinning
+# 30x less when another job takes a core (to be confirmed on a quiet machine).
 SHORT_SPINCOUNT = "10000"
 # Intel OpenMP's equivalent, in milliseconds (its default is 200).
 SHORT_BLOCKTIME_MS = "1"
