@@ -13,14 +13,14 @@ Steps:
 2. Parity, per paper-size model in eval mode on one fixed batch: float32 eager logits (TF32
    off) against bfloat16 autocast (max error within ``AMP_TOLERANCE`` of the largest logit),
    channels-last and ``torch.compile`` (both within ``FP32_TOLERANCE``).
-3. Training, per model and variant (float32; bf16 AMP; bf16 + channels-last for the models with
-   2-D convolutions; bf16 + ``torch.compile``): ``--steps`` steps of the trainer's own
-   ``train_one_epoch`` (waveform augmentation, mixup, soft-target loss, AdamW) on random clips
-   from a real ``DataLoader`` with workers. The loader is wrapped so that every step is timed
-   in two parts with the GPU synchronised between them: waiting in ``next(loader)`` and the
-   step itself. Reported after ``--warmup`` steps (compilation, cuDNN autotuning): samples/s,
-   the share of the time the GPU waited for data, ``torch.cuda.max_memory_allocated`` and the
-   mean loss.
+3. Training, per model and variant (float32; bf16 AMP; bf16 + channels-last for the models
+   that prefer it, as the trainer decides; bf16 + ``torch.compile``): ``--steps`` steps of the
+   trainer's own ``train_one_epoch`` and ``TrainStep`` (waveform augmentation, mixup,
+   soft-target loss, AdamW) on random clips from a real ``DataLoader`` with workers. The loader
+   is wrapped so that every step is timed in two parts with the GPU synchronised between them:
+   waiting in ``next(loader)`` and the step itself. Reported after ``--warmup`` steps
+   (compilation, cuDNN autotuning): samples/s, the share of the time the GPU waited for data,
+   ``torch.cuda.max_memory_allocated`` and the mean loss.
 
 Every figure is printed as one table at the end and, with ``--out``, written as JSON. The exit
 status is 1 when a test or a parity check failed or a loss was not finite, else 0; on a machine
@@ -49,7 +49,7 @@ from wavemel._io import atomic_write_json  # noqa: E402
 from wavemel.augment import Mixup, WaveformAugment  # noqa: E402
 from wavemel.models import create_model  # noqa: E402
 from wavemel.train.loader import collate_windows, shift_margin  # noqa: E402
-from wavemel.train.loop import train_one_epoch  # noqa: E402
+from wavemel.train.loop import TrainStep, train_one_epoch  # noqa: E402
 from wavemel.train.state import Progress  # noqa: E402
 
 MODELS = ("cnn-audio", "cnn-spec", "cnn-comb")
@@ -151,9 +151,9 @@ class TimedLoader:
             yield batch
 
 
-def has_conv2d(model: nn.Module) -> bool:
-    """Whether the channels-last layout can matter (it only changes 4-D tensors)."""
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether the model says NHWC helps it (as the trainer asks before using it)."""
+    return bool(getattr(model, "prefers_channels_last", False))
 
 
 def build(name: str, s: Settings) -> nn.Module:
@@ -183,7 +183,7 @@ def check_parity(name: str, s: Settings) -> list[dict]:
         with torch.no_grad():
             ref = model(x).float()
             checks = [("bf16 autocast", AMP_TOLERANCE, model, True)]
-            if has_conv2d(model):
+            if prefers_channels_last(model):
                 layout = copy.deepcopy(model).to(memory_format=torch.channels_last)
                 checks.append(("channels-last", FP32_TOLERANCE, layout, False))
             checks.append(("compile", FP32_TOLERANCE, _compile(copy.deepcopy(model), s), False))
@@ -222,18 +222,16 @@ def train_variant(name: str, variant: Variant, s: Settings) -> dict:
     timed = TimedLoader(loader, s.device)
     if s.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(s.device)
-    loss = train_one_epoch(
-        _compile(model, s) if variant.compile else model,
-        timed,
-        optimizer,
+    step = TrainStep(
         augment=WaveformAugment(s.input_samples).to(s.device),
         mixup=Mixup(0.4),
         device=s.device,
         lr_schedule=lambda step: 1e-3,
-        progress=Progress(),
         amp_dtype=torch.bfloat16 if variant.amp else None,
         log_every=10**9,  # reading the loss for the bar would synchronise every step
     )
+    trained = _compile(model, s) if variant.compile else model
+    loss = train_one_epoch(trained, timed, optimizer, step, Progress())
     waits, steps = timed.waits[s.warmup :], timed.steps[s.warmup :]
     total = sum(waits) + sum(steps)
     memory = torch.cuda.max_memory_allocated(s.device) if s.device.type == "cuda" else 0
@@ -331,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         parity += check_parity(name, s)
     for name in args.models:
         for variant in VARIANTS:
-            if variant.channels_last and not has_conv2d(build(name, s)):
+            if variant.channels_last and not prefers_channels_last(build(name, s)):
                 continue
             if s.over_budget():
                 training.append(dict(model=name, variant=variant.name, status="skipped (budget)"))

@@ -20,7 +20,13 @@ from wavemel.augment import Mixup, WaveformAugment
 from wavemel.checkpoint import load_checkpoint
 from wavemel.models import create_model
 from wavemel.train.config import TrainConfig
-from wavemel.train.loop import _SpectrogramInput, seed_everything, train, train_one_epoch
+from wavemel.train.loop import (
+    TrainStep,
+    _SpectrogramInput,
+    seed_everything,
+    train,
+    train_one_epoch,
+)
 from wavemel.train.state import Progress
 
 SR = 8000
@@ -138,19 +144,18 @@ def _one_epoch(*, amp_dtype=None, channels_last: bool = False) -> tuple[float, t
         for _ in range(3)
     ]
     seed_everything(0, 1)
-    loss = train_one_epoch(
-        _SpectrogramInput(model),  # as fit() wraps it for mixup on log-mels
-        batches,
-        torch.optim.AdamW(model.parameters(), lr=1e-3),
+    step = TrainStep(
         augment=WaveformAugment(4000),
         mixup=Mixup(0.4),
         device=torch.device("cpu"),
         lr_schedule=lambda step: 1e-3,
-        progress=Progress(),
         amp_dtype=amp_dtype,
         spectrogram=model.spectrogram,
         channels_last=channels_last,
     )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # Wrapped as fit() wraps it for mixup on log-mels.
+    loss = train_one_epoch(_SpectrogramInput(model), batches, optimizer, step, Progress())
     return loss, model
 
 
