@@ -145,6 +145,16 @@ def test_hop_stays_within_50_ms_at_every_hear_rate():
         assert model.hop_samples >= rate // 20
 
 
+def test_an_empty_batch_gives_empty_outputs(model):
+    for seconds in (0.5, 3.0):
+        audio = torch.zeros(0, int(seconds * RATE))
+        assert hear.get_scene_embeddings(audio, model).shape == (0, model.scene_embedding_size)
+        embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
+        count = audio.shape[1] // model.hop_samples + 1
+        assert embeddings.shape == (0, count, model.timestamp_embedding_size)
+        assert timestamps.shape == (0, count)
+
+
 def test_train_mode_is_ignored(model):
     audio = _noise(2, 1.07, seed=4)
     before = hear.get_scene_embeddings(audio, model)

@@ -207,7 +207,8 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     if audio.shape[1] < width:
         # One window per clip, filled as training fills short clips (the Tagger's own filling).
         filled = [fill_window(clip, width, model.fill) for clip in audio.cpu().numpy()]
-        source = torch.from_numpy(np.stack(filled)).to(audio.device)
+        source = torch.from_numpy(np.stack(filled) if filled else np.zeros((0, width), "f4"))
+        source = source.to(audio.device)
         starts = [0]
     else:
         source, starts = audio, window_starts(audio.shape[1], width)
