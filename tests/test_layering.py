@@ -184,3 +184,39 @@ def test_the_package_root_is_lazy() -> None:
     root = PACKAGE / "__init__.py"
     assert not wavemel_imports(root.read_text(encoding="utf-8"), "wavemel", is_package=True)
     assert "torch" not in _modules_after("import wavemel")
+
+
+# Function-level imports in modules other branches own today; each still needs a move to the
+# top or a ``# lazy:`` reason (listed in the cleanup report). Shrink this, never grow it.
+UNREVIEWED_LAZY = {"wavemel/cli/predict.py", "wavemel/study/baseline.py", "wavemel/study/report.py"}
+
+
+def _functions_with_imports(path: Path) -> list[tuple[int, int]]:
+    """``(def line, last import line)`` of every function that imports something itself."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for function in ast.walk(tree):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            imports = [
+                node.lineno
+                for node in ast.walk(function)
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+            ]
+            if imports:
+                found.append((function.lineno, max(imports)))
+    return found
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_import_inside_a_function_states_why(path: Path) -> None:
+    # A late import hides a cycle unless it has a reason (``wavemel --help`` must not import
+    # torch; an optional or slow dependency), stated as ``# lazy: REASON`` before the imports.
+    if str(path.relative_to(ROOT)) in UNREVIEWED_LAZY:
+        pytest.skip("owned by another branch; see UNREVIEWED_LAZY")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    unexplained = [
+        f"{path.relative_to(ROOT)}:{first}"
+        for first, last in _functions_with_imports(path)
+        if not any("# lazy:" in line for line in lines[first - 1 : last])
+    ]
+    assert not unexplained, f"functions that import without '# lazy: REASON': {unexplained}"

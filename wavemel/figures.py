@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import librosa
 import numpy as np
 import torch
 
@@ -105,6 +106,8 @@ def check_figure_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
 
 def _pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend (no display needed, none opened)."""
+    # lazy: the backend must be chosen before pyplot is first imported, and only a figure
+    # writer needs matplotlib at all
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,8 +227,6 @@ def _loudest_window(signal: np.ndarray, length: int) -> int:
 
 def _hz_ticks(fmin: float, fmax: float, n_mels: int) -> tuple[list[float], list[str]]:
     """Positions (in mel-bin units) and labels of round frequencies for the y axis."""
-    import librosa
-
     low, high = librosa.hz_to_mel(fmin), librosa.hz_to_mel(fmax)
     positions, labels = [], []
     for hz in (100, 250, 500, 1000, 2000, 4000, 8000, 16000):

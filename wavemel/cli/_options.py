@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from wavemel.errors import WavemelError
+
 __all__ = ["add_inference_options", "inference_kwargs"]
 
 
@@ -35,8 +37,6 @@ def inference_kwargs(args: argparse.Namespace) -> dict:
     Raises:
         WavemelError: ``--batch-size`` or ``--hop-seconds`` is not positive.
     """
-    from wavemel.errors import WavemelError
-
     if args.batch_size < 1:
         raise WavemelError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.hop_seconds is not None and args.hop_seconds <= 0:

@@ -142,6 +142,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.train.config import TrainConfig, layer_config
     from wavemel.train.loop import train
 

@@ -31,7 +31,9 @@ valid archive. Pass ``md5=`` or ``sha256=`` to :func:`download_file` to verify a
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -49,6 +51,8 @@ from dataclasses import dataclass, replace
 from http.client import HTTPException, InvalidURL
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+
+from tqdm import tqdm
 
 from wavemel._io import atomic_write_json, atomic_write_text, os_error_reason
 from wavemel.errors import DataError
@@ -161,9 +165,6 @@ def _write_esc50_manifest(folder: Path) -> None:
     """ESC-50 ships ``meta/esc50.csv`` (filename, fold, target, category, ...); write the
     ``manifest.csv`` (path, label, fold, group) that the ``csv`` adapter reads. The official
     5 folds are kept, and clips cut from the same Freesound recording share a group."""
-    import csv
-    import io
-
     meta = folder / "meta" / "esc50.csv"
     try:
         with open(meta, newline="", encoding="utf-8") as src:
@@ -601,8 +602,6 @@ def _receive(response, transfer: _Transfer, start: int, bar) -> int:
 
 
 def _progress_bar(label: str, total: int | None, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(
         total=total,
         initial=initial,
