@@ -20,14 +20,13 @@ transposes the kernels.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from wavemel.frontend import LogMel
+from wavemel.frontend import PANNS_LOG_MEL, LogMel
 from wavemel.models._registry import (
     config_for_size,
     config_from_dict,
@@ -38,26 +37,16 @@ from wavemel.models._registry import (
 #: Activations a model's logits can be meant for.
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
 
-# PANNs' analysis settings, as durations so that other sample rates get the matching sizes
-# (its 16 kHz and 8 kHz releases use 512/160 and 256/80 samples).
-_WINDOW_SECONDS = 0.032
-_HOP_SECONDS = 0.01
-_FMAX_HZ = 14000.0
 
-
-def cnn14_n_fft(sample_rate: int) -> int:
-    """The power-of-two window nearest 32 ms (1024 at 32 kHz, 512 at 16 kHz)."""
-    return 2 ** round(math.log2(sample_rate * _WINDOW_SECONDS))
-
-
+# The importer (wavemel.convert) resolves a PANNs release's settings through these two.
 def cnn14_hop_length(sample_rate: int) -> int:
-    """A 10 ms hop (320 at 32 kHz, 160 at 16 kHz)."""
-    return max(1, round(sample_rate * _HOP_SECONDS))
+    """PANNs' 10 ms hop (320 at 32 kHz, 160 at 16 kHz)."""
+    return PANNS_LOG_MEL.hop_length(sample_rate)
 
 
 def cnn14_fmax(sample_rate: int) -> float:
-    """14 kHz, or the Nyquist frequency below 28 kHz (8000 at 16 kHz)."""
-    return min(_FMAX_HZ, sample_rate / 2)
+    """PANNs' 14 kHz, or the Nyquist frequency below 28 kHz (8000 at 16 kHz)."""
+    return PANNS_LOG_MEL.fmax_at(sample_rate)
 
 
 @dataclass(frozen=True)
@@ -66,11 +55,12 @@ class Cnn14Config:
 
     Attributes:
         sample_rate: input sample rate in Hz (the AudioSet release: 32000).
-        n_fft: FFT size and window (``None``: :func:`cnn14_n_fft`).
-        hop_length: frame hop (``None``: :func:`cnn14_hop_length`).
+        n_fft: FFT size and window (``None``: :data:`~wavemel.frontend.PANNS_LOG_MEL`'s, the
+            power of two nearest 32 ms: 1024 at 32 kHz).
+        hop_length: frame hop (``None``: :data:`~wavemel.frontend.PANNS_LOG_MEL`'s, 10 ms).
         n_mels: mel bands.
         fmin: lowest mel frequency in Hz.
-        fmax: highest mel frequency in Hz (``None``: :func:`cnn14_fmax`).
+        fmax: highest mel frequency in Hz (``None``: 14 kHz, capped at Nyquist).
         amin: power floor before the log (1e-10 -> -100 dB).
         channels: output channels of each block; every block but the last halves both axes.
         dense: width of the dense layer (the embedding returned by ``features``).
@@ -82,10 +72,10 @@ class Cnn14Config:
     sample_rate: int = 32000
     n_fft: int | None = None
     hop_length: int | None = None
-    n_mels: int = 64
-    fmin: float = 50.0
+    n_mels: int = PANNS_LOG_MEL.n_mels
+    fmin: float = PANNS_LOG_MEL.fmin
     fmax: float | None = None
-    amin: float = 1e-10
+    amin: float = PANNS_LOG_MEL.amin
     channels: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
     dense: int = 2048
     block_dropout: float = 0.2
@@ -162,9 +152,9 @@ class Cnn14(nn.Module):
         rate = cfg.sample_rate
         cfg = dataclasses.replace(
             cfg,
-            n_fft=cfg.n_fft or cnn14_n_fft(rate),
-            hop_length=cfg.hop_length or cnn14_hop_length(rate),
-            fmax=cnn14_fmax(rate) if cfg.fmax is None else float(cfg.fmax),
+            n_fft=cfg.n_fft or PANNS_LOG_MEL.n_fft(rate),
+            hop_length=cfg.hop_length or PANNS_LOG_MEL.hop_length(rate),
+            fmax=PANNS_LOG_MEL.fmax_at(rate) if cfg.fmax is None else float(cfg.fmax),
         )
         self.config = cfg
         self.num_classes = int(num_classes)
@@ -179,9 +169,9 @@ class Cnn14(nn.Module):
             n_mels=cfg.n_mels,
             fmin=cfg.fmin,
             fmax=cfg.fmax,
-            top_db=None,
+            top_db=PANNS_LOG_MEL.top_db,
             amin=cfg.amin,
-            pad_mode="reflect",
+            pad_mode=PANNS_LOG_MEL.pad_mode,
         )
         # One learned normalisation per mel band (PANNs' "bn0").
         self.input_norm = nn.BatchNorm2d(cfg.n_mels)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wavemel.frontend import LogMel, default_hop_length, default_n_fft
+from wavemel.frontend import LOG_MEL, LogMel
 from wavemel.models._layers import (
     check_num_classes,
     check_parameter_budget,
@@ -46,8 +46,9 @@ class CnnSpecConfig:
 
     Attributes:
         sample_rate: input sample rate in Hz.
-        n_fft: FFT size (``None``: smallest power of two covering 64 ms at ``sample_rate``).
-        hop_length: frame hop (``None``: 20 ms at ``sample_rate``).
+        n_fft: FFT size (``None``: :data:`~wavemel.frontend.LOG_MEL`'s, the smallest power of
+            two covering 64 ms at ``sample_rate``).
+        hop_length: frame hop (``None``: :data:`~wavemel.frontend.LOG_MEL`'s, 20 ms).
         n_mels: mel bands.
         fmin: lowest mel frequency in Hz.
         fmax: highest mel frequency in Hz (``None``: ``sample_rate / 2``).
@@ -64,11 +65,11 @@ class CnnSpecConfig:
     sample_rate: int = 16000
     n_fft: int | None = None
     hop_length: int | None = None
-    n_mels: int = 64
-    fmin: float = 20.0
-    fmax: float | None = None
-    top_db: float | None = None
-    amin: float = 1e-10
+    n_mels: int = LOG_MEL.n_mels
+    fmin: float = LOG_MEL.fmin
+    fmax: float | None = LOG_MEL.fmax
+    top_db: float | None = LOG_MEL.top_db
+    amin: float = LOG_MEL.amin
     channels: tuple[int, ...] = (16, 32, 64, 128)
     convs_per_block: tuple[int, ...] = (2, 2, 2, 2)
     pools: tuple[int, ...] = (2, 2, 2, 2)
@@ -143,8 +144,8 @@ class CnnSpec(nn.Module):
         cfg = config or CnnSpecConfig()
         cfg = dataclasses.replace(
             cfg,
-            n_fft=cfg.n_fft or default_n_fft(cfg.sample_rate),
-            hop_length=cfg.hop_length or default_hop_length(cfg.sample_rate),
+            n_fft=cfg.n_fft or LOG_MEL.n_fft(cfg.sample_rate),
+            hop_length=cfg.hop_length or LOG_MEL.hop_length(cfg.sample_rate),
         )
         check_parameter_budget("cnn-spec", self.parameter_count(cfg, num_classes))
         self.config = cfg
@@ -160,6 +161,7 @@ class CnnSpec(nn.Module):
             fmax=cfg.fmax,
             top_db=cfg.top_db,
             amin=cfg.amin,
+            pad_mode=LOG_MEL.pad_mode,
         )
         # Learned normalisation of the dB values (their scale depends on the recording level).
         self.input_norm = nn.BatchNorm2d(1)
