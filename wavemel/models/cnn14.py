@@ -21,18 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from wavemel.frontend import PANNS_LOG_MEL, LogMel
-from wavemel.models._registry import (
-    config_for_size,
-    config_from_dict,
-    config_to_dict,
-    register_model,
-)
+from wavemel.models._layers import SpectrogramModel
+from wavemel.models._registry import ConfiguredModel, register_model
 
 #: Activations a model's logits can be meant for.
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
@@ -129,7 +124,7 @@ def _block(in_channels: int, out_channels: int, pool: bool, dropout: float) -> n
 
 
 @register_model("cnn14")
-class Cnn14(nn.Module):
+class Cnn14(SpectrogramModel, ConfiguredModel, nn.Module):
     """PANNs' CNN14 on the log-mel spectrogram, with the front end inside the model.
 
     Args:
@@ -137,10 +132,17 @@ class Cnn14(nn.Module):
         config: hyper-parameters (see :class:`Cnn14Config` and :data:`SIZES`); ``n_fft``,
             ``hop_length`` and ``fmax`` left at ``None`` are resolved from the sample rate and
             stored resolved in :attr:`config`.
+
+    The waveform entry points (``spectrogram``, ``conv_features``, ``features``, ``forward``)
+    come from :class:`~wavemel.models._layers.SpectrogramModel`; apply ``output_activation``
+    to the logits.
     """
 
     name = "cnn14"
+    Config = Cnn14Config
     SIZES = SIZES
+    default_size = "paper"
+    default_sample_rate = 32000
     #: Its 2-D convolutions run faster in NHWC on CUDA.
     prefers_channels_last = True
 
@@ -205,23 +207,6 @@ class Cnn14(nn.Module):
 
     # -- construction helpers -----------------------------------------------------------------
 
-    @classmethod
-    def from_size(
-        cls, num_classes: int, size: str = "paper", sample_rate: int = 32000, **overrides: Any
-    ) -> Cnn14:
-        """A freshly initialised model of a named size; ``overrides`` replace config fields."""
-        config = config_for_size(Cnn14Config, SIZES, size, sample_rate=sample_rate, **overrides)
-        return cls(num_classes, config)
-
-    @classmethod
-    def from_config(cls, num_classes: int, config: dict[str, Any]) -> Cnn14:
-        """Rebuild from :meth:`config_dict`."""
-        return cls(num_classes, config_from_dict(Cnn14Config, config))
-
-    def config_dict(self) -> dict[str, Any]:
-        """JSON-able config (tuples as lists, front-end sizes resolved)."""
-        return config_to_dict(self.config)
-
     # -- fine-tuning ----------------------------------------------------------------------------
 
     def freeze_blocks(self, count: int) -> None:
@@ -255,14 +240,6 @@ class Cnn14(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-mel front end: ``(B, T)`` waveform -> ``(B, 1, n_mels, frames)`` in dB."""
-        if x.dim() != 2:
-            raise ValueError(f"cnn14 expects a (batch, samples) waveform, got {tuple(x.shape)}")
-        if x.shape[-1] < self.min_samples:
-            raise ValueError(f"cnn14 needs at least {self.min_samples} samples, got {x.shape[-1]}")
-        return self.frontend(x)
-
     def conv_features_from_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
         """Pooled conv-stack output of a log-mel batch.
 
@@ -272,13 +249,7 @@ class Cnn14(nn.Module):
         Returns:
             ``(B, conv_dim)``: mean over frequency, then max plus mean over time.
         """
-        if spec.dim() != 4 or spec.shape[1] != 1 or spec.shape[2] != self.config.n_mels:
-            raise ValueError(
-                f"cnn14 expects a (batch, 1, {self.config.n_mels}, frames) spectrogram, "
-                f"got {tuple(spec.shape)}"
-            )
-        if spec.shape[-1] < self.min_frames:
-            raise ValueError(f"cnn14 needs at least {self.min_frames} frames, got {spec.shape[-1]}")
+        self.check_spectrogram(spec)
         # The bands become the channels for the per-band normalisation.
         h = self.input_norm(spec.transpose(1, 2)).transpose(1, 2)
         h = self.blocks(h).mean(dim=2)  # (B, C, frames')
@@ -291,15 +262,3 @@ class Cnn14(nn.Module):
     def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
         """Logits of a log-mel batch: ``(B, 1, n_mels, frames) -> (B, num_classes)``."""
         return self.classifier(self.features_from_spectrogram(spec))
-
-    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled conv-stack output (before the dense layer): ``(B, T) -> (B, conv_dim)``."""
-        return self.conv_features_from_spectrogram(self.spectrogram(x))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Embedding after the dense-ReLU layer: ``(B, T) -> (B, embedding_dim)``."""
-        return self.features_from_spectrogram(self.spectrogram(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits: ``(B, T)`` waveform -> ``(B, num_classes)`` (apply ``output_activation``)."""
-        return self.forward_spectrogram(self.spectrogram(x))
