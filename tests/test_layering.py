@@ -7,6 +7,7 @@ this check cannot drift apart: a new module must be placed in the table before t
 from __future__ import annotations
 
 import ast
+import graphlib
 import re
 import subprocess
 import sys
@@ -220,3 +221,29 @@ def test_every_import_inside_a_function_states_why(path: Path) -> None:
         if not any("# lazy:" in line for line in lines[first - 1 : last])
     ]
     assert not unexplained, f"functions that import without '# lazy: REASON': {unexplained}"
+
+
+def _existing_module(name: str) -> str:
+    """``wavemel.data.load_dataset`` -> ``wavemel.data``: the longest prefix that is a module."""
+    while name.count("."):
+        path = ROOT.joinpath(*name.split("."))
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            return name
+        name = name.rpartition(".")[0]
+    return name
+
+
+def test_no_import_cycles_within_a_layer() -> None:
+    # Same-layer imports are allowed, cycles among them are not (function-level ones included).
+    # A package's own __init__ re-exporting its modules is not an edge back to it.
+    graph = {}
+    for path in SOURCES:
+        module = module_name(path)
+        text = path.read_text(encoding="utf-8")
+        found = wavemel_imports(text, module, path.name == "__init__.py")
+        imported = {_existing_module(name) for _, name in found}
+        graph[module] = imported - {module}
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
