@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from wavemel.augment import Mixup, WaveformAugment
-from wavemel.checkpoint import load_model
+from wavemel.checkpoint import load_model, save_checkpoint
+from wavemel.models import create_model
+from wavemel.models.cnn_comb import CnnComb
 from wavemel.train import loop
 from wavemel.train.config import TrainConfig
 from wavemel.train.loop import TrainStep, train
@@ -78,3 +80,52 @@ def test_train_step_mixes_loss_weights_like_targets():
     expected = mixed_targets[:, 0] * 1.0 + mixed_targets[:, 1] * 0.5
     assert torch.allclose(mixed_weights, expected)
     assert not torch.equal(mixed_weights, weights)
+
+
+# --- cnn-comb's mean-feature ablation ---------------------------------------------------------
+
+
+def _comb(**kwargs) -> CnnComb:
+    return CnnComb(*_branches(), 3, hidden=16, dropout=0.1, **kwargs).eval()
+
+
+def _branches():
+    torch.manual_seed(0)
+    audio = create_model("cnn-audio", 3, size="tiny", sample_rate=SR).eval()
+    spec = create_model("cnn-spec", 3, size="tiny", sample_rate=SR).eval()
+    return audio, spec
+
+
+def test_mean_input_replaces_a_branch_by_its_training_mean(tmp_path):
+    comb = _comb(feature_means=True)
+    assert not comb.has_feature_means
+    with pytest.raises(ValueError, match="feature means"):
+        comb.mean_input = "audio"
+    batches = [torch.randn(5, 4000), torch.randn(3, 4000)]
+    assert comb.record_feature_means(iter(batches)) == 8
+    audio, spec = comb.branch_features(torch.cat(batches))
+    assert torch.allclose(comb.audio_feature_mean, audio.mean(dim=0), atol=1e-5)
+    assert torch.allclose(comb.spec_feature_mean, spec.mean(dim=0), atol=1e-5)
+    x = torch.randn(4, 4000)
+    comb.mean_input = "spec"
+    ablated_audio, ablated_spec = comb.branch_features(x)
+    assert torch.equal(ablated_audio, comb.branch_features(x)[0])
+    assert torch.allclose(ablated_spec, comb.spec_feature_mean.expand(4, -1))
+    with pytest.raises(ValueError, match="two ablations"):
+        comb.zero_input = "audio"
+    comb.mean_input = None
+    # The means travel in the checkpoint.
+    save_checkpoint(tmp_path / "comb", comb, {"labels": ["a", "b", "c"], "sample_rate": SR})
+    loaded, _ = load_model(tmp_path / "comb")
+    assert loaded.has_feature_means
+    assert torch.equal(loaded.spec_feature_mean, comb.spec_feature_mean)
+
+
+def test_a_comb_saved_without_means_still_loads_and_refuses_mean_input(tmp_path):
+    comb = _comb(feature_means=False)
+    assert "audio_feature_mean" not in comb.state_dict()
+    save_checkpoint(tmp_path / "old", comb, {"labels": ["a", "b", "c"], "sample_rate": SR})
+    loaded, _ = load_model(tmp_path / "old")
+    assert not loaded.has_feature_means
+    with pytest.raises(ValueError, match="feature means"):
+        loaded.mean_input = "spec"
