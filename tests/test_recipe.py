@@ -10,6 +10,9 @@ import torch
 
 from wavemel.augment import Mixup, WaveformAugment
 from wavemel.checkpoint import load_model, save_checkpoint
+from wavemel.cli import main
+from wavemel.data.splits import SplitSpec
+from wavemel.evaluate import evaluate_run
 from wavemel.models import create_model
 from wavemel.models.cnn_comb import CnnComb
 from wavemel.train import loop
@@ -129,3 +132,22 @@ def test_a_comb_saved_without_means_still_loads_and_refuses_mean_input(tmp_path)
     assert not loaded.has_feature_means
     with pytest.raises(ValueError, match="feature means"):
         loaded.mean_input = "spec"
+
+
+# --- the held-out fold --------------------------------------------------------------------------
+
+
+def test_evaluate_scores_the_held_out_fold_of_a_k_fold_run(synth, tmp_path, capsys):
+    run = train(_config(synth, tmp_path, folds=3, fold=1, test_fold=0))
+    spec = SplitSpec.from_settings(json.loads((run / "config.json").read_text()))
+    index = spec.load_index()
+    held = {str(r.path) for r in spec.heldout(index)}
+    val = {str(r.path) for r in spec.split(index)[1]}
+    assert held and not held & val
+    heldout = evaluate_run(run, split="heldout", device="cpu")
+    assert {c["path"] for c in heldout["clips"]} == held
+    # "test" on data without a test split means the run's held-out fold, never its val fold.
+    test = evaluate_run(run, split="test", device="cpu", out_dir=tmp_path / "t")
+    assert {c["path"] for c in test["clips"]} == held
+    assert main(["evaluate", str(run), "--split", "heldout", "--device", "cpu"]) == 0
+    assert "on heldout" in capsys.readouterr().out

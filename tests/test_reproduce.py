@@ -11,6 +11,7 @@ import pytest
 
 from wavemel.cli import main as cli_main
 from wavemel.data.splits import SplitSpec
+from wavemel.models.cnn_comb import SIZES as COMB_SIZES
 from wavemel.study import PRESETS, VARIANTS, StudyConfig, reproduce
 
 pytestmark = pytest.mark.slow
@@ -78,6 +79,14 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
     assert units == ["seed0-fold0", "seed0-fold1", "seed0-fold2"]  # no test split: every fold
     assert results["evaluation_split"] == "heldout" and not results["has_usage"]
     _assert_selection_never_sees_scored_clips(out, results)
+    # The comb head has the preset size's width and dropout and stops by the preset's patience.
+    head = json.loads((out / "runs" / units[0] / "1s" / "cnn-comb" / "config.json").read_text())
+    size = COMB_SIZES[preset.size]
+    assert (head["hidden"], head["dropout"], head["patience"]) == (
+        size.hidden,
+        size.dropout,
+        preset.patience,
+    )
 
     # Table 1: every cell is a number that equals the mean/std of the per-run evaluation JSONs.
     rows = _table_rows(report, "## Table 1")
