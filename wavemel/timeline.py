@@ -9,6 +9,9 @@ windows.
 :class:`TimelineCsv` writes timelines of any number of files into one CSV while they are computed
 (rows are streamed to a hidden temporary file that is renamed into place when it is complete), so
 memory holds one file's ``(W, C)`` window probabilities at a time, never the decoded audio.
+
+The module needs nothing from :mod:`wavemel.infer` at run time (only its types), so ``infer`` can
+import it and offer ``Tagger.timeline`` without a cycle.
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wavemel._io import os_error_reason, temp_name
 from wavemel.errors import WavemelError
-from wavemel.infer import Tagger, WindowSeries
+
+if TYPE_CHECKING:
+    # Annotations only: this module sits below infer (which may delegate Tagger.timeline here).
+    from wavemel.infer import Tagger, WindowSeries
 
 __all__ = [
     "DEFAULT_THRESHOLD",
