@@ -15,7 +15,7 @@ from wavemel.cli import main
 from wavemel.errors import WavemelError
 from wavemel.infer import Tagger, WindowSeries
 from wavemel.models import create_model
-from wavemel.timeline import Segment, TimelineCsv, merge_segments, timeline
+from wavemel.timeline import Segment, Timeline, TimelineCsv, merge_segments, timeline
 
 RATE = 8000
 LABELS = ["a", "b", "c"]
@@ -67,6 +67,14 @@ def _checkpoint(folder, sample_rate=RATE):
     return folder
 
 
+def test_top_labels_rank_by_peak_so_a_short_event_is_shown():
+    # "b" dominates one window of five; "c" is a steady runner-up with the higher mean.
+    values = [[0.7, 0.0, 0.3], [0.7, 0.0, 0.3], [0.1, 0.9, 0.0], [0.7, 0.0, 0.3], [0.7, 0.0, 0.3]]
+    clip = Timeline(LABELS, _series(values), [], 0.5)
+    assert clip.top_labels(2) == [1, 0]
+    assert clip.top_labels(5) == [1, 0, 2]
+
+
 def test_timeline_agrees_with_window_probabilities_and_the_clip_score(tmp_path):
     run = _checkpoint(tmp_path / "run")
     tagger = Tagger.from_checkpoint(run, device="cpu")
@@ -79,7 +87,7 @@ def test_timeline_agrees_with_window_probabilities_and_the_clip_score(tmp_path):
     assert result.segments == merge_segments(result.series, LABELS, 0.34)
     payload = result.to_json(top_k=2)
     assert [t["label"] for t in payload["tracks"]] == [
-        LABELS[i] for i in np.argsort(-result.series.values.mean(0), kind="stable")[:2]
+        LABELS[i] for i in np.argsort(-result.series.values.max(0), kind="stable")[:2]
     ]
 
 

@@ -127,11 +127,15 @@ class Timeline:
         return self.series.duration
 
     def top_labels(self, top_k: int) -> list[int]:
-        """Class indices of the ``top_k`` labels with the highest mean window probability."""
+        """Class indices of the ``top_k`` labels with the highest peak window probability.
+
+        The peak, not the mean: a short event that dominates a few windows of a long clip is
+        what a timeline is for, though it hardly moves the clip's average.
+        """
         if self.series.values.shape[0] == 0:
             return []
-        mean = self.series.values.mean(axis=0)
-        return [int(i) for i in np.argsort(-mean, kind="stable")[:top_k]]
+        peak = self.series.values.max(axis=0)
+        return [int(i) for i in np.argsort(-peak, kind="stable")[:top_k]]
 
     def window_rows(self, top_k: int | None = 3) -> Iterator[tuple[float, float, str, float]]:
         """``(start, end, label, score)`` per window and label, best label first.
@@ -152,7 +156,7 @@ class Timeline:
                 yield start, end, self.labels[column], float(row[column])
 
     def to_json(self, top_k: int = 3) -> dict:
-        """A JSON-able summary: the ``top_k`` clip-level labels' window tracks and all segments."""
+        """A JSON-able summary: the window tracks of the :meth:`top_labels` and all segments."""
         tracks = [
             {"label": self.labels[i], "scores": self.series.values[:, i].round(5).tolist()}
             for i in self.top_labels(top_k)
