@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import select
+import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -185,3 +190,34 @@ def test_cli_refuses_bad_options_in_one_line(tmp_path, capsys):
     assert "--max-upload-mb must be positive" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert "wavemel: error:" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert main(["serve", str(run), "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_command_starts_and_answers(tmp_path):
+    run = make_run(tmp_path / "run")
+    command = [sys.executable, "-m", "wavemel", "serve", str(run), "--port", "0", "--device", "cpu"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        # Bounded wait for the "serving ... on URL" line (the model loads first).
+        ready, _, _ = select.select([child.stdout], [], [], 120)
+        assert ready, "wavemel serve printed nothing"
+        line = child.stdout.readline()
+        url = line.strip().rsplit(" ", 1)[-1].rstrip("/")
+        assert url.startswith("http://127.0.0.1:"), line
+        reply = None
+        for _ in range(100):
+            try:
+                reply = httpx.get(f"{url}/v1/model", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert reply is not None and reply.json()["labels"] == LABELS
+    finally:
+        child.terminate()
+        child.wait(timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 from wavemel.cli._options import add_inference_options, inference_kwargs
 
@@ -59,14 +60,39 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     from wavemel.infer import Tagger
 
+    # Bound here, before the model loads: a busy port is one line, not uvicorn's log and exit 3.
+    listener = _listen(args.host, args.port)
     tagger = Tagger.from_checkpoint(args.run, **inference_kwargs(args))
     limits = Limits(int(args.max_upload_mb * _MIB), args.max_seconds)
     app = create_app(tagger, limits=limits, top_k=args.top_k, max_clips=args.max_clips)
-    print(f"wavemel: serving {args.run} on http://{args.host}:{args.port}/", flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    except OSError as exc:
-        raise WavemelError(
-            f"--host {args.host} --port {args.port}: cannot listen ({exc})"
-        ) from None
+    host, port = listener.getsockname()[:2]
+    print(f"wavemel: serving {args.run} on http://{host}:{port}/", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    with listener:
+        server.run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (IPv6 when ``host`` is an IPv6 address).
+
+    Raises:
+        WavemelError: The address is in use, not local, or not a valid host.
+    """
+    from wavemel._io import os_error_reason
+    from wavemel.errors import WavemelError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise WavemelError(f"--host {host}: not an address this machine can use ({exc})") from None
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise WavemelError(
+            f"--host {host} --port {port}: cannot listen ({os_error_reason(exc)})"
+        ) from None
+    return listener
