@@ -164,3 +164,19 @@ def test_peak_memory_does_not_grow_with_the_file_length(tmp_path):
     assert long_peak < short_peak + 1_000_000, (short_peak, long_peak)
     with open(tmp_path / "long.csv") as handle:
         assert sum(1 for _ in handle) == 1 + 2400 * 3
+
+
+def test_plot_log_mel_is_averaged_down_to_a_bounded_number_of_columns(tmp_path):
+    from wavemel.figures import _streamed_log_mel
+
+    path = tmp_path / "10min.wav"
+    _write_noise(path, 600)
+    spectrogram, column_seconds = _streamed_log_mel(path, RATE, max_columns=300)
+    # 60 000 frames of 10 ms averaged 200 at a time: the figure never holds the whole log-mel.
+    assert spectrogram.shape == (80, 300)
+    assert column_seconds * spectrogram.shape[1] == pytest.approx(600.0)
+    assert np.isfinite(spectrogram).all()
+    # Undecimated, there is exactly one column per 10 ms: block edges lose no frames (no drift).
+    short = tmp_path / "2min.wav"
+    _write_noise(short, 120)
+    assert _streamed_log_mel(short, RATE, max_columns=12_000)[0].shape == (80, 12_000)

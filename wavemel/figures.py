@@ -31,6 +31,7 @@ one-line error naming the file and never leaves half a PNG. matplotlib is import
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -231,15 +232,20 @@ def _streamed_log_mel(
     group = max(1, math.ceil(duration * sample_rate / hop_length / max_columns))
     frontend = LogMel(sample_rate, n_fft, hop_length, _N_MELS, _FMIN, sample_rate / 2)
     columns, pending = [], np.zeros((_N_MELS, 0), dtype=np.float32)
+    carry = np.zeros(0, dtype=np.float32)  # samples short of a whole hop, for the next block
     with torch.no_grad():
-        for block in stream_audio(path, sample_rate):
-            if block.size == 0:
+        for block in itertools.chain(stream_audio(path, sample_rate), [None]):
+            samples = np.concatenate([carry, block]) if block is not None else carry
+            usable = samples.size if block is None else samples.size // hop_length * hop_length
+            carry = samples[usable:]
+            if usable == 0:
                 continue
-            signal = torch.from_numpy(np.ascontiguousarray(block)).unsqueeze(0)
+            signal = torch.from_numpy(np.ascontiguousarray(samples[:usable])).unsqueeze(0)
             if signal.shape[1] < n_fft:
                 signal = torch.nn.functional.pad(signal, (0, n_fft - signal.shape[1]))
-            # Block edges get centred frames of their own: invisible at display resolution.
-            frames = frontend(signal)[0, 0, :, : max(1, block.size // hop_length)].numpy()
+            # One frame per hop of samples, so columns stay on time over an hour; block edges
+            # get centred frames of their own, which is invisible at display resolution.
+            frames = frontend(signal)[0, 0, :, : max(1, usable // hop_length)].numpy()
             pending = np.concatenate([pending, frames], axis=1)
             whole = pending.shape[1] // group * group
             if whole:
