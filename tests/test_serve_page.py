@@ -44,8 +44,10 @@ def setting(tmp_path_factory):
     tagger = Tagger.from_checkpoint(make_run(folder / "run"), device="cpu")
     with LiveServer(create_app(tagger, top_k=3)) as server:
         with sync_api.sync_playwright() as playwright:
+            # A fake microphone (a beeping tone) lets the recording path run headless.
+            flags = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
             browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", *flags]
             )
             try:
                 yield server, tagger, browser, folder
@@ -82,4 +84,20 @@ def test_a_bad_file_shows_the_servers_error(setting):
     page.wait_for_selector("#error:has-text('error 422')", timeout=60_000)
     assert "broken.wav" in page.locator("#error").inner_text()
     assert page.locator("#tags li").count() == 0
+    page.close()
+
+
+def test_a_recording_is_encoded_as_wav_and_tagged(setting):
+    server, _, browser, _ = setting
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.click("#record")
+    page.wait_for_selector("#record:has-text('Stop')")
+    page.wait_for_timeout(1500)  # about 1.5 s of the fake microphone's tone
+    page.click("#record")
+    page.wait_for_selector("#tags li", timeout=60_000)
+    status = page.locator("#status").inner_text()
+    assert status.startswith("recording.wav: ") and page.locator("#tags li").count() == 3
+    assert float(status.split(": ")[1].split(" s")[0]) > 0.5
+    assert page.locator("#error").inner_text() == ""
     page.close()
