@@ -20,16 +20,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run", metavar="RUN", help="run folder, or a checkpoint .json")
     parser.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="tags per answer")
     parser.add_argument(
-        "--max-upload-mb", type=float, default=20.0, metavar="MB", help="largest upload (20)"
+        "--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)"
     )
     parser.add_argument(
-        "--max-seconds", type=float, default=600.0, metavar="S", help="longest clip (600)"
+        "--top-k", type=int, default=5, metavar="K", help="tags per answer (default: 5)"
     )
     parser.add_argument(
-        "--max-clips", type=int, default=16, metavar="N", help="clips scored together (16)"
+        "--max-upload-mb",
+        type=float,
+        default=20.0,
+        metavar="MB",
+        help="largest upload in MiB (default: 20)",
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=600.0, metavar="S", help="longest clip (default: 600)"
+    )
+    parser.add_argument(
+        "--max-clips",
+        type=int,
+        default=16,
+        metavar="N",
+        help="most clips scored together (default: 16)",
     )
     add_inference_options(parser)
     parser.set_defaults(func=run)
