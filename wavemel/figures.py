@@ -2,6 +2,9 @@
 
 * :func:`plot_confusion`: a confusion matrix coloured by row-normalised recall (``evaluate``).
 * :func:`plot_per_class_map3`: grouped bars of per-class MAP@3 per model (the poster's Figure 4).
+* :func:`plot_timeline`: a clip's log-mel over time with its top labels' window probabilities
+  beneath (``wavemel predict --timeline --plot``); the log-mel is computed block by block and
+  averaged down to at most ``max_columns`` columns, so an hour-long file costs no more memory.
 * :func:`render_augmentation_figure`: the waveform augmentations of one clip seen as log-mel
   spectrograms (the poster's Figure 3, ``wavemel augment-preview``). Each panel runs the same pure
   functions the trainer's modules use (:mod:`wavemel.augment`) and shows the log-mel
@@ -28,6 +31,8 @@ one-line error naming the file and never leaves half a PNG. matplotlib is import
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +44,7 @@ import torch
 
 from wavemel import augment
 from wavemel._io import atomic_write_bytes, os_error_reason
-from wavemel.audio import load_audio
+from wavemel.audio import audio_info, load_audio, stream_audio
 from wavemel.errors import AudioError, WavemelError
 from wavemel.frontend import PREVIEW_LOG_MEL
 
@@ -49,6 +54,7 @@ __all__ = [
     "check_figure_path",
     "plot_confusion",
     "plot_per_class_map3",
+    "plot_timeline",
     "render_augmentation_figure",
 ]
 
@@ -207,6 +213,118 @@ def plot_per_class_map3(
     ax.legend(fontsize=8, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.08))
     fig.tight_layout()
     _save(fig, Path(out_png), dpi=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timelines
+
+
+def _streamed_log_mel(
+    path: str | os.PathLike, sample_rate: int, max_columns: int
+) -> tuple[np.ndarray, float]:
+    """``(n_mels, columns)`` display log-mel of a file read in blocks, and seconds per column.
+
+    Frames (10 ms hop) are averaged in groups so that at most about ``max_columns`` remain:
+    memory is one block plus the columns, whatever the file's length.
+    """
+    duration = audio_info(path).duration
+    hop_length = PREVIEW_LOG_MEL.hop_length(sample_rate)
+    n_fft = PREVIEW_LOG_MEL.n_fft(sample_rate)
+    group = max(1, math.ceil(duration * sample_rate / hop_length / max_columns))
+    frontend = PREVIEW_LOG_MEL.log_mel(sample_rate)
+    columns, pending = [], np.zeros((PREVIEW_LOG_MEL.n_mels, 0), dtype=np.float32)
+    carry = np.zeros(0, dtype=np.float32)  # samples short of a whole hop, for the next block
+    with torch.no_grad():
+        for block in itertools.chain(stream_audio(path, sample_rate), [None]):
+            samples = np.concatenate([carry, block]) if block is not None else carry
+            usable = samples.size if block is None else samples.size // hop_length * hop_length
+            carry = samples[usable:]
+            if usable == 0:
+                continue
+            signal = torch.from_numpy(np.ascontiguousarray(samples[:usable])).unsqueeze(0)
+            if signal.shape[1] < n_fft:
+                signal = torch.nn.functional.pad(signal, (0, n_fft - signal.shape[1]))
+            # One frame per hop of samples, so columns stay on time over an hour; block edges
+            # get centred frames of their own, which is invisible at display resolution.
+            frames = frontend(signal)[0, 0, :, : max(1, usable // hop_length)].numpy()
+            pending = np.concatenate([pending, frames], axis=1)
+            whole = pending.shape[1] // group * group
+            if whole:
+                columns.append(
+                    pending[:, :whole].reshape(PREVIEW_LOG_MEL.n_mels, -1, group).mean(axis=2)
+                )
+                pending = pending[:, whole:]
+    if pending.shape[1]:
+        columns.append(pending.mean(axis=1, keepdims=True))
+    if not columns:
+        raise AudioError(f"{path}: has no samples; nothing to draw")
+    return np.concatenate(columns, axis=1), group * hop_length / sample_rate
+
+
+def plot_timeline(
+    audio_path: str | os.PathLike,
+    out_png: str | os.PathLike,
+    *,
+    sample_rate: int,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    scores: np.ndarray,
+    labels: Sequence[str],
+    threshold: float | None = None,
+    max_columns: int = 1500,
+) -> None:
+    """Draws a clip's log-mel over time and, beneath it, its labels' window probabilities.
+
+    Args:
+        audio_path: The clip (read in blocks, resampled to ``sample_rate``).
+        out_png: A :data:`FIGURE_SUFFIXES` file (replaced if present; callers check first).
+        sample_rate: Rate of the log-mel (the model's).
+        starts: ``(W,)`` window starts in seconds.
+        ends: ``(W,)`` window ends in seconds.
+        scores: ``(W, K)`` probabilities of the ``K`` labels drawn.
+        labels: The ``K`` label names, in legend order.
+        threshold: Drawn as a dashed line when given (the segment threshold).
+        max_columns: Most log-mel columns drawn (longer files are averaged down).
+
+    Raises:
+        AudioError: The clip cannot be decoded or is empty.
+        WavemelError: ``out_png`` has an unsupported suffix or cannot be written.
+    """
+    out_png = check_figure_path(out_png, overwrite=True)
+    spectrogram, column_seconds = _streamed_log_mel(audio_path, sample_rate, max_columns)
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(12, 6), sharex=True, height_ratios=(3, 2), constrained_layout=True
+    )
+    vmax = float(spectrogram.max())
+    span = spectrogram.shape[1] * column_seconds
+    top.imshow(
+        spectrogram,
+        origin="lower",
+        aspect="auto",
+        cmap="magma",
+        vmin=vmax - _DB_RANGE,
+        vmax=vmax,
+        extent=(0.0, span, 0.0, float(PREVIEW_LOG_MEL.n_mels)),
+        interpolation="nearest",
+    )
+    positions, names = _hz_ticks(PREVIEW_LOG_MEL.fmin, sample_rate / 2, PREVIEW_LOG_MEL.n_mels)
+    top.set_yticks(positions, names)
+    top.set_ylabel("Frequency (Hz, mel scale)")
+    top.set_title(f"{Path(audio_path).name}: log-mel and window probabilities", fontsize=11)
+    # Each window's score is drawn at its centre: overlapping windows stay a single line.
+    centres = (np.asarray(starts) + np.asarray(ends)) / 2
+    for column, label in enumerate(labels):
+        bottom.plot(centres, scores[:, column], marker=".", linewidth=1.5, label=label)
+    if threshold is not None:
+        bottom.axhline(threshold, color="grey", linestyle="--", linewidth=1, label="threshold")
+    bottom.set_ylim(0.0, 1.02)
+    bottom.set_xlim(0.0, span)
+    bottom.set_xlabel("Time (s)")
+    bottom.set_ylabel("Probability")
+    bottom.legend(loc="upper right", fontsize=8, ncol=min(len(labels) + 1, 4))
+    bottom.grid(alpha=0.3)
+    _save(fig, out_png, dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wavemel import timeline as _timeline
 from wavemel._device import autocast, model_device, resolve_device
 from wavemel._paths import display_path
 from wavemel.audio import stream_audio
@@ -579,6 +580,20 @@ class Tagger:
             A :class:`WindowSeries` with ``values`` of shape ``(W, D)``.
         """
         return self._window_series(path_or_waveform, feature_output, hop_seconds)
+
+    def timeline(
+        self,
+        path_or_waveform: str | os.PathLike | np.ndarray,
+        hop_seconds: float | None = None,
+        threshold: float = _timeline.DEFAULT_THRESHOLD,
+    ) -> _timeline.Timeline:
+        """Window probabilities and merged segments above ``threshold`` of a clip.
+
+        See :func:`wavemel.timeline.timeline`.
+        """
+        return _timeline.timeline(
+            self, path_or_waveform, hop_seconds=hop_seconds, threshold=threshold
+        )
 
     def embed(self, path_or_waveform: str | os.PathLike | np.ndarray) -> np.ndarray:
         """Clip-level embedding: the mean of the window embeddings, ``(D,)`` float32.

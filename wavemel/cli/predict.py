@@ -31,7 +31,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="CSV",
         help="also write a Kaggle submission (fname,label with three labels for every file)",
     )
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --submission")
+    parser.add_argument(
+        "--timeline",
+        metavar="CSV",
+        help="also write per-window scores and merged segments (columns file,kind,start,end,"
+        "label,score; kind is window or segment)",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="--timeline rows for every class, not the top-k"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="window probability that starts a segment (default: 0.5, more likely than all "
+        "other labels together)",
+    )
+    parser.add_argument(
+        "--plot", metavar="PNG", help="for one file: its log-mel and top labels over time"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing --submission, --timeline or --plot files",
+    )
     add_inference_options(parser)
     parser.set_defaults(func=run)
 
@@ -79,6 +103,66 @@ def _write_submission(path: Path, rows: list[tuple[str, list[str]]]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
+def _check_timeline_options(args: argparse.Namespace, files: list[Path]) -> None:
+    """Refuse bad --timeline / --plot / --threshold / --all settings before any tagging."""
+    from wavemel.errors import WavemelError
+    from wavemel.figures import check_figure_path
+
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise WavemelError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if (args.all or args.threshold is not None) and not (args.timeline or args.plot):
+        raise WavemelError("--all and --threshold need --timeline or --plot")
+    if args.timeline:
+        path = Path(args.timeline)
+        if path.exists() and not args.force:
+            raise WavemelError(f"{path}: already exists (use --force to overwrite it)")
+        if not path.parent.is_dir():
+            raise WavemelError(f"{path.parent}: no such folder for --timeline")
+    if args.plot:
+        check_figure_path(args.plot, overwrite=args.force)
+        if len(files) != 1:
+            raise WavemelError(f"--plot draws one file, got {len(files)}")
+
+
+def _write_timelines(args: argparse.Namespace, tagger, files: list[Path], errors: dict) -> None:
+    """The --timeline CSV (streamed, renamed in at the end) and the --plot figure."""
+    import contextlib
+
+    from wavemel.errors import AudioError
+    from wavemel.figures import plot_timeline
+    from wavemel.timeline import DEFAULT_THRESHOLD, TimelineCsv, timeline
+
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    top_k = None if args.all else args.top_k
+    sink = TimelineCsv(args.timeline, top_k) if args.timeline else contextlib.nullcontext()
+    with sink:
+        for path in files:
+            if display_path(path) in errors:
+                continue
+            try:
+                clip = timeline(tagger, path, hop_seconds=args.hop_seconds, threshold=threshold)
+            except AudioError as exc:
+                errors[display_path(path)] = str(exc)
+                continue
+            if args.timeline:
+                sink.add(display_path(path), clip)
+            if args.plot:
+                shown = clip.top_labels(min(args.top_k, 5))
+                plot_timeline(
+                    path,
+                    args.plot,
+                    sample_rate=tagger.sample_rate,
+                    starts=clip.series.starts,
+                    ends=clip.series.ends,
+                    scores=clip.series.values[:, shown],
+                    labels=[clip.labels[i] for i in shown],
+                    threshold=threshold,
+                )
+    for written in (args.timeline, args.plot):
+        if written:
+            print(f"wrote {written}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     import warnings
 
@@ -98,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         raise WavemelError(f"no audio files found in {', '.join(map(display_path, args.paths))}")
     # Checked before any tagging: a clash found after an hour of work would waste it.
     names = dict(zip(files, _submission_names(files))) if submission is not None else {}
+    _check_timeline_options(args, files)
     tagger = Tagger.from_checkpoint(args.run, **inference_kwargs(args))
     top_k = min(args.top_k, len(tagger.labels))
     results: list[tuple[Path, list[tuple[str, float]]]] = []
@@ -151,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
         guessed = len(rows) - len(results)
         note = f", {guessed} undecodable given the prior answer" if guessed else ""
         print(f"wrote {submission} ({len(rows)} files{note})", file=sys.stderr)
+    if args.timeline or args.plot:
+        _write_timelines(args, tagger, files, errors)
     for note in notes:
         print(f"wavemel: warning: {note}", file=sys.stderr)
     if errors:
