@@ -19,7 +19,6 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from wavemel._paths import display_path
 from wavemel.audio import stream_audio
 from wavemel.checkpoint import load_model
 from wavemel.errors import AudioError, EmptyClipWarning, WavemelError
+from wavemel.timeline import WindowSeries
 
 __all__ = ["Tagger", "WindowSeries", "predict_waveforms", "window_starts", "fill_window"]
 
@@ -331,24 +331,6 @@ def predict_waveforms(
     if empty_distribution is None:
         empty_distribution = _uniform(num_classes)
     return aggregator.result(np.asarray(empty_distribution, dtype=np.float64))
-
-
-@dataclass(frozen=True)
-class WindowSeries:
-    """Per-window outputs of one clip.
-
-    Attributes:
-        starts: ``(W,)`` window start times in seconds.
-        ends: ``(W,)`` window end times in seconds (a short clip's filled window ends with the
-            clip).
-        values: ``(W, D)`` what each window gave (probabilities or embeddings).
-        duration: Clip length in seconds.
-    """
-
-    starts: np.ndarray
-    ends: np.ndarray
-    values: np.ndarray
-    duration: float
 
 
 class Tagger:

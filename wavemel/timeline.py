@@ -10,8 +10,9 @@ windows.
 (rows are streamed to a hidden temporary file that is renamed into place when it is complete), so
 memory holds one file's ``(W, C)`` window probabilities at a time, never the decoded audio.
 
-The module needs nothing from :mod:`wavemel.infer` at run time (only its types), so ``infer`` can
-import it and offer ``Tagger.timeline`` without a cycle.
+It sits below :mod:`wavemel.infer` and needs nothing from it (a tagger is anything with
+``labels`` and ``window_probabilities``), so ``infer`` imports it for ``Tagger.timeline`` and
+for :class:`WindowSeries`, the per-window outputs both modules share.
 """
 
 from __future__ import annotations
@@ -22,16 +23,41 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from wavemel._io import os_error_reason, temp_name
 from wavemel.errors import WavemelError
 
-if TYPE_CHECKING:
-    # Annotations only: this module sits below infer (which may delegate Tagger.timeline here).
-    from wavemel.infer import Tagger, WindowSeries
+
+class WindowScorer(Protocol):
+    """What :func:`timeline` needs of a tagger (:class:`wavemel.infer.Tagger` is one)."""
+
+    labels: list[str]
+
+    def window_probabilities(
+        self, path_or_waveform: str | os.PathLike | np.ndarray, hop_seconds: float | None = None
+    ) -> WindowSeries: ...
+
+
+@dataclass(frozen=True)
+class WindowSeries:
+    """Per-window outputs of one clip.
+
+    Attributes:
+        starts: ``(W,)`` window start times in seconds.
+        ends: ``(W,)`` window end times in seconds (a short clip's filled window ends with the
+            clip).
+        values: ``(W, D)`` what each window gave (probabilities or embeddings).
+        duration: Clip length in seconds.
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    values: np.ndarray
+    duration: float
+
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -175,7 +201,7 @@ class Timeline:
 
 
 def timeline(
-    tagger: Tagger,
+    tagger: WindowScorer,
     path_or_waveform: str | os.PathLike | np.ndarray,
     *,
     hop_seconds: float | None = None,
