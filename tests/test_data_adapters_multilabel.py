@@ -146,3 +146,18 @@ def test_fsd50k_validates_on_its_own_val_split(tmp_path):
     train, val = train_val_split(index, val_split="val")
     assert sorted(r.clip_id for r in val) == ["16402.wav", "16403.wav"]
     assert len(train) == 3
+
+
+def test_inspect_shows_labels_per_clip(tmp_path, capsys):
+    from wavemel.cli import main
+    from wavemel.data.inspect import format_report, inspect_dataset
+
+    root = _fsdkaggle2019(tmp_path / "fsdk19")
+    report = inspect_dataset(load_dataset(root))
+    # Training: c1, c4, n1 have one label, c2, n2 two, c3 three; the test clips have none.
+    assert report["labels_per_clip"] == {"train": {"1": 3, "2": 2, "3": 1}}
+    assert report["multi_label"] is True
+    text = format_report(report)
+    assert "labels/clip train: 1 label 3, 2 labels 2, 3 labels 1 (mean 1.67)" in text
+    assert main(["data", "inspect", str(root), "--no-durations"]) == 0
+    assert "labels/clip train" in capsys.readouterr().out
