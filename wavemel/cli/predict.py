@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="tag audio files or folders with a trained run",
         description="Tag each file (folders are searched recursively for audio files) with the "
-        "top-k labels of a run's best checkpoint. Files that cannot be decoded are listed at "
+        "top-k labels of a run's best checkpoint; a multi-label run first lists every label at "
+        "or above its decision threshold. Files that cannot be decoded are listed at "
         "the end and make the exit status 1; every other file is still tagged.",
     )
     parser.add_argument("run", metavar="RUN", help="run folder, or a checkpoint .json")
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--submission",
         metavar="CSV",
-        help="also write a Kaggle submission (fname,label with three labels for every file)",
+        help="also write a Kaggle submission (fname,label with three labels for every file; for "
+        "a multi-label run fname and one probability column per label, as FSDKaggle2019)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing --submission")
     add_inference_options(parser)
@@ -79,6 +81,21 @@ def _write_submission(path: Path, rows: list[tuple[str, list[str]]]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
+def _write_probability_submission(
+    path: Path, labels: list[str], rows: list[tuple[str, list[float]]]
+) -> None:
+    """Write ``fname,<label>...`` rows of probabilities atomically (FSDKaggle2019's format)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["fname", *labels])
+    writer.writerows([fname, *(f"{p:.6f}" for p in probabilities)] for fname, probabilities in rows)
+    atomic_write_text(path, text.getvalue())
+
+
+def _shown(pairs: list[tuple[str, float]]) -> str:
+    return "  ".join(f"{label} {score:.3f}" for label, score in pairs)
+
+
 def run(args: argparse.Namespace) -> int:
     import warnings
 
@@ -101,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     tagger = Tagger.from_checkpoint(args.run, **inference_kwargs(args))
     top_k = min(args.top_k, len(tagger.labels))
     results: list[tuple[Path, list[tuple[str, float]]]] = []
+    tags: dict[Path, list[tuple[str, float]]] = {}  # multi-label: the labels above threshold
+    probability_rows: list[tuple[str, list[float]]] = []
     # Kaggle rejects a submission that lacks a test file, so an undecodable one still gets a row
     # (the empty-clip answer: training prior or uniform); it is reported like any bad file.
     rows: list[tuple[str, list[str]]] = []
@@ -118,13 +137,19 @@ def run(args: argparse.Namespace) -> int:
             if error is not None:
                 errors[display_path(path)] = error
                 rows.append((names.get(path, ""), fallback))
+                probability_rows.append((names.get(path, ""), list(tagger.empty_distribution)))
                 continue
             ranked = tagger.top_k(probabilities, max(top_k, 3))
             results.append((path, ranked))
             rows.append((names.get(path, ""), [label for label, _ in ranked[:3]]))
+            probability_rows.append((names.get(path, ""), [float(p) for p in probabilities]))
+            if tagger.multi_label:
+                tags[path] = tagger.above_threshold(probabilities)
             if not args.json:
-                shown = "  ".join(f"{label} {score:.3f}" for label, score in ranked[:top_k])
-                line = f"{display_path(path)}\t{shown}"
+                line = f"{display_path(path)}\t{_shown(ranked[:top_k])}"
+                if tagger.multi_label:
+                    shown = _shown(tags[path]) or "(no label above its threshold)"
+                    line = f"{display_path(path)}\t{shown}\t(top-{top_k}: {_shown(ranked[:top_k])})"
                 if progress is None:
                     print(line, flush=True)
                 else:
@@ -140,13 +165,21 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "path": display_path(path),
                     "tags": [{"label": label, "score": score} for label, score in ranked[:top_k]],
+                    # Multi-label: every label at or above its threshold, best first.
+                    **(
+                        {"labels": [{"label": lab, "score": p} for lab, p in tags[path]]}
+                        if tagger.multi_label
+                        else {}
+                    ),
                 }
                 for path, ranked in results
             ],
             "errors": errors,
         }
         print(json.dumps(payload, indent=2))
-    if submission is not None:
+    if submission is not None and tagger.multi_label:
+        _write_probability_submission(submission, tagger.labels, probability_rows)
+    elif submission is not None:
         _write_submission(submission, rows)
         guessed = len(rows) - len(results)
         note = f", {guessed} undecodable given the prior answer" if guessed else ""
