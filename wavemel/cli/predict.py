@@ -96,6 +96,22 @@ def _shown(pairs: list[tuple[str, float]]) -> str:
     return "  ".join(f"{label} {score:.3f}" for label, score in pairs)
 
 
+def _text_line(path: Path, top: list[tuple[str, float]], tags: list | None) -> str:
+    """``path<TAB>top-k``, or for a multi-label run ``path<TAB>tags<TAB>(top-k: ...)``."""
+    if tags is None:
+        return f"{display_path(path)}\t{_shown(top)}"
+    shown = _shown(tags) or "(no label above its threshold)"
+    return f"{display_path(path)}\t{shown}\t(top-{len(top)}: {_shown(top)})"
+
+
+def _json_result(path: Path, top: list[tuple[str, float]], tags: list | None) -> dict:
+    result = {"path": display_path(path), "tags": [{"label": k, "score": p} for k, p in top]}
+    if tags is not None:
+        # Multi-label: every label at or above its threshold, best first.
+        result["labels"] = [{"label": k, "score": p} for k, p in tags]
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     import warnings
 
@@ -146,10 +162,7 @@ def run(args: argparse.Namespace) -> int:
             if tagger.multi_label:
                 tags[path] = tagger.above_threshold(probabilities)
             if not args.json:
-                line = f"{display_path(path)}\t{_shown(ranked[:top_k])}"
-                if tagger.multi_label:
-                    shown = _shown(tags[path]) or "(no label above its threshold)"
-                    line = f"{display_path(path)}\t{shown}\t(top-{top_k}: {_shown(ranked[:top_k])})"
+                line = _text_line(path, ranked[:top_k], tags.get(path))
                 if progress is None:
                     print(line, flush=True)
                 else:
@@ -162,25 +175,16 @@ def run(args: argparse.Namespace) -> int:
         payload = {
             "run": display_path(args.run),
             "results": [
-                {
-                    "path": display_path(path),
-                    "tags": [{"label": label, "score": score} for label, score in ranked[:top_k]],
-                    # Multi-label: every label at or above its threshold, best first.
-                    **(
-                        {"labels": [{"label": lab, "score": p} for lab, p in tags[path]]}
-                        if tagger.multi_label
-                        else {}
-                    ),
-                }
-                for path, ranked in results
+                _json_result(path, ranked[:top_k], tags.get(path)) for path, ranked in results
             ],
             "errors": errors,
         }
         print(json.dumps(payload, indent=2))
-    if submission is not None and tagger.multi_label:
-        _write_probability_submission(submission, tagger.labels, probability_rows)
-    elif submission is not None:
-        _write_submission(submission, rows)
+    if submission is not None:
+        if tagger.multi_label:
+            _write_probability_submission(submission, tagger.labels, probability_rows)
+        else:
+            _write_submission(submission, rows)
         guessed = len(rows) - len(results)
         note = f", {guessed} undecodable given the prior answer" if guessed else ""
         print(f"wrote {submission} ({len(rows)} files{note})", file=sys.stderr)

@@ -156,7 +156,7 @@ class Objective:
         """Mean loss of whole-clip probabilities ``(N, C)`` against targets ``(N, C)``."""
         if not len(probs):
             return math.nan
-        clipped = np.clip(probs, 1e-12, 1.0 - 1e-12 if self.multi_label else 1.0)
+        clipped = np.clip(probs, 1e-12, 1.0 - 1e-12 if self.multi_label else None)
         if self.multi_label:
             per_label = targets * np.log(clipped) + (1.0 - targets) * np.log1p(-clipped)
             return float(np.mean(-per_label.mean(axis=1)))
