@@ -77,6 +77,22 @@ def test_multi_hot_targets_give_each_label_a_one():
     np.testing.assert_array_equal(target, [0, 1, 1])
 
 
+def test_multi_label_is_detected_unless_the_config_says_otherwise(pairs, tmp_path):
+    from wavemel.train.loader import prepare_data
+
+    base = TrainConfig(
+        data=str(pairs), out=str(tmp_path / "run"), sample_rate=SR, val_split="val",
+        cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    detected = prepare_data(base, progress=False)
+    assert detected.multi_label
+    assert {float(item.target.sum()) for item in detected.train} == {2.0}  # multi-hot
+    forced_off = prepare_data(base.replace(multi_label=False), progress=False)
+    assert not forced_off.multi_label
+    # Single-label training as before: the two labels share the mass of one distribution.
+    assert {float(item.target.max()) for item in forced_off.train} == {0.5}
+
+
 def test_multi_label_run_end_to_end(pairs, tmp_path, capsys):
     config = TrainConfig(
         model="cnn-spec",
