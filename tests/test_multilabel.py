@@ -141,8 +141,12 @@ def test_multi_label_run_end_to_end(pairs, tmp_path, capsys):
     assert 0 <= result["micro_f1"] <= 1 and 0 <= result["macro_f1"] <= 1
     assert all(clip["tags"] is not None for clip in result["clips"])
 
-    # predict lists every label above its threshold, then the top-k.
     capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "test", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert f"lwlrap        {result['lwlrap']:>8.4f}" in table and "micro f1 @thr" in table
+
+    # predict lists every label above its threshold, then the top-k.
     assert main(["predict", str(run), str(pairs / "chirp+ringing_4.wav"), "--json"]) == 0
     [answer] = json.loads(capsys.readouterr().out)["results"]
     expected = [
