@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save
 
 from wavemel._io import atomic_write_bytes, atomic_write_json, atomic_write_text, os_error_reason
 from wavemel._paths import display_path
@@ -197,8 +198,6 @@ def _write_outputs(
 ) -> str:
     """Write one file's embedding (and windows) atomically; returns the clip output's name."""
     if format == "safetensors":
-        from safetensors.numpy import save
-
         tensors = {"embedding": embedding}
         if series is not None:
             tensors["window_embeddings"] = series.values.astype(np.float32)

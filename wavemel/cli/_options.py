@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from wavemel.errors import WavemelError
+
 __all__ = ["add_inference_options", "inference_kwargs"]
 
 
@@ -44,8 +46,6 @@ def inference_kwargs(args: argparse.Namespace) -> dict:
     Raises:
         WavemelError: ``--batch-size`` or ``--hop-seconds`` is not positive.
     """
-    from wavemel.errors import WavemelError
-
     if args.batch_size < 1:
         raise WavemelError(f"--batch-size must be at least 1, got {args.batch_size}")
     # "nan" and "inf" parse as floats; a NaN hop would otherwise pass "<= 0" and crash later.

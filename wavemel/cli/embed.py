@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel._paths import display_path
     from wavemel.data.files import find_audio_files
     from wavemel.embed import EmbeddingFolder, EmbeddingRecord, embed_files, write_index
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     records = [EmbeddingRecord(display_path(p.path), error=str(p)) for p in problems]
     progress = None
     if sys.stderr.isatty() and len(files) > 1:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: only when a bar is shown
 
         progress = tqdm(total=len(files), desc="embed", unit="file", leave=False)
     for record in embed_files(

@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.study.grid import reproduce
 
     config = StudyConfig(
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 def _command_line(config: StudyConfig, force: bool) -> str:
     """The command as it would be typed, rebuilt from the parsed options (also correct when
     ``main(argv)`` is called from Python, where ``sys.argv`` is someone else's)."""
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.study.report import equivalent_command
 
     return equivalent_command(config) + (" --force" if force else "")

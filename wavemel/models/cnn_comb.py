@@ -32,6 +32,7 @@ from wavemel.models._layers import (
     MAX_DENSE,
     check_num_classes,
     check_parameter_budget,
+    check_waveform,
     dense_head,
     dense_head_parameter_count,
 )
@@ -215,8 +216,7 @@ class CnnComb(nn.Module):
         Returns:
             ``(audio_feats (B, audio.conv_dim), spec_feats (B, spec.conv_dim))``.
         """
-        if x.dim() != 2:
-            raise ValueError(f"cnn-comb expects a (batch, samples) waveform, got {tuple(x.shape)}")
+        check_waveform(self.name, x, self.min_samples)
         frozen = not any(p.requires_grad for p in self.audio.parameters()) and not any(
             p.requires_grad for p in self.spec.parameters()
         )
@@ -229,11 +229,6 @@ class CnnComb(nn.Module):
             else:
                 audio = self.audio.conv_features(x)
             if self.zero_input == "spec":
-                if x.shape[-1] < self.spec.min_samples:
-                    raise ValueError(
-                        f"cnn-comb needs at least {self.spec.min_samples} samples, "
-                        f"got {x.shape[-1]}"
-                    )
                 frames = self.spec.frontend.num_frames(x.shape[-1])
                 zeros = x.new_zeros(1, 1, self.spec.config.n_mels, frames, dtype=torch.float32)
                 spec = self.spec.conv_features_from_spectrogram(zeros).expand(batch, -1)
