@@ -7,11 +7,13 @@ import csv
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from wavemel._io import atomic_write_text
 from wavemel._paths import display_path
 from wavemel.cli._options import add_inference_options, inference_kwargs
+from wavemel.errors import WavemelError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +48,7 @@ def expand_paths(paths: list[str]) -> tuple[list[Path], dict[str, str]]:
         them (each file once); ``errors`` maps each missing path or entry that is not a
         regular file (FIFO, broken link, link loop), shown escaped, to its one-line reason.
     """
+    # lazy: the data package imports soundfile, which `wavemel --help` must not
     from wavemel.data.files import find_audio_files
 
     files, problems = find_audio_files(paths)
@@ -58,8 +61,6 @@ def _submission_names(files: list[Path]) -> list[str]:
     Raises:
         WavemelError: Two different files share a file name (Kaggle keys rows by it).
     """
-    from wavemel.errors import WavemelError
-
     first: dict[str, Path] = {}
     for path in files:
         name = display_path(path.name)
@@ -113,9 +114,7 @@ def _json_result(path: Path, top: list[tuple[str, float]], tags: list | None) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
-    from wavemel.errors import WavemelError
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.infer import Tagger
 
     if args.top_k < 1:
@@ -142,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     fallback = [label for label, _ in tagger.top_k(tagger.empty_distribution, 3)]
     progress = None
     if not args.json and sys.stderr.isatty() and len(files) > 1:
+        # lazy: only a terminal run over several files shows a bar
         from tqdm import tqdm
 
         progress = tqdm(total=len(files), desc="predict", unit="file", leave=False)
