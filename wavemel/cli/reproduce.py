@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset",
         choices=tuple(PRESETS),
         default="cpu",
-        help="tiny: seconds, for tests; cpu: small models, under an hour on 2 cores for "
-        "fsdk18-mini; paper: paper-size models and 3 seeds, for a GPU (default cpu)",
+        help="tiny: seconds, for tests; cpu: small models and 3 seeds (or every fold), about "
+        "26 min a seed on 2 idle cores for fsdk18-mini; paper: paper-size models and 3 seeds, "
+        "for a GPU (default cpu)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the preset's)")
     parser.add_argument(

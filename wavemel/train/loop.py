@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from wavemel._device import half_dtype
 from wavemel._io import atomic_write_text, os_error_reason
-from wavemel.augment import Mixup, WaveformAugment
+from wavemel.augment import Mixup, WaveformAugment, eval_fill_for
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
 from wavemel.infer import predict_waveforms
@@ -243,8 +243,12 @@ class TrainStep:
     log_every: int = 10
     objective: Objective = Objective()
 
-    def inputs(self, waves, lengths, targets):
-        """Augmented (and mixed) inputs and soft targets of one batch, on the device."""
+    def inputs(self, waves, lengths, targets, weights):
+        """Augmented (and mixed) inputs, soft targets and loss weights of one batch, on the device.
+
+        Mixup mixes the per-clip loss weights like the targets, so a blend of a verified and an
+        unverified clip counts by how much of each it holds.
+        """
         with torch.no_grad():
             x = self.augment(waves, lengths)
             if self.spectrogram is not None:
@@ -252,8 +256,8 @@ class TrainStep:
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
             if self.mixup is not None:
-                x, targets = self.mixup(x, targets)
-        return x, targets
+                x, targets, weights = self.mixup(x, targets, weights)
+        return x, targets, weights
 
 
 def train_one_epoch(
@@ -303,7 +307,7 @@ def train_one_epoch(
         waves, lengths, targets, weights = (
             t.to(device, non_blocking=True) for t in (waves, lengths, targets, weights)
         )
-        x, targets = step.inputs(waves, lengths, targets)
+        x, targets, weights = step.inputs(waves, lengths, targets, weights)
         with torch.autocast(
             device.type, dtype=step.amp_dtype or torch.float32, enabled=step.amp_dtype is not None
         ):
@@ -336,6 +340,7 @@ def validate(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     empty_distribution: np.ndarray | None = None,
+    fill: str = "replicate",
     ctx: DistContext | None = None,
     objective: Objective = Objective(),
 ) -> dict[str, Any]:
@@ -354,6 +359,7 @@ def validate(
         device: Where to run the model.
         amp_dtype: Autocast dtype on CUDA, or ``None``.
         empty_distribution: (C,) prediction for empty clips (default uniform).
+        fill: How a clip shorter than a window is filled (the checkpoint's ``eval_fill``).
         ctx: Distributed context.
         objective: Single- or multi-label (sigmoid probabilities, BCE, mAP and lwlrap).
 
@@ -378,6 +384,7 @@ def validate(
                 batch_size=batch_size,
                 device=device,
                 empty_distribution=empty_distribution,
+                fill=fill,
                 # predict_waveforms picks the same autocast dtype as training on CUDA.
                 amp=amp_dtype is not None,
                 activation=objective.activation,
@@ -573,6 +580,7 @@ def fit(
         "frontend": _frontend_config(model),
         "train_config": run_config,
         "label_prior": prior.tolist(),
+        "eval_fill": eval_fill_for(config.p_replicate),
         # Only multi-label runs carry the key, so single-label checkpoints stay as they were.
         **({"multi_label": True} if data.multi_label else {}),
         **(extra_meta or {}),
@@ -614,6 +622,7 @@ def fit(
             device=device,
             amp_dtype=step.amp_dtype,
             empty_distribution=prior,
+            fill=base_meta["eval_fill"],
             ctx=ctx,
             objective=objective,
         )
