@@ -849,3 +849,119 @@ def test_stale_part_file_rejected_with_416_restarts_at_once(server, tmp_path):
     download_file(f"{server.url}/s.bin", dest, retries=0, progress=False)
     assert dest.read_bytes() == payload
     assert [r["range"] for r in server.requests] == ["bytes=4992-", None]
+
+
+# --- FSD50K: Zenodo md5 per part, split audio zips joined by Info-ZIP's zip ---------------------
+
+
+def _noise_wav(frames: int, seed: int) -> bytes:
+    """A WAV of random 16-bit samples: it does not compress, so zip -s splits it predictably."""
+    import numpy as np
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(seed).uniform(-0.9, 0.9, frames)
+    sf.write(buffer, noise, 16000, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
+def _split_zip_files(work: Path, folder: str, clips: dict[str, bytes], stem: str) -> dict:
+    """``zip -s 1m`` of ``folder/<clips>``: {part name: bytes} (.z01 ..., then .zip)."""
+    import subprocess
+
+    (work / folder).mkdir(parents=True)
+    for name, data in clips.items():
+        (work / folder / name).write_bytes(data)
+    subprocess.run(
+        ["zip", "-q", "-0", "-r", "-s", "1m", f"{stem}.zip", folder], cwd=work, check=True
+    )
+    return {p.name: p.read_bytes() for p in sorted(work.glob(f"{stem}.z*"))}
+
+
+def _fsd50k_archives(tmp_path: Path) -> dict[str, bytes]:
+    dev_csv = (
+        "fname,labels,mids,split\n"
+        '1,"Bark,Dog,Animal","/m/05tny_,/m/0bt9lr,/m/0jbk",train\n'
+        '2,"Guitar,Music","/m/0342h,/m/04rlf",train\n'
+        "3,Dog,/m/0bt9lr,train\n"
+        '4,"Guitar,Music","/m/0342h,/m/04rlf",val\n'
+        + "".join(f'{i},"Dog,Animal","/m/0bt9lr,/m/0jbk",train\n' for i in range(5, 10))
+    )
+    eval_csv = 'fname,labels,mids\n10,"Bark,Animal","/m/05tny_,/m/0jbk"\n11,Music,/m/04rlf\n'
+    eval_csv += "12,Music,/m/04rlf\n"
+    archives = {
+        "FSD50K.ground_truth.zip": _zip_bytes(
+            {
+                "FSD50K.ground_truth/dev.csv": dev_csv.encode(),
+                "FSD50K.ground_truth/eval.csv": eval_csv.encode(),
+            }
+        ),
+        "FSD50K.metadata.zip": _zip_bytes({"FSD50K.metadata/README.md": b"metadata"}),
+        "FSD50K.doc.zip": _zip_bytes({"FSD50K.doc/README.md": b"doc"}),
+    }
+    # 9 x 0.6 MB of dev audio in 1 MiB parts: .z01-.z05 + .zip; 3 x 0.5 MB of eval: .z01 + .zip.
+    # (No clip spans more than two parts, as in the real release: Info-ZIP 3.0's `zip -s 0`
+    # mis-joins an entry spread over three.)
+    dev = {f"{i}.wav": _noise_wav(300_000, i) for i in range(1, 10)}
+    evaluation = {f"{i}.wav": _noise_wav(250_000, i) for i in (10, 11, 12)}
+    archives.update(_split_zip_files(tmp_path / "dev", "FSD50K.dev_audio", dev, "FSD50K.dev_audio"))
+    archives.update(
+        _split_zip_files(tmp_path / "eval", "FSD50K.eval_audio", evaluation, "FSD50K.eval_audio")
+    )
+    return archives
+
+
+needs_zip = pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP's zip")
+
+
+@needs_zip
+def test_fsd50k_parts_are_verified_joined_and_load(server, tmp_path):
+    from wavemel.data import load_dataset
+    from wavemel.data.download import SOURCES
+
+    archives = _fsd50k_archives(tmp_path / "make")
+    # The made layout has exactly the parts the registered source lists.
+    assert sorted(archives) == sorted(r.name for r in SOURCES["fsd50k"].files)
+    server.files.update(archives)
+    server.files["zenodo-record-4060432.json"] = _zenodo_record(archives)
+    root = download_dataset("fsd50k", tmp_path / "data", base_url=server.url, progress=False)
+    index = load_dataset(root)  # detected as FSD50K
+    assert index.format == "fsd50k"
+    assert [len(index.split(s)) for s in ("train", "val", "test")] == [8, 1, 3]
+    assert not index.problems
+    # The joined audio is byte for byte what went into the split zips.
+    assert (root / "FSD50K.dev_audio" / "3.wav").read_bytes() == _noise_wav(300_000, 3)
+    marker = json.loads((root / MARKER_NAME).read_text())
+    assert {f["name"]: f["md5"] for f in marker["files"]} == {
+        name: hashlib.md5(data).hexdigest() for name, data in archives.items()
+    }
+    # Neither the parts nor the temporary joined zips are left behind.
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["fsd50k"]
+
+
+@needs_zip
+def test_fsd50k_part_with_wrong_md5_is_named_and_removed(server, tmp_path):
+    archives = _fsd50k_archives(tmp_path / "make")
+    server.files.update(archives)
+    server.files["zenodo-record-4060432.json"] = _zenodo_record(
+        archives, corrupt="FSD50K.dev_audio.z03"
+    )
+    with pytest.raises(DataError, match="md5 checksum mismatch") as info:
+        download_dataset("fsd50k", tmp_path / "data", base_url=server.url, progress=False)
+    assert "FSD50K.dev_audio.z03" in str(info.value)
+    assert not (tmp_path / "data" / "fsd50k").exists()
+    assert not (tmp_path / "data" / "FSD50K.dev_audio.z03").exists()
+    assert (tmp_path / "data" / "FSD50K.dev_audio.z02").is_file()  # verified: kept for the rerun
+
+
+@needs_zip
+def test_fsd50k_without_a_zip_program_keeps_the_parts_and_says_why(server, tmp_path, monkeypatch):
+    archives = _fsd50k_archives(tmp_path / "make")
+    server.files.update(archives)
+    server.files["zenodo-record-4060432.json"] = _zenodo_record(archives)
+    monkeypatch.setattr(download_module.shutil, "which", lambda name: None)
+    with pytest.raises(DataError, match="needs Info-ZIP's `zip`") as info:
+        download_dataset("fsd50k", tmp_path / "data", base_url=server.url, progress=False)
+    assert "\n" not in str(info.value)
+    assert (tmp_path / "data" / "FSD50K.eval_audio.z01").is_file()
+    assert not (tmp_path / "data" / "fsd50k").exists()

@@ -1,5 +1,9 @@
 """Scoring a trained run on a split: MAP@3 (Public/Private), top-1, per-class, confusion matrix.
 
+A multi-label run (sigmoid outputs) is also scored with the metrics of that field: macro mAP (as
+FSD50K reports), lwlrap (FSDKaggle2019's metric) and micro/macro F1 of the tags at the per-class
+thresholds stored in its checkpoint.
+
 :func:`compute_evaluation` rebuilds the clips of the chosen split from the run's own
 ``config.json`` (one :class:`~wavemel.data.splits.SplitSpec`) and scores each clip whole through
 :class:`wavemel.infer.Tagger`, the one scorer (input-length windows, probabilities averaged).
@@ -40,7 +44,11 @@ from wavemel.infer import Tagger
 from wavemel.metrics import (
     average_precision_per_class,
     confusion_matrix,
+    f1_at_thresholds,
+    lwlrap,
+    lwlrap_per_class,
     map_at_k,
+    mean_average_precision,
     per_class_map_at_k,
     top_k_accuracy,
 )
@@ -226,7 +234,10 @@ def compute_evaluation(
         their clip counts) when the records carry ``usage``, ``excluded`` (clips whose labels the
         model does not know), ``empty`` (clips without samples, answered with the training
         prior), ``clips`` (per clip: path, true labels, ``top3`` pairs; ``None`` when
-        unanswered) and ``confusion_matrix``.
+        unanswered) and ``confusion_matrix``. A multi-label run adds ``multi_label: true``,
+        ``map`` (macro mAP), ``lwlrap``, ``micro_f1``, ``macro_f1``, ``micro_precision``,
+        ``micro_recall`` (tags at the checkpoint's thresholds), per class ``lwlrap`` and
+        ``threshold``, and per clip its ``tags`` (every label at or above its threshold).
 
     Raises:
         CheckpointError: Missing/corrupt checkpoint, or ``zero_input`` on a non-cnn-comb model.
@@ -311,6 +322,9 @@ def _metrics(
         "top1": top_k_accuracy(scores, targets, k=1),
     }
     _usage_scores(result, records, scores, targets)
+    if tagger.multi_label:
+        _multi_label_metrics(result, tagger, records, scores, targets)
+        return result
     result["per_class"] = {
         label: {
             "map3": _nan_to_none(per_class_map[i]),
@@ -336,6 +350,55 @@ def _metrics(
     return result
 
 
+def _multi_label_metrics(
+    result: dict[str, Any],
+    tagger: Tagger,
+    records: list[ClipRecord],
+    scores: np.ndarray,
+    targets: np.ndarray,
+) -> None:
+    """The multi-label part of :func:`_metrics`: mAP, lwlrap, F1 at the thresholds, tags."""
+    thresholds = tagger.thresholds
+    per_class_ap = average_precision_per_class(scores, targets)
+    per_class_map = per_class_map_at_k(scores, targets, k=3)
+    per_class_lwlrap, _ = lwlrap_per_class(scores, targets)
+    counts = targets.sum(axis=0)
+    result.update(
+        multi_label=True,
+        map=mean_average_precision(scores, targets),
+        lwlrap=lwlrap(scores, targets),
+        **f1_at_thresholds(scores, targets, thresholds),
+    )
+    result["per_class"] = {
+        label: {
+            "map3": _nan_to_none(per_class_map[i]),
+            "ap": _nan_to_none(per_class_ap[i]),
+            "lwlrap": _nan_to_none(per_class_lwlrap[i]),
+            "threshold": float(thresholds[i]),
+            "n": int(counts[i]),
+        }
+        for i, label in enumerate(tagger.labels)
+    }
+    result["clips"] = []
+    for row, record in enumerate(records):
+        answered = not np.isnan(scores[row]).all()
+        result["clips"].append(
+            {
+                "path": str(record.path),
+                "labels": list(record.labels),
+                "tags": [[label, round(p, 6)] for label, p in tagger.above_threshold(scores[row])]
+                if answered
+                else None,
+                "top3": [[label, round(p, 6)] for label, p in tagger.top_k(scores[row], 3)]
+                if answered
+                else None,
+            }
+        )
+    # Each clip's first label against its best-scored label: a rough picture of the confusions.
+    first_label = np.array([int(np.flatnonzero(row)[0]) for row in targets])
+    result["confusion_matrix"] = confusion_matrix(first_label, scores, len(tagger.labels)).tolist()
+
+
 def write_evaluation(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write ``evaluation_<name>.json`` and ``confusion_<name>.png`` (see :func:`evaluation_name`).
 
@@ -346,7 +409,10 @@ def write_evaluation(result: dict[str, Any], out_dir: str | os.PathLike) -> dict
     name = evaluation_name(result["split"], result.get("zero_input"), result.get("mean_input"))
     png = out / f"confusion_{name}.png"
     json_path = out / f"evaluation_{name}.json"
-    title = f"{Path(result['run']).name} ({result['model']}) on {name}: MAP@3 {result['map3']:.3f}"
+    score = f"lwlrap {result['lwlrap']:.3f}" if result.get("multi_label") else "MAP@3"
+    if not result.get("multi_label"):
+        score += f" {result['map3']:.3f}"
+    title = f"{Path(result['run']).name} ({result['model']}) on {name}: {score}"
     labels = list(result["per_class"])
     plot_confusion(np.asarray(result["confusion_matrix"]), labels, title, png)
     result = {**result, "confusion_png": str(png), "json_path": str(json_path)}

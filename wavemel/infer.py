@@ -7,6 +7,10 @@ scored. A clip shorter than one window gives a single window filled the way trai
 short clips: ``"replicate"`` (the clip repeated from its start) or ``"pad"`` (zeros after it).
 Window probabilities (``softmax`` of the logits) are averaged (``"mean"``) or combined as a
 renormalised geometric mean (``"geometric"``: mean of log-probabilities, then ``softmax``).
+A multi-label model (``activation="sigmoid"``: the checkpoint says ``multi_label`` or its model's
+``output_activation`` is ``"sigmoid"``) scores each label on its own: window sigmoids are averaged
+(or their geometric mean taken) and never renormalised, and a clip's tags are every label at or
+above its decision threshold (the checkpoint's ``thresholds``, chosen on validation clips).
 
 :class:`Tagger` scores files read in blocks (``soundfile`` + streaming soxr resampling), so memory
 stays bounded however long the file is; the result equals scoring the whole decoded clip.
@@ -28,13 +32,17 @@ from wavemel import timeline as _timeline
 from wavemel._device import autocast, model_device, resolve_device
 from wavemel._paths import display_path
 from wavemel.audio import stream_audio
-from wavemel.checkpoint import load_model
-from wavemel.errors import AudioError, EmptyClipWarning, WavemelError
+from wavemel.checkpoint import CheckpointInfo, load_model
+from wavemel.errors import AudioError, CheckpointError, EmptyClipWarning, WavemelError
 from wavemel.timeline import WindowSeries
 
 __all__ = ["Tagger", "WindowSeries", "predict_waveforms", "window_starts", "fill_window"]
 
 _AGGREGATES = ("mean", "geometric")
+#: How logits become probabilities: one label per clip (softmax) or each label alone (sigmoid).
+ACTIVATIONS = ("softmax", "sigmoid")
+# Decision threshold of a sigmoid output whose checkpoint chose none (e.g. imported weights).
+_DEFAULT_THRESHOLD = 0.5
 _FILLS = ("replicate", "pad")
 # Frames read per block from a file: ~4 s at 44.1 kHz, small next to any model's activations.
 _BLOCK_FRAMES = 1 << 17
@@ -149,10 +157,14 @@ class _WindowStream:
 class _Aggregator:
     """Running per-clip sums of window probabilities (or log-probabilities): a window sink."""
 
-    def __init__(self, num_clips: int, num_classes: int, aggregate: str) -> None:
+    def __init__(
+        self, num_clips: int, num_classes: int, aggregate: str, normalise: bool = True
+    ) -> None:
         if aggregate not in _AGGREGATES:
             raise ValueError(f"aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
         self.aggregate = aggregate
+        # Softmax rows are a distribution; sigmoid rows score each label alone and stay as they are.
+        self.normalise = normalise
         self.sums = np.zeros((num_clips, num_classes), dtype=np.float64)
         self.counts = np.zeros(num_clips, dtype=np.int64)
 
@@ -165,8 +177,8 @@ class _Aggregator:
         scored = self.counts > 0
         mean = self.sums[scored] / self.counts[scored, None]
         if self.aggregate == "geometric":
-            mean = np.exp(mean - mean.max(axis=1, keepdims=True))
-        out[scored] = mean / mean.sum(axis=1, keepdims=True)
+            mean = np.exp(mean - mean.max(axis=1, keepdims=True) if self.normalise else mean)
+        out[scored] = mean / mean.sum(axis=1, keepdims=True) if self.normalise else mean
         out[~scored] = empty_distribution
         return out
 
@@ -210,6 +222,49 @@ def softmax_output(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 def log_softmax_output(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(model(batch).float(), dim=1)
+
+
+def sigmoid_output(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(model(batch).float())
+
+
+def log_sigmoid_output(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.logsigmoid(model(batch).float())
+
+
+def probability_output(activation: str, aggregate: str = "mean") -> WindowOutput:
+    """The window output that ``aggregate`` needs for ``activation`` probabilities."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if activation == "sigmoid":
+        return log_sigmoid_output if aggregate == "geometric" else sigmoid_output
+    return log_softmax_output if aggregate == "geometric" else softmax_output
+
+
+def checkpoint_activation(info: CheckpointInfo) -> str:
+    """``"sigmoid"`` for a multi-label checkpoint (or a model trained for sigmoid outputs)."""
+    multi_label = info.meta.get("multi_label") is True
+    return (
+        "sigmoid"
+        if multi_label or info.model_config.get("output_activation") == "sigmoid"
+        else "softmax"
+    )
+
+
+def _checkpoint_thresholds(info: CheckpointInfo) -> np.ndarray | None:
+    thresholds = info.meta.get("thresholds")
+    if thresholds is None:
+        return None
+    valid = isinstance(thresholds, list) and all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+        for t in thresholds
+    )
+    if not valid or len(thresholds) != info.num_classes:
+        raise CheckpointError(
+            f"{info.json_path}: field 'thresholds' must be {info.num_classes} finite numbers "
+            "(one per class)"
+        )
+    return np.asarray(thresholds, dtype=np.float64)
 
 
 def feature_output(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -280,6 +335,7 @@ def predict_waveforms(
     fill: str = "replicate",
     empty_distribution: np.ndarray | None = None,
     amp: bool = True,
+    activation: str = "softmax",
 ) -> np.ndarray:
     """Class probabilities of whole clips from window predictions.
 
@@ -297,18 +353,19 @@ def predict_waveforms(
         fill: How a clip shorter than a window is filled: ``"replicate"`` or ``"pad"``.
         empty_distribution: ``(C,)`` answer for empty clips (default uniform; the caller warns).
         amp: Mixed precision on CUDA (bfloat16 where supported, else float16); ignored on CPU.
+        activation: ``"softmax"`` (one label per clip) or ``"sigmoid"`` (multi-label).
 
     Returns:
-        ``(N, C)`` float64 probabilities; each row sums to 1.
+        ``(N, C)`` float64 probabilities; with softmax each row sums to 1.
     """
     hop = input_samples if hop_samples is None else hop_samples
     _check_window(input_samples, hop)
     if fill not in _FILLS:
         raise ValueError(f"fill must be one of {_FILLS}, got {fill!r}")
     num_classes = int(model.num_classes)
-    aggregator = _Aggregator(len(waveforms), num_classes, aggregate)
+    output = probability_output(activation, aggregate)
+    aggregator = _Aggregator(len(waveforms), num_classes, aggregate, activation == "softmax")
     target = _resolve_device(device, model)
-    output = log_softmax_output if aggregate == "geometric" else softmax_output
     scorer = _WindowRunner(
         model, aggregator, batch_size=batch_size, device=target, output=output, amp=amp
     )
@@ -347,6 +404,9 @@ class Tagger:
         sample_rate: Rate the model expects; files are resampled to it while reading.
         input_samples: Window length in samples.
         hop_samples: Distance between windows in samples.
+        activation: ``"softmax"`` or ``"sigmoid"`` (multi-label: each label scored alone).
+        thresholds: ``(C,)`` decision thresholds of a sigmoid model (0.5 where the checkpoint
+            chose none), ``None`` for softmax.
         meta: The checkpoint's metadata (empty when built directly).
     """
 
@@ -365,6 +425,8 @@ class Tagger:
         prior: Sequence[float] | None = None,
         block_frames: int = _BLOCK_FRAMES,
         meta: dict | None = None,
+        activation: str = "softmax",
+        thresholds: Sequence[float] | None = None,
     ) -> None:
         if len(labels) != int(model.num_classes):
             raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes")
@@ -390,6 +452,21 @@ class Tagger:
                 raise ValueError("prior must hold one non-negative weight per label")
             prior = prior / prior.sum()
         self.prior = prior
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        if thresholds is None and activation == "sigmoid":
+            thresholds = np.full(len(self.labels), _DEFAULT_THRESHOLD)
+        if thresholds is not None:
+            thresholds = np.asarray(thresholds, dtype=np.float64)
+            if thresholds.shape != (len(self.labels),):
+                raise ValueError("thresholds must hold one value per label")
+        self.thresholds = thresholds
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each label is scored alone (sigmoid) and tags are the labels above threshold."""
+        return self.activation == "sigmoid"
 
     @classmethod
     def from_checkpoint(
@@ -432,6 +509,8 @@ class Tagger:
             device=device,
             prior=info.label_prior,
             meta=info.meta,
+            activation=checkpoint_activation(info),
+            thresholds=_checkpoint_thresholds(info),
         )
 
     @property
@@ -501,8 +580,10 @@ class Tagger:
         self, items: Sequence[str | os.PathLike | np.ndarray]
     ) -> list[tuple[np.ndarray | None, AudioError | None]]:
         """Score several clips with shared batches; each is streamed block by block."""
-        aggregator = _Aggregator(len(items), len(self.labels), self.aggregate)
-        output = log_softmax_output if self.aggregate == "geometric" else softmax_output
+        aggregator = _Aggregator(
+            len(items), len(self.labels), self.aggregate, normalise=not self.multi_label
+        )
+        output = probability_output(self.activation, self.aggregate)
         failures, empty, _ = self._stream_windows(items, self._runner(aggregator, output))
         for name in empty:
             self._warn_empty(name)
@@ -545,13 +626,15 @@ class Tagger:
             hop_seconds: Window hop; default this tagger's hop.
 
         Returns:
-            A :class:`WindowSeries` with ``values`` of shape ``(W, C)`` (softmax per window); an
-            empty clip has no windows.
+            A :class:`WindowSeries` with ``values`` of shape ``(W, C)`` (softmax, or sigmoid for a
+            multi-label model, per window); an empty clip has no windows.
 
         Raises:
             AudioError: The file is missing or cannot be decoded.
         """
-        return self._window_series(path_or_waveform, softmax_output, hop_seconds)
+        return self._window_series(
+            path_or_waveform, probability_output(self.activation), hop_seconds
+        )
 
     def window_embeddings(
         self, path_or_waveform: str | os.PathLike | np.ndarray, hop_seconds: float | None = None
@@ -636,6 +719,22 @@ class Tagger:
         """The ``top_k`` best ``(label, probability)`` pairs; ties go to the lower class index."""
         order = np.argsort(-np.asarray(probabilities), kind="stable")[:top_k]
         return [(self.labels[i], float(probabilities[i])) for i in order]
+
+    def above_threshold(self, probabilities: np.ndarray) -> list[tuple[str, float]]:
+        """Every ``(label, probability)`` at or above its decision threshold, best first.
+
+        Raises:
+            ValueError: A single-label (softmax) tagger without thresholds: its tag is the top-1.
+        """
+        if self.thresholds is None:
+            raise ValueError("no decision thresholds: a single-label model's tag is its top-1")
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        order = np.argsort(-probabilities, kind="stable")
+        return [
+            (self.labels[i], float(probabilities[i]))
+            for i in order
+            if probabilities[i] >= self.thresholds[i]
+        ]
 
     def tag(
         self, path_or_waveform: str | os.PathLike | np.ndarray, top_k: int = 3

@@ -1,5 +1,10 @@
 """Ranking and classification metrics as pure numpy functions.
 
+Single-label (FSDKaggle2018): MAP@k, top-k accuracy, per-class MAP@k and AP, confusion matrix.
+Multi-label (FSDKaggle2019, FSD50K): macro mAP (:func:`mean_average_precision`), lwlrap
+(:func:`lwlrap`), per-class decision thresholds (:func:`choose_thresholds`) and F1 at them
+(:func:`f1_at_thresholds`).
+
 Every function takes ``scores`` of shape ``(N, C)`` (any real numbers where larger means more
 likely: probabilities, logits) and ``targets`` either as ``(N,)`` integer class indices or as an
 ``(N, C)`` multi-hot matrix (any non-zero entry marks a true label).
@@ -22,8 +27,14 @@ import numpy as np
 __all__ = [
     "average_precision_at_k",
     "average_precision_per_class",
+    "choose_thresholds",
     "confusion_matrix",
+    "f1_at_thresholds",
+    "label_ranking_precisions",
+    "lwlrap",
+    "lwlrap_per_class",
     "map_at_k",
+    "mean_average_precision",
     "per_class_map_at_k",
     "rank_classes",
     "top_k_accuracy",
@@ -258,3 +269,156 @@ def confusion_matrix(
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (targets, predictions), 1)
     return matrix
+
+
+# -- multi-label ------------------------------------------------------------------------------
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Macro mAP: the mean of :func:`average_precision_per_class` over classes with a positive clip.
+
+    This is the headline metric FSD50K reports. Classes without a positive clip in ``targets``
+    have no AP and are left out of the mean.
+
+    Returns:
+        A float in ``[0, 1]``; ``nan`` when no class has a positive clip.
+    """
+    per_class = average_precision_per_class(scores, targets)
+    defined = per_class[~np.isnan(per_class)]
+    return float(defined.mean()) if defined.size else float("nan")
+
+
+def label_ranking_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For every true label of every clip, the precision of the clip's ranking at that label.
+
+    With the clip's classes ranked (ties by class index), a true label at rank ``r`` with ``h``
+    true labels at ranks ``1..r`` gets ``h / r``. Averaged over a clip's labels this is the
+    clip's label-ranking average precision (scikit-learn's ``label_ranking_average_precision_score``
+    per clip, when no scores tie).
+
+    Returns:
+        ``(N, C)`` float64: the precision where ``targets`` holds a true label, 0 elsewhere; a
+        clip without an answer gets 0 for each of its labels (a miss).
+    """
+    scores, hot = _check(scores, targets)
+    order = rank_classes(scores)
+    ranked_hits = np.take_along_axis(hot, order, axis=1).astype(np.float64)
+    ranks = np.arange(1, scores.shape[1] + 1, dtype=np.float64)
+    precision = np.cumsum(ranked_hits, axis=1) / ranks * ranked_hits
+    out = np.zeros_like(precision)
+    np.put_along_axis(out, order, precision, axis=1)
+    out[unanswered(scores)] = 0.0
+    return out
+
+
+def lwlrap_per_class(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class label-ranking precision and each class's weight in :func:`lwlrap`.
+
+    Returns:
+        ``(precision, weight)``, both ``(C,)`` float64: ``precision[c]`` is the mean of
+        :func:`label_ranking_precisions` over the clips labelled ``c`` (``nan`` for a class without
+        clips), ``weight[c]`` its share of all true labels (the weights sum to 1).
+    """
+    precisions = label_ranking_precisions(scores, targets)
+    _, hot = _check(scores, targets)
+    counts = hot.sum(axis=0).astype(np.float64)
+    total = counts.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(counts > 0, precisions.sum(axis=0) / np.maximum(counts, 1), np.nan)
+    weight = counts / total if total else np.zeros_like(counts)
+    return per_class, weight
+
+
+def lwlrap(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Label-weighted label-ranking average precision (the FSDKaggle2019 metric).
+
+    Every (clip, true label) pair counts once: lwlrap is the mean of
+    :func:`label_ranking_precisions` over all true labels, i.e. each class's mean precision
+    weighted by how many labels it has. Unlike the per-clip mean (LRAP), a clip with three labels
+    weighs three times as much as one with a single label.
+
+    Returns:
+        A float in ``[0, 1]``; ``nan`` when ``targets`` holds no label.
+    """
+    precisions = label_ranking_precisions(scores, targets)
+    _, hot = _check(scores, targets)
+    total = hot.sum()
+    return float(precisions.sum() / total) if total else float("nan")
+
+
+def _check_thresholds(thresholds: np.ndarray, num_classes: int) -> np.ndarray:
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.shape != (num_classes,):
+        raise ValueError(f"thresholds must have shape ({num_classes},), got {thresholds.shape}")
+    return thresholds
+
+
+def choose_thresholds(scores: np.ndarray, targets: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per-class decision thresholds that maximise each class's F1 on these clips.
+
+    For each class the clips are sorted by score and every cut between two distinct scores is
+    tried; the threshold is the midpoint of the cut (halfway to the next lower score, so a
+    slightly different clip on the border is not decided by rounding). Clips without an answer
+    are ignored. A class without a positive clip keeps ``default`` (F1 is 0 whatever it is).
+
+    Args:
+        scores: ``(N, C)`` scores (sigmoid probabilities for the default to make sense).
+        targets: ``(N,)`` class indices or ``(N, C)`` multi-hot.
+        default: Threshold of classes without a positive clip.
+
+    Returns:
+        ``(C,)`` float64; a clip is tagged with class ``c`` when ``score >= thresholds[c]``.
+    """
+    scores, hot = _check(scores, targets)
+    answered = ~unanswered(scores)
+    scores, hot = scores[answered], hot[answered]
+    thresholds = np.full(scores.shape[1], float(default))
+    for c in range(scores.shape[1]):
+        positives = int(hot[:, c].sum())
+        if positives == 0:
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        ranked, hits = scores[order, c], hot[order, c]
+        true_positives = np.cumsum(hits)
+        predicted = np.arange(1, len(ranked) + 1)
+        f1 = 2.0 * true_positives / (predicted + positives)
+        # Only a cut after the last clip of a run of equal scores can be made by a threshold.
+        cuttable = np.append(ranked[1:] < ranked[:-1], True)
+        best = int(np.flatnonzero(cuttable)[np.argmax(f1[cuttable])])
+        below = ranked[best + 1] if best + 1 < len(ranked) else ranked[best]
+        thresholds[c] = (ranked[best] + below) / 2.0 if below < ranked[best] else ranked[best]
+    return thresholds
+
+
+def f1_at_thresholds(
+    scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray
+) -> dict[str, float]:
+    """Micro and macro F1 of the tags ``score >= threshold``.
+
+    Micro F1 pools every (clip, class) decision; macro F1 is the mean of the per-class F1 over
+    classes with at least one positive clip (the others have no recall to speak of). A clip
+    without an answer is tagged with nothing, so its labels are misses.
+
+    Returns:
+        ``{"micro_f1", "macro_f1", "micro_precision", "micro_recall"}``; ``nan`` where undefined.
+    """
+    scores, hot = _check(scores, targets)
+    thresholds = _check_thresholds(thresholds, scores.shape[1])
+    with np.errstate(invalid="ignore"):
+        tagged = scores >= thresholds[None, :]  # NaN rows compare False: tagged with nothing
+    tp = (tagged & hot).sum(axis=0).astype(np.float64)
+    fp = (tagged & ~hot).sum(axis=0).astype(np.float64)
+    fn = (~tagged & hot).sum(axis=0).astype(np.float64)
+
+    def ratio(num: float, den: float) -> float:
+        return float(num / den) if den else float("nan")
+
+    positive = hot.any(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = 2 * tp / (2 * tp + fp + fn)
+    return {
+        "micro_f1": ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum()),
+        "macro_f1": float(per_class[positive].mean()) if positive.any() else float("nan"),
+        "micro_precision": ratio(tp.sum(), tp.sum() + fp.sum()),
+        "micro_recall": ratio(tp.sum(), tp.sum() + fn.sum()),
+    }

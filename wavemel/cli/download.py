@@ -9,7 +9,7 @@ from wavemel.errors import WavemelError
 
 # The registry keys of wavemel.data.download.SOURCES, repeated here so that ``wavemel --help``
 # does not import the data package (numpy, soundfile); tests check that the two agree.
-DATASETS = ("esc50", "fsdd", "fsdkaggle2018")
+DATASETS = ("esc50", "fsd50k", "fsdd", "fsdkaggle2018")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,9 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Download a public data set from its official host and unpack it into the "
         "layout the data adapters read. Interrupted downloads resume when run again.",
         epilog="fsdkaggle2018: Zenodo record 2552860 (~4.8 GB; every zip is checked against the "
-        "md5 that Zenodo lists for the record); fsdd: Free Spoken Digit Dataset (GitHub); esc50: "
-        "ESC-50 (GitHub). GitHub snapshots carry no checksum and are checked for being valid "
-        "archives.",
+        "md5 that Zenodo lists for the record); fsd50k: Zenodo record 4060432 (~30 GB, checked "
+        "the same way; its split audio zips are joined with Info-ZIP's zip); fsdd: Free Spoken "
+        "Digit Dataset (GitHub); esc50: ESC-50 (GitHub). GitHub snapshots carry no checksum and "
+        "are checked for being valid archives.",
     )
     parser.add_argument("name", choices=DATASETS, help="data set to fetch")
     parser.add_argument("--to", type=Path, required=True, help="parent folder of the data set")
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--base-url",
         default=None,
-        help="fetch archives (and fsdkaggle2018's zenodo-record-2552860.json checksum list) from "
+        help="fetch archives (and the Zenodo checksum list, zenodo-record-ID.json) from "
         "BASE_URL/<file name> (a mirror); default $WAVEMEL_DOWNLOAD_BASE_URL or the official host",
     )
     parser.add_argument("--retries", type=int, default=4, help="retries per archive (default 4)")

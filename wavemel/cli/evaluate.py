@@ -61,6 +61,13 @@ def format_table(result: dict) -> str:
             label = f"MAP@3 {part.capitalize()}"
             lines.append(f"{label:<14}{value:>8.4f}  ({result[f'n_{part}']} clips)")
     lines.append(f"{'top-1 acc':<14}{result['top1']:>8.4f}")
+    if result.get("multi_label"):
+        for key, label in (("map", "mAP (macro)"), ("lwlrap", "lwlrap")):
+            lines.append(f"{label:<14}{result[key]:>8.4f}")
+        for key in ("micro_f1", "macro_f1"):
+            value = result[key]
+            shown = "-" if value is None or value != value else f"{value:.4f}"  # NaN: undefined
+            lines.append(f"{key.replace('_', ' ') + ' @thr':<14}{shown:>8}")
     lines += ["", f"{'class':<28}{'n':>5}{'MAP@3':>8}{'AP':>8}"]
     for label, row in result["per_class"].items():
         if row["n"] == 0:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from wavemel._io import atomic_write_text
 from wavemel._paths import display_path
 from wavemel.cli._options import add_inference_options, inference_kwargs
+from wavemel.errors import AudioError, WavemelError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="tag audio files or folders with a trained run",
         description="Tag each file (folders are searched recursively for audio files) with the "
-        "top-k labels of a run's best checkpoint. Files that cannot be decoded are listed at "
+        "top-k labels of a run's best checkpoint; a multi-label run first lists every label at "
+        "or above its decision threshold. Files that cannot be decoded are listed at "
         "the end and make the exit status 1; every other file is still tagged.",
     )
     parser.add_argument("run", metavar="RUN", help="run folder, or a checkpoint .json")
@@ -29,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--submission",
         metavar="CSV",
-        help="also write a Kaggle submission (fname,label with three labels for every file)",
+        help="also write a Kaggle submission (fname,label with three labels for every file; for "
+        "a multi-label run fname and one probability column per label, as FSDKaggle2019)",
     )
     parser.add_argument(
         "--timeline",
@@ -68,6 +73,7 @@ def expand_paths(paths: list[str]) -> tuple[list[Path], dict[str, str]]:
         them (each file once); ``errors`` maps each missing path or entry that is not a
         regular file (FIFO, broken link, link loop), shown escaped, to its one-line reason.
     """
+    # lazy: the data package imports soundfile, which `wavemel --help` must not
     from wavemel.data.files import find_audio_files
 
     files, problems = find_audio_files(paths)
@@ -80,8 +86,6 @@ def _submission_names(files: list[Path]) -> list[str]:
     Raises:
         WavemelError: Two different files share a file name (Kaggle keys rows by it).
     """
-    from wavemel.errors import WavemelError
-
     first: dict[str, Path] = {}
     for path in files:
         name = display_path(path.name)
@@ -105,7 +109,7 @@ def _write_submission(path: Path, rows: list[tuple[str, list[str]]]) -> None:
 
 def _check_timeline_options(args: argparse.Namespace, files: list[Path]) -> None:
     """Refuse bad --timeline / --plot / --threshold / --all settings before any tagging."""
-    from wavemel.errors import WavemelError
+    # lazy: figures imports torch, which `wavemel --help` must not
     from wavemel.figures import check_figure_path
 
     if args.threshold is not None and not 0 < args.threshold <= 1:
@@ -126,9 +130,7 @@ def _check_timeline_options(args: argparse.Namespace, files: list[Path]) -> None
 
 def _write_timelines(args: argparse.Namespace, tagger, files: list[Path], errors: dict) -> None:
     """The --timeline CSV (streamed, renamed in at the end) and the --plot figure."""
-    import contextlib
-
-    from wavemel.errors import AudioError
+    # lazy: figures imports torch, which `wavemel --help` must not
     from wavemel.figures import plot_timeline
     from wavemel.timeline import DEFAULT_THRESHOLD, TimelineCsv, timeline
 
@@ -163,10 +165,39 @@ def _write_timelines(args: argparse.Namespace, tagger, files: list[Path], errors
             print(f"wrote {written}", file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> int:
-    import warnings
+def _write_probability_submission(
+    path: Path, labels: list[str], rows: list[tuple[str, list[float]]]
+) -> None:
+    """Write ``fname,<label>...`` rows of probabilities atomically (FSDKaggle2019's format)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["fname", *labels])
+    writer.writerows([fname, *(f"{p:.6f}" for p in probabilities)] for fname, probabilities in rows)
+    atomic_write_text(path, text.getvalue())
 
-    from wavemel.errors import WavemelError
+
+def _shown(pairs: list[tuple[str, float]]) -> str:
+    return "  ".join(f"{label} {score:.3f}" for label, score in pairs)
+
+
+def _text_line(path: Path, top: list[tuple[str, float]], tags: list | None) -> str:
+    """``path<TAB>top-k``, or for a multi-label run ``path<TAB>tags<TAB>(top-k: ...)``."""
+    if tags is None:
+        return f"{display_path(path)}\t{_shown(top)}"
+    shown = _shown(tags) or "(no label above its threshold)"
+    return f"{display_path(path)}\t{shown}\t(top-{len(top)}: {_shown(top)})"
+
+
+def _json_result(path: Path, top: list[tuple[str, float]], tags: list | None) -> dict:
+    result = {"path": display_path(path), "tags": [{"label": k, "score": p} for k, p in top]}
+    if tags is not None:
+        # Multi-label: every label at or above its threshold, best first.
+        result["labels"] = [{"label": k, "score": p} for k, p in tags]
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.infer import Tagger
 
     if args.top_k < 1:
@@ -186,12 +217,15 @@ def run(args: argparse.Namespace) -> int:
     tagger = Tagger.from_checkpoint(args.run, **inference_kwargs(args))
     top_k = min(args.top_k, len(tagger.labels))
     results: list[tuple[Path, list[tuple[str, float]]]] = []
+    tags: dict[Path, list[tuple[str, float]]] = {}  # multi-label: the labels above threshold
+    probability_rows: list[tuple[str, list[float]]] = []
     # Kaggle rejects a submission that lacks a test file, so an undecodable one still gets a row
     # (the empty-clip answer: training prior or uniform); it is reported like any bad file.
     rows: list[tuple[str, list[str]]] = []
     fallback = [label for label, _ in tagger.top_k(tagger.empty_distribution, 3)]
     progress = None
     if not args.json and sys.stderr.isatty() and len(files) > 1:
+        # lazy: only a terminal run over several files shows a bar
         from tqdm import tqdm
 
         progress = tqdm(total=len(files), desc="predict", unit="file", leave=False)
@@ -203,13 +237,16 @@ def run(args: argparse.Namespace) -> int:
             if error is not None:
                 errors[display_path(path)] = error
                 rows.append((names.get(path, ""), fallback))
+                probability_rows.append((names.get(path, ""), list(tagger.empty_distribution)))
                 continue
             ranked = tagger.top_k(probabilities, max(top_k, 3))
             results.append((path, ranked))
             rows.append((names.get(path, ""), [label for label, _ in ranked[:3]]))
+            probability_rows.append((names.get(path, ""), [float(p) for p in probabilities]))
+            if tagger.multi_label:
+                tags[path] = tagger.above_threshold(probabilities)
             if not args.json:
-                shown = "  ".join(f"{label} {score:.3f}" for label, score in ranked[:top_k])
-                line = f"{display_path(path)}\t{shown}"
+                line = _text_line(path, ranked[:top_k], tags.get(path))
                 if progress is None:
                     print(line, flush=True)
                 else:
@@ -222,17 +259,16 @@ def run(args: argparse.Namespace) -> int:
         payload = {
             "run": display_path(args.run),
             "results": [
-                {
-                    "path": display_path(path),
-                    "tags": [{"label": label, "score": score} for label, score in ranked[:top_k]],
-                }
-                for path, ranked in results
+                _json_result(path, ranked[:top_k], tags.get(path)) for path, ranked in results
             ],
             "errors": errors,
         }
         print(json.dumps(payload, indent=2))
     if submission is not None:
-        _write_submission(submission, rows)
+        if tagger.multi_label:
+            _write_probability_submission(submission, tagger.labels, probability_rows)
+        else:
+            _write_submission(submission, rows)
         guessed = len(rows) - len(results)
         note = f", {guessed} undecodable given the prior answer" if guessed else ""
         print(f"wrote {submission} ({len(rows)} files{note})", file=sys.stderr)

@@ -138,6 +138,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="keep the first N conv blocks frozen (cnn14)",
     )
+    parser.add_argument(
+        "--multi-label",
+        dest="multi_label",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="sigmoid outputs, binary cross-entropy and per-label thresholds (default: on when "
+        "any training clip has several labels)",
+    )
     add_runtime_flags(parser)
     parser.set_defaults(func=run)
 

@@ -10,6 +10,20 @@ Formats (``load_dataset(root, format=...)``, ``wavemel ... --format``):
     The Kaggle competition layout: ``train.csv`` (fname,label,manually_verified),
     ``audio_train/``, ``audio_test/``, and optionally ``test_post_competition*.csv`` at the root
     for test labels.
+``fsdkaggle2019``
+    The Kaggle competition layout of FSDKaggle2019 (multi-label, 80 classes):
+    ``train_curated.csv`` and ``train_noisy.csv`` (``fname,labels``; several labels in one quoted
+    cell, ``"Bark,Growling"``) with ``train_curated/`` and ``train_noisy/``, and the unlabelled
+    ``test/`` folder, whose clips ``sample_submission.csv`` lists. Curated clips count as
+    manually verified and noisy ones as not (so ``unverified_weight`` applies to them). A
+    ``test_post_competition.csv`` (``fname,labels[,usage]``) at the root labels the test clips.
+``fsd50k``
+    The Zenodo release of FSD50K (multi-label, 200 classes): ``FSD50K.ground_truth/dev.csv``
+    (``fname,labels,mids,split``; ``fname`` is the clip id without ``.wav``) over
+    ``FSD50K.dev_audio/``, and ``FSD50K.ground_truth/eval.csv`` (``fname,labels,mids``) over
+    ``FSD50K.eval_audio/``. Dev clips keep the release's own ``split`` (``train`` or ``val``:
+    train with ``--val-split val`` to validate on it), eval clips are the ``test`` split; the
+    AudioSet ids go to ``record.fields["mids"]``.
 ``folder``
     One folder per class: ``ROOT/<label>/**/*.wav`` (also flac, ogg, mp3, aiff).
 ``csv``
@@ -29,7 +43,9 @@ Formats (``load_dataset(root, format=...)``, ``wavemel ... --format``):
 Auto-detection (``format=None``) tries, in this order: a ``.csv`` file -> ``csv``; a
 ``label_pattern`` given -> ``pattern``; ``FSDKaggle2018.meta/train_post_competition.csv`` (or that
 CSV at the root) -> ``fsdkaggle2018``; ``train.csv`` next to ``audio_train/`` or ``audio_test/``
--> ``fsdkaggle2018-kaggle``; ``manifest.csv`` -> ``csv``; sub-folders holding audio -> ``folder``.
+-> ``fsdkaggle2018-kaggle``; ``train_curated.csv`` -> ``fsdkaggle2019``;
+``FSD50K.ground_truth/dev.csv`` -> ``fsd50k``; ``manifest.csv`` -> ``csv``; sub-folders holding
+audio -> ``folder``.
 
 Folders are searched by :mod:`wavemel.data.files` (FIFOs, broken links and link loops are
 problems named one by one, never opened). Loading never decodes audio: it lists folders, stats
@@ -55,7 +71,15 @@ from wavemel.errors import AudioError, DataError
 
 __all__ = ["FORMATS", "load_dataset", "detect_format", "read_fsdkaggle2018_metadata"]
 
-FORMATS = ("fsdkaggle2018", "fsdkaggle2018-kaggle", "folder", "csv", "pattern")
+FORMATS = (
+    "fsdkaggle2018",
+    "fsdkaggle2018-kaggle",
+    "fsdkaggle2019",
+    "fsd50k",
+    "folder",
+    "csv",
+    "pattern",
+)
 
 ZENODO_META = "FSDKaggle2018.meta"
 ZENODO_TRAIN_AUDIO = "FSDKaggle2018.audio_train"
@@ -64,6 +88,17 @@ TRAIN_CSV = "train_post_competition.csv"
 # The Zenodo release ships only the scored rows; Kaggle mirrors ship all 9,400 (with "Ignored").
 TEST_CSVS = ("test_post_competition_scoring_clips.csv", "test_post_competition.csv")
 MANIFEST = "manifest.csv"
+# FSDKaggle2019 (Kaggle layout): (CSV, audio folder, manually verified) per training part.
+FSDK19_TRAIN = (
+    ("train_curated.csv", "train_curated", True),
+    ("train_noisy.csv", "train_noisy", False),
+)
+FSDK19_TEST_DIR = "test"
+FSDK19_SUBMISSION = "sample_submission.csv"
+FSDK19_TEST_LABELS = "test_post_competition.csv"
+FSD50K_META = "FSD50K.ground_truth"
+FSD50K_DEV_AUDIO = "FSD50K.dev_audio"
+FSD50K_EVAL_AUDIO = "FSD50K.eval_audio"
 
 # A file this small may hold no samples at all (a WAV header alone is 44 bytes); only such files
 # get their header read, so indexing stays a directory listing plus stats.
@@ -150,6 +185,10 @@ def detect_format(root: str | os.PathLike, *, label_pattern: str | None = None) 
         (root / "audio_train").is_dir() or (root / "audio_test").is_dir()
     ):
         return "fsdkaggle2018-kaggle"
+    if (root / FSDK19_TRAIN[0][0]).is_file():
+        return "fsdkaggle2019"
+    if (root / FSD50K_META / "dev.csv").is_file():
+        return "fsd50k"
     if (root / MANIFEST).is_file():
         return "csv"
     if any(_has_audio(sub) for sub in _subdirs(root)):
@@ -159,7 +198,8 @@ def detect_format(root: str | os.PathLike, *, label_pattern: str | None = None) 
         hint = " (audio files at the top level: use --format pattern --label-pattern ...)"
     raise DataError(
         f"{root}: no known dataset layout found{hint}; looked for {ZENODO_META}/{TRAIN_CSV}, "
-        f"train.csv with audio_train/, {MANIFEST}, and class sub-folders holding audio"
+        f"train.csv with audio_train/, {FSDK19_TRAIN[0][0]}, {FSD50K_META}/dev.csv, {MANIFEST}, "
+        "and class sub-folders holding audio"
     )
 
 
@@ -341,9 +381,54 @@ def _load_pattern(
     return records
 
 
+def _load_fsdkaggle2019(
+    root: Path, problems: list[Problem], _pattern: str | None
+) -> list[ClipRecord]:
+    if not (root / FSDK19_TRAIN[0][0]).is_file():
+        raise DataError(f"{root}: not an FSDKaggle2019 folder (no {FSDK19_TRAIN[0][0]})")
+    records = []
+    for csv_name, audio_name, verified in FSDK19_TRAIN:
+        if (root / csv_name).is_file():
+            records += _multi_label_records(
+                root / csv_name, root / audio_name, problems, manually_verified=verified
+            )
+    test_dir = root / FSDK19_TEST_DIR
+    if (root / FSDK19_TEST_LABELS).is_file():
+        test = _multi_label_records(root / FSDK19_TEST_LABELS, test_dir, problems, split="test")
+    elif (root / FSDK19_SUBMISSION).is_file():
+        # The submission template lists every test clip (its other columns are label scores).
+        header, rows = _read_csv(root / FSDK19_SUBMISSION, problems)
+        _require_columns(root / FSDK19_SUBMISSION, header, rows, ("fname",))
+        names = [row["fname"].strip() for _, row in rows]
+        test = [ClipRecord(path=test_dir / name, labels=(), split="test") for name in names]
+    else:
+        files, found_problems = (
+            walk_audio_files(test_dir, recursive=False) if test_dir.is_dir() else ([], [])
+        )
+        problems += found_problems
+        test = [ClipRecord(path=path, labels=(), split="test") for path in files]
+    return records + test
+
+
+def _load_fsd50k(root: Path, problems: list[Problem], _pattern: str | None) -> list[ClipRecord]:
+    meta = root / FSD50K_META
+    if not (meta / "dev.csv").is_file():
+        raise DataError(f"{root}: not an FSD50K folder (no {FSD50K_META}/dev.csv)")
+    records = _multi_label_records(
+        meta / "dev.csv", root / FSD50K_DEV_AUDIO, problems, suffix=".wav", split_column="split"
+    )
+    if (meta / "eval.csv").is_file():
+        records += _multi_label_records(
+            meta / "eval.csv", root / FSD50K_EVAL_AUDIO, problems, suffix=".wav", split="test"
+        )
+    return records
+
+
 _ADAPTERS: dict[str, Callable[..., list[ClipRecord]]] = {
     "fsdkaggle2018": _load_zenodo,
     "fsdkaggle2018-kaggle": _load_kaggle,
+    "fsdkaggle2019": _load_fsdkaggle2019,
+    "fsd50k": _load_fsd50k,
     "folder": _load_folder,
     "csv": _load_csv,
     "pattern": _load_pattern,
@@ -414,6 +499,52 @@ def _fsd_test_records(
         for path in files:
             if path.name not in listed:
                 records.append(ClipRecord(path=path, labels=(), split="test"))
+    return records
+
+
+def _multi_label_records(
+    metadata: Path,
+    audio_dir: Path,
+    problems: list[Problem],
+    *,
+    split: str = "train",
+    split_column: str | None = None,
+    suffix: str = "",
+    manually_verified: bool | None = None,
+) -> list[ClipRecord]:
+    """Rows ``fname,labels[,...]`` of a Freesound multi-label CSV (FSDKaggle2019, FSD50K).
+
+    Args:
+        metadata: The CSV; ``labels`` holds the clip's labels comma-separated in one cell.
+        audio_dir: Folder of the clips.
+        problems: Where a training row without a label is reported (it is left out).
+        split: Split of every row, unless ``split_column`` names a column that gives it.
+        split_column: Column holding each row's split (FSD50K's ``split``: train / val).
+        suffix: Appended to ``fname`` to name the file (FSD50K lists ids without ``.wav``).
+        manually_verified: The flag every record of this CSV gets.
+    """
+    header, rows = _read_csv(metadata, problems)
+    columns = ("fname", "labels") + ((split_column,) if split_column else ())
+    _require_columns(metadata, header, rows, columns)
+    records = []
+    for line, row in rows:
+        path = audio_dir / (row["fname"].strip() + suffix)
+        row_split = (row[split_column].strip() or split) if split_column else split
+        labels = _split_labels(row["labels"])
+        if row_split == "train" and not labels:
+            where = f"{metadata.name} line {line}"
+            problems.append(Problem(path, "no_label", f"{where}: training row without a label"))
+            continue
+        records.append(
+            ClipRecord(
+                path=path,
+                labels=labels,
+                split=row_split,
+                manually_verified=manually_verified,
+                usage=(row.get("usage") or "").strip() or None,
+                fields=_extra_fields(row, ("fname", "labels", "usage", split_column or "")),
+            )
+        )
     return records
 
 

@@ -24,9 +24,16 @@ unpacking wrote and says how to continue.
 Checksums: the FSDKaggle2018 archives are verified against the md5 sums that Zenodo publishes for
 the record: its JSON description (``https://zenodo.org/api/records/2552860``, fetched first, a few
 kB) lists ``"checksum": "md5:..."`` and the size of every file, so no digest is hard-coded here.
+FSD50K (record 4060432) is verified the same way, part by part.
 The FSDD and ESC-50 archives are GitHub snapshots of a branch, whose bytes change with every
 commit (and with GitHub's archiver), so they carry no checksum and are checked only for being a
 valid archive. Pass ``md5=`` or ``sha256=`` to :func:`download_file` to verify any other file.
+
+Split archives: FSD50K's audio zips are split (``FSD50K.dev_audio.zip`` with ``.z01`` ...
+``.z05``), which Python's ``zipfile`` cannot read. Every part is downloaded and verified on its
+own; the parts are then joined into one temporary zip by Info-ZIP's ``zip -s 0`` (as the FSD50K
+README instructs), which is unpacked with the same checks and removed. Without a ``zip`` program
+the command stops before joining, keeps the verified parts and says what to install.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import lzma
 import os
 import shutil
 import socket
+import subprocess
 import tarfile
 import time
 import urllib.error
@@ -87,6 +95,10 @@ class RemoteFile:
             snapshots wrap everything in ``REPO-BRANCH/``).
         size: expected size in bytes (exact from a Zenodo record, else an estimate), or None;
             the download and unpacking limits are multiples of it.
+        unpack: False for a piece of a split archive (``.z01`` ...): fetched and verified, then
+            unpacked through the archive that names it in ``pieces``.
+        pieces: for the last part of a split zip (the ``.zip``), the names of its other parts in
+            order; they come earlier in :attr:`Source.files`.
     """
 
     name: str
@@ -95,6 +107,8 @@ class RemoteFile:
     sha256: str | None = None
     strip_components: int = 0
     size: int | None = None
+    unpack: bool = True
+    pieces: tuple[str, ...] = ()
 
     @property
     def max_download_bytes(self) -> int:
@@ -184,7 +198,16 @@ def _write_esc50_manifest(folder: Path) -> None:
 
 
 _ZENODO = "https://zenodo.org/records/2552860/files"
+_FSD50K = "https://zenodo.org/records/4060432/files"
 _MB = 1_000_000
+
+
+def _split_zip(stem: str, pieces: int) -> tuple[RemoteFile, ...]:
+    """The parts of a split zip on FSD50K's record: ``STEM.z01`` ... then ``STEM.zip``."""
+    names = tuple(f"{stem}.z{i:02d}" for i in range(1, pieces + 1))
+    parts = tuple(RemoteFile(name=n, url=f"{_FSD50K}/{n}", unpack=False) for n in names)
+    return (*parts, RemoteFile(name=f"{stem}.zip", url=f"{_FSD50K}/{stem}.zip", pieces=names))
+
 
 SOURCES: dict[str, Source] = {
     "fsdkaggle2018": Source(
@@ -203,6 +226,28 @@ SOURCES: dict[str, Source] = {
             name="zenodo-record-2552860.json",
             url="https://zenodo.org/api/records/2552860",
             size=_MB,  # a few kB of JSON
+        ),
+    ),
+    "fsd50k": Source(
+        name="fsd50k",
+        description="FSD50K, 200 classes (multi-label), 51,197 clips, ~30 GB of 44.1 kHz WAV",
+        homepage="https://zenodo.org/records/4060432",
+        folder="fsd50k",
+        # Sizes come with the md5 sums from the Zenodo record, as for FSDKaggle2018.
+        files=(
+            *(
+                RemoteFile(name=f"FSD50K.{part}.zip", url=f"{_FSD50K}/FSD50K.{part}.zip")
+                for part in ("ground_truth", "metadata", "doc")
+            ),
+            *_split_zip("FSD50K.eval_audio", 1),
+            *_split_zip("FSD50K.dev_audio", 5),
+        ),
+        expect="FSD50K.ground_truth/dev.csv",
+        format_hint="--format fsd50k --val-split val",
+        checksums=RemoteFile(
+            name="zenodo-record-4060432.json",
+            url="https://zenodo.org/api/records/4060432",
+            size=_MB,
         ),
     ),
     "fsdd": Source(
@@ -1144,9 +1189,61 @@ def _fetch_and_unpack(
     for remote in source.files:
         url = resolve_url(remote, base_url)
         archive = _fetch_archive(remote, to, url, force, progress=progress, **fetch_options)
-        _unpack_into(remote, archive, staging, url)
         archives.append(archive)
+        if not remote.unpack:
+            continue  # a piece of a split zip: unpacked with its last part
+        if not remote.pieces:
+            _unpack_into(remote, archive, staging, url)
+            continue
+        joined = _join_split_zip(archive, [to / name for name in remote.pieces])
+        limits = UnpackLimits.for_archive(joined.stat().st_size)
+        try:
+            unpack_archive(joined, staging, limits=limits)
+        except ArchiveError as exc:
+            # Joined from verified parts: fetching them again would give the same bytes.
+            raise ArchiveError(f"{exc}; its verified parts were kept") from None
+        except DataError as exc:
+            message = f"{exc}; the verified parts were kept, run again once that is fixed"
+            raise DataError(message) from None
+        finally:
+            joined.unlink(missing_ok=True)
     return archives
+
+
+def _join_split_zip(archive: Path, pieces: list[Path]) -> Path:
+    """One ordinary zip from a split one (``pieces`` = ``.z01`` ..., ``archive`` = the ``.zip``).
+
+    Raises:
+        DataError: no ``zip`` program, not enough disk space, or ``zip`` failed; the verified
+            parts are kept for the rerun.
+    """
+    program = shutil.which("zip")
+    if program is None:
+        raise DataError(
+            f"{archive}: a split zip ({', '.join(p.name for p in pieces)} + {archive.name}); "
+            "joining it needs Info-ZIP's `zip` (e.g. apt-get install zip); the verified parts "
+            "were kept, run again once it is installed"
+        )
+    joined = archive.with_name(f".{archive.stem}.joined.zip")
+    joined.unlink(missing_ok=True)
+    total = archive.stat().st_size + sum(p.stat().st_size for p in pieces)
+    _require_space(archive.parent, total, f"joining {archive.name}")
+    try:
+        completed = subprocess.run(
+            [program, "-s", "0", archive.name, "--out", joined.name],
+            cwd=archive.parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:
+        raise DataError(f"{archive}: cannot run zip ({os_error_reason(exc)})") from None
+    if completed.returncode != 0:
+        joined.unlink(missing_ok=True)
+        lines = (completed.stderr or completed.stdout).strip().splitlines()
+        reason = _one_line(lines[-1] if lines else f"exit status {completed.returncode}")
+        raise DataError(f"{archive}: joining the split zip failed ({reason}); the parts were kept")
+    return joined
 
 
 def _finish(source: Source, staging: Path, archives: list[Path], base_url: str | None) -> None:

@@ -32,7 +32,9 @@ def inspect_dataset(index: DatasetIndex, *, durations: bool = True) -> dict[str,
         ``durations`` ({split: {n, min, median, mean, max, total}} in seconds, or ``None``),
         ``sample_rates`` ({split: {rate: n}}), ``verified`` ({split: {verified, known, ratio}}),
         ``verified_ratio`` (over all clips whose flag is known, else ``None``), ``usage``
-        ({split: {usage: n}}), ``groups`` ({"count", "per_group"} or ``None``), ``problems``
+        ({split: {usage: n}}), ``labels_per_clip`` ({split: {"1": n, "2": n, ...}} over the
+        labelled clips), ``multi_label`` (whether any training clip has several labels),
+        ``groups`` ({"count", "per_group"} or ``None``), ``problems``
         (list of {path, kind, message}) and ``problem_counts`` ({kind: n}).
     """
     splits = index.splits
@@ -60,6 +62,14 @@ def inspect_dataset(index: DatasetIndex, *, durations: bool = True) -> dict[str,
         counts = Counter(r.usage for r in records if r.usage is not None)
         if counts:
             usage[name] = dict(sorted(counts.items()))
+
+    labels_per_clip = {}
+    for name, records in by_split.items():
+        counts = Counter(len(r.labels) for r in records if r.labels)
+        if counts:
+            # String keys: the report is JSON, whose object keys are strings anyway.
+            labels_per_clip[name] = {str(k): n for k, n in sorted(counts.items())}
+    multi_label = any(len(r.labels) > 1 for r in by_split.get("train", []))
 
     groups = None
     group_counts = Counter(r.group for r in index.records if r.group is not None)
@@ -89,6 +99,8 @@ def inspect_dataset(index: DatasetIndex, *, durations: bool = True) -> dict[str,
         "verified": verified,
         "verified_ratio": verified_ratio,
         "usage": usage,
+        "labels_per_clip": labels_per_clip,
+        "multi_label": multi_label,
         "groups": groups,
         "problems": [p.to_dict() for p in problems],
         "problem_counts": dict(sorted(Counter(p.kind for p in problems).items())),
@@ -140,6 +152,15 @@ def format_report(report: dict[str, Any], *, max_problems: int = 20) -> str:
         lines.append(f"verified  {name}: {v['verified']} of {v['known']} ({100 * v['ratio']:.1f}%)")
     for name, counts in report["usage"].items():
         lines.append(f"usage     {name}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    for name, counts in report["labels_per_clip"].items():
+        clips = sum(counts.values())
+        mean = sum(int(k) * n for k, n in counts.items()) / clips
+        shown = ", ".join(f"{k} label{'s' if k != '1' else ''} {n}" for k, n in counts.items())
+        lines.append(f"labels/clip {name}: {shown} (mean {mean:.2f})")
+    if report["multi_label"]:
+        lines.append(
+            "multi-label  yes: `wavemel train` uses sigmoid outputs and per-label thresholds"
+        )
     if report["groups"]:
         per_group = ", ".join(f"{g} {n}" for g, n in report["groups"]["per_group"].items())
         lines.append(f"groups    {report['groups']['count']}: {per_group}")

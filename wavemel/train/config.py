@@ -255,6 +255,10 @@ class TrainConfig(_RunConfig):
         init: Checkpoint (or run folder) to start from: its model config and weights, with a
             new classifier when its labels differ from the data's; sets ``sample_rate``.
         freeze_blocks: Keep the first N conv blocks frozen (models with ``freeze_blocks``).
+        multi_label: Sigmoid outputs with binary cross-entropy on multi-hot targets, and
+            per-class decision thresholds chosen on the validation clips; ``None`` (the default)
+            switches it on when any training clip has several labels. The run's ``config.json``
+            records the resolved value.
     """
 
     model: str = "cnn-audio"
@@ -271,6 +275,7 @@ class TrainConfig(_RunConfig):
     patience: int = 10
     init: str | None = None
     freeze_blocks: int = 0
+    multi_label: bool | None = None
 
     @property
     def input_samples(self) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "PreparedData",
     "prepare_data",
     "soft_targets",
+    "multi_hot_targets",
     "WindowDataset",
     "collate_windows",
     "shift_margin",
@@ -42,7 +43,8 @@ class ClipItem:
 
     Attributes:
         index: Row of the clip in the ``ClipStore``.
-        target: (C,) float32 distribution over the labels (multi-label: mass split evenly).
+        target: (C,) float32: a distribution over the labels (several labels share the mass
+            evenly), or a multi-hot vector when the run is multi-label.
         weight: Loss weight (lower for clips whose label was not manually verified).
         name: Clip file name, for messages.
         error: Why the clip could not be decoded (``None`` when it could). A validation clip
@@ -67,6 +69,7 @@ class PreparedData:
         val: Validation clips (empty ones get the training prior, undecodable ones count as
             misses: the same rules as ``wavemel evaluate --split val``).
         excluded: ``"file: reason"`` for each training clip left out.
+        multi_label: The targets are multi-hot (sigmoid outputs) rather than distributions.
     """
 
     labels: list[str]
@@ -74,9 +77,11 @@ class PreparedData:
     train: list[ClipItem]
     val: list[ClipItem]
     excluded: list[str] = field(default_factory=list)
+    multi_label: bool = False
 
     def label_prior(self) -> list[float]:
-        """Class frequencies of the training clips (mean of their soft targets)."""
+        """Class frequencies of the training clips (mean of their targets; multi-label: the
+        fraction of clips carrying each label)."""
         if not self.train:
             return [1.0 / len(self.labels)] * len(self.labels)
         return np.mean([item.target for item in self.train], axis=0).astype(float).tolist()
@@ -87,6 +92,13 @@ def soft_targets(labels: tuple[str, ...], label_to_index: dict[str, int]) -> np.
     target = np.zeros(len(label_to_index), dtype=np.float32)
     for label in labels:
         target[label_to_index[label]] += 1.0 / len(labels)
+    return target
+
+
+def multi_hot_targets(labels: tuple[str, ...], label_to_index: dict[str, int]) -> np.ndarray:
+    """(C,) float32 target with 1 for each of the clip's labels (binary cross-entropy)."""
+    target = np.zeros(len(label_to_index), dtype=np.float32)
+    target[[label_to_index[label] for label in labels]] = 1.0
     return target
 
 
@@ -185,11 +197,15 @@ def prepare_data(config, ctx=None, *, progress: bool | None = None) -> PreparedD
     label_to_index = index.label_to_index
     labels = list(index.labels)
     errors = store.errors
+    multi_label = getattr(config, "multi_label", None)
+    if multi_label is None:
+        multi_label = any(len(record.labels) > 1 for record in train_records)
+    targets = multi_hot_targets if multi_label else soft_targets
 
     def item(i: int, record) -> ClipItem:
         return ClipItem(
             index=i,
-            target=soft_targets(record.labels, label_to_index),
+            target=targets(record.labels, label_to_index),
             weight=_clip_weight(record, config.verified_weight, config.unverified_weight),
             name=Path(record.path).name,
             error=errors.get(i),
@@ -209,7 +225,14 @@ def prepare_data(config, ctx=None, *, progress: bool | None = None) -> PreparedD
         raise DataError(f"{config.data}: none of the training clips could be decoded")
     if ctx.is_main:
         _warn_left_out(excluded, val, store)
-    return PreparedData(labels=labels, store=store, train=train, val=val, excluded=excluded)
+    return PreparedData(
+        labels=labels,
+        store=store,
+        train=train,
+        val=val,
+        excluded=excluded,
+        multi_label=bool(multi_label),
+    )
 
 
 class WindowDataset(torch.utils.data.Dataset):

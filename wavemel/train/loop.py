@@ -3,7 +3,8 @@
 One epoch: every training clip contributes one random window (``loader.WindowDataset``); on the
 device, ``WaveformAugment`` shifts it and crops, pads or replicates it to the input length, then
 Mixup blends pairs (on waveforms, or on log-mels for cnn-spec with ``mixup_on="spec"``), the
-network gives logits, and the soft-target cross-entropy (weighted per clip) is minimised with
+network gives logits, and the soft-target cross-entropy (weighted per clip; binary cross-entropy
+on the multi-hot label vectors for a multi-label run, see :class:`Objective`) is minimised with
 AdamW under a per-step linear warm-up + cosine schedule. After each epoch the validation clips are
 scored whole (``wavemel.infer.predict_waveforms``: input-length windows, mean probabilities) for
 MAP@3; the best and the last model are saved as checkpoints, the resume state after them.
@@ -36,7 +37,13 @@ from wavemel.augment import Mixup, WaveformAugment, eval_fill_for
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
 from wavemel.infer import predict_waveforms
-from wavemel.metrics import map_at_k, top_k_accuracy
+from wavemel.metrics import (
+    choose_thresholds,
+    lwlrap,
+    map_at_k,
+    mean_average_precision,
+    top_k_accuracy,
+)
 from wavemel.train.config import TrainConfig, resume_config
 from wavemel.train.distributed import (
     DistContext,
@@ -62,7 +69,9 @@ from wavemel.train.run_folder import RunFolder
 from wavemel.train.state import Progress, load_state, save_state
 
 __all__ = [
+    "Objective",
     "soft_cross_entropy",
+    "soft_binary_cross_entropy",
     "lr_at_step",
     "seed_everything",
     "train_one_epoch",
@@ -95,6 +104,77 @@ def soft_cross_entropy(
     if weights is not None:
         per_example = per_example * weights
     return per_example.mean()
+
+
+def soft_binary_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary cross-entropy of every label against soft targets, each example weighted.
+
+    Args:
+        logits: (B, C).
+        targets: (B, C) in [0, 1]: multi-hot label vectors, or their mixup blends.
+        weights: (B,) per-example weights; ``None`` = 1.
+
+    Returns:
+        Scalar: ``mean_b(weights[b] * mean_c(BCE_bc))``.
+    """
+    per_label = nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), targets.float(), reduction="none"
+    )
+    per_example = per_label.mean(dim=1)
+    if weights is not None:
+        per_example = per_example * weights
+    return per_example.mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What the outputs mean: one label per clip (softmax cross-entropy) or several (sigmoid BCE).
+
+    Attributes:
+        multi_label: Sigmoid outputs and binary cross-entropy; validation then also reports
+            macro mAP and lwlrap and chooses per-class decision thresholds.
+    """
+
+    multi_label: bool = False
+
+    @property
+    def activation(self) -> str:
+        """The ``wavemel.infer`` activation of the logits: ``"softmax"`` or ``"sigmoid"``."""
+        return "sigmoid" if self.multi_label else "softmax"
+
+    def loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The training loss of a batch (see the two loss functions)."""
+        if self.multi_label:
+            return soft_binary_cross_entropy(logits, targets, weights)
+        return soft_cross_entropy(logits, targets, weights)
+
+    def clip_loss(self, probs: np.ndarray, targets: np.ndarray) -> float:
+        """Mean loss of whole-clip probabilities ``(N, C)`` against targets ``(N, C)``."""
+        if not len(probs):
+            return math.nan
+        clipped = np.clip(probs, 1e-12, 1.0 - 1e-12 if self.multi_label else None)
+        if self.multi_label:
+            per_label = targets * np.log(clipped) + (1.0 - targets) * np.log1p(-clipped)
+            return float(np.mean(-per_label.mean(axis=1)))
+        return float(np.mean(-(targets * np.log(clipped)).sum(axis=1)))
+
+    def scores(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """Validation metrics of clip probabilities (all-NaN rows: no answer, a miss)."""
+        hot = (targets > 0).astype(np.int64)
+        scores: dict[str, Any] = {
+            "val_map3": map_at_k(probs, hot, k=3),
+            "val_top1": top_k_accuracy(probs, hot, k=1),
+        }
+        if self.multi_label:
+            scores["val_map"] = mean_average_precision(probs, hot)
+            scores["val_lwlrap"] = lwlrap(probs, hot)
+            # Not a metric: the per-class thresholds this epoch's checkpoint will tag with.
+            scores["thresholds"] = choose_thresholds(probs, hot).tolist()
+        return scores
 
 
 def lr_at_step(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -147,6 +227,7 @@ class TrainStep:
         spectrogram: When set, (B, N) -> (B, 1, F, frames) applied before mixup ("spec" mixup).
         channels_last: Put spectrogram inputs in NHWC memory format.
         log_every: Refresh the bar's loss every this many steps (reading it syncs the GPU).
+        objective: The loss (softmax cross-entropy, or sigmoid BCE for multi-label runs).
     """
 
     augment: nn.Module
@@ -160,6 +241,7 @@ class TrainStep:
     spectrogram: Callable[[torch.Tensor], torch.Tensor] | None = None
     channels_last: bool = False
     log_every: int = 10
+    objective: Objective = Objective()
 
     def inputs(self, waves, lengths, targets, weights):
         """Augmented (and mixed) inputs, soft targets and loss weights of one batch, on the device.
@@ -230,7 +312,7 @@ def train_one_epoch(
             device.type, dtype=step.amp_dtype or torch.float32, enabled=step.amp_dtype is not None
         ):
             logits = model(x)
-        loss = soft_cross_entropy(logits, targets, weights)
+        loss = step.objective.loss(logits, targets, weights)
         optimizer.zero_grad(set_to_none=True)
         step.scaler.scale(loss).backward()
         step.scaler.step(optimizer)
@@ -260,7 +342,8 @@ def validate(
     empty_distribution: np.ndarray | None = None,
     fill: str = "replicate",
     ctx: DistContext | None = None,
-) -> dict[str, float]:
+    objective: Objective = Objective(),
+) -> dict[str, Any]:
     """Whole-clip validation: MAP@3, top-1 accuracy and cross-entropy of the clip predictions.
 
     Each rank scores every ``world_size``-th clip; the predictions are gathered so that every rank
@@ -278,9 +361,11 @@ def validate(
         empty_distribution: (C,) prediction for empty clips (default uniform).
         fill: How a clip shorter than a window is filled (the checkpoint's ``eval_fill``).
         ctx: Distributed context.
+        objective: Single- or multi-label (sigmoid probabilities, BCE, mAP and lwlrap).
 
     Returns:
-        ``{"val_loss", "val_map3", "val_top1"}``.
+        ``{"val_loss", "val_map3", "val_top1"}``; multi-label adds ``"val_map"`` (macro mAP),
+        ``"val_lwlrap"`` and ``"thresholds"`` (per-class, chosen on these clips).
     """
     ctx = ctx or DistContext()
     device = torch.device(device)
@@ -302,6 +387,7 @@ def validate(
                 fill=fill,
                 # predict_waveforms picks the same autocast dtype as training on CUDA.
                 amp=amp_dtype is not None,
+                activation=objective.activation,
             )
         )
     num_classes = len(items[0].target)
@@ -311,16 +397,8 @@ def validate(
         probs[indices] = rows
     targets = np.stack([item.target for item in items])
     answered = ~np.isnan(probs).all(axis=1)
-    clipped = np.log(np.clip(probs[answered], 1e-12, None))
-    loss = (
-        float(np.mean(-(targets[answered] * clipped).sum(axis=1))) if answered.any() else math.nan
-    )
-    hot = (targets > 0).astype(np.int64)
-    return {
-        "val_loss": loss,
-        "val_map3": map_at_k(probs, hot, k=3),
-        "val_top1": top_k_accuracy(probs, hot, k=1),
-    }
+    loss = objective.clip_loss(probs[answered], targets[answered])
+    return {"val_loss": loss, **objective.scores(probs, targets)}
 
 
 def _format_duration(seconds: float) -> str:
@@ -382,9 +460,12 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
 
 
 def _epoch_line(config: TrainConfig, record: dict[str, Any], improved: bool, eta: str) -> str:
+    multi_label = "".join(
+        f"  {key} {record[key]:.4f}" for key in ("val_map", "val_lwlrap") if key in record
+    )
     return (
         f"epoch {record['epoch']}/{config.epochs}  train_loss {record['train_loss']:.4f}  "
-        f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}"
+        f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}{multi_label}"
         f"{' *' if improved else '  '}  lr {record['lr']:.2e}  "
         f"{record['seconds']:.1f}s  eta {eta}"
     )
@@ -403,8 +484,14 @@ def _update_progress(progress: Progress, epoch: int, val_map3: float) -> bool:
     return improved
 
 
-def _build_step(model: nn.Module, config: TrainConfig, ctx: DistContext, steps: int) -> TrainStep:
-    """Augmentation, mixup, precision and LR schedule of a run (``steps`` per epoch)."""
+def _build_step(
+    model: nn.Module,
+    config: TrainConfig,
+    ctx: DistContext,
+    steps: int,
+    objective: Objective = Objective(),
+) -> TrainStep:
+    """Augmentation, mixup, precision, LR schedule and loss of a run (``steps`` per epoch)."""
     device = ctx.device
     is_cuda = device.type == "cuda"
     amp_dtype = half_dtype() if config.amp and is_cuda else None
@@ -423,6 +510,7 @@ def _build_step(model: nn.Module, config: TrainConfig, ctx: DistContext, steps: 
         spectrogram=model.spectrogram if spec_mixup else None,
         channels_last=_use_channels_last(model, config, device),
         log_every=config.log_every,
+        objective=objective,
     )
 
 
@@ -466,7 +554,8 @@ def fit(
     device = ctx.device
     model.to(device)
     loader, dataset, sampler = _make_loader(data, config, ctx)
-    step = _build_step(model, config, ctx, len(loader))
+    objective = Objective(multi_label=data.multi_label)
+    step = _build_step(model, config, ctx, len(loader), objective)
     if step.channels_last:
         model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -492,6 +581,8 @@ def fit(
         "train_config": run_config,
         "label_prior": prior.tolist(),
         "eval_fill": eval_fill_for(config.p_replicate),
+        # Only multi-label runs carry the key, so single-label checkpoints stay as they were.
+        **({"multi_label": True} if data.multi_label else {}),
         **(extra_meta or {}),
     }
     if ctx.is_main and progress.epoch == 0:
@@ -533,7 +624,9 @@ def fit(
             empty_distribution=prior,
             fill=base_meta["eval_fill"],
             ctx=ctx,
+            objective=objective,
         )
+        thresholds = scores.pop("thresholds", None)
         last_map3 = scores["val_map3"]
         improved = _update_progress(progress, epoch, scores["val_map3"])
         # Whole-run ETA from the mean epoch time so far (the bar's own ETA covers one epoch).
@@ -554,6 +647,8 @@ def fit(
                 "best_epoch": progress.best_epoch,
             }
             meta = {**base_meta, "metrics": metrics}
+            if thresholds is not None:
+                meta["thresholds"] = thresholds
             save_checkpoint(out / "last", model, meta)
             if improved:
                 save_checkpoint(out / "best", model, meta)
@@ -642,6 +737,10 @@ def train(config: TrainConfig) -> Path:
                 f"{min_samples} samples ({min_samples / config.sample_rate:.3f} s at "
                 f"{config.sample_rate} Hz)"
             )
+        if config.multi_label is None and data.multi_label:
+            # Switched on because a training clip has several labels: config.json says so. (A
+            # single-label run keeps None, so its config is what it was before multi-label.)
+            config = config.replace(multi_label=True)
         start_run(run, config, ctx)
         run_config = config.replace(force=False, resume=False).to_dict()
         return fit(model, data, config, Path(config.out), run_config=run_config, ctx=ctx, run=run)
