@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "top-k labels of a run's best checkpoint. Files that cannot be decoded are listed at "
         "the end and make the exit status 1; every other file is still tagged.",
     )
-    parser.add_argument("run", metavar="RUN", help="run folder, or a checkpoint .json")
+    parser.add_argument("run", metavar="RUN", help="run folder, checkpoint .json or exported .onnx")
     parser.add_argument("paths", metavar="PATH", nargs="+", help="audio files or folders")
     parser.add_argument("--top-k", type=int, default=3, metavar="K", help="labels per file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     files, errors = expand_paths(args.paths)
     if not files and not errors:
         raise WavemelError(f"no audio files found in {', '.join(args.paths)}")
-    tagger = Tagger.from_checkpoint(args.run, **inference_kwargs(args))
+    load = Tagger.from_onnx if str(args.run).endswith(".onnx") else Tagger.from_checkpoint
+    tagger = load(args.run, **inference_kwargs(args))
     top_k = min(args.top_k, len(tagger.labels))
     results: list[tuple[Path, list[tuple[str, float]]]] = []
     # Kaggle rejects a submission that lacks a test file, so an undecodable one still gets a row
