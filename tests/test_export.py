@@ -130,6 +130,20 @@ def test_metadata_and_dynamic_axes_describe_the_checkpoint(exported):
             assert second.dim_value == len(LABELS)
 
 
+def test_per_example_top_db_floor_is_inside_the_graph(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("cnn-spec", 3, size="tiny", sample_rate=RATE, top_db=40.0).eval()
+    meta = {"labels": LABELS[:3], "sample_rate": RATE, "input_seconds": INPUT_SECONDS}
+    checkpoint = save_checkpoint(tmp_path / "run" / "best", model, meta)
+    onnx_model, meta = load_onnx(export_onnx(checkpoint, tmp_path / "spec.onnx").path)
+    assert meta["frontend"]["top_db"] == 40.0
+    # Rows 60 dB apart: a floor taken over the whole batch instead of per example would differ.
+    batch = 0.1 * np.random.default_rng(2).standard_normal((2, 12345))
+    batch[1] *= 1e-3
+    batch = batch.astype(np.float32)
+    assert _max_rel_diff(_logits(onnx_model, batch), _logits(model, batch)) <= RTOL
+
+
 @pytest.mark.parametrize(("kernel", "ceil_mode"), [(4, False), (3, True)])
 def test_maxpool_replacement_is_exact(kernel, ceil_mode):
     # torch.export freezes MaxPool1d's length to the traced one (cnn-audio's samples would no

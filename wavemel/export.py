@@ -128,7 +128,7 @@ def export_onnx(
 
 def _check_output(output: Path, force: bool) -> None:
     """Refuse destinations that would surprise the user, before the (slow) export starts."""
-    if output.suffix.lower() != ".onnx":
+    if output.suffix != ".onnx":
         raise ExportError(f"{output}: the output name must end in .onnx")
     if output.is_dir():
         raise ExportError(f"{output}: is a folder, expected an .onnx file name")
