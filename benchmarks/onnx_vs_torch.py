@@ -10,9 +10,10 @@ checkpoint and exported with :func:`wavemel.export.export_onnx`, so the ONNX gra
 ``wavemel export`` writes (log-mel front end inside). Both backends then score the same random
 windows of ``--seconds`` at ``--sample-rate`` with the same number of threads (torch's intra-op
 threads and onnxruntime's intra-op pool), at each ``--batches`` size. A measurement scores 64
-windows (64 calls at batch 1, one call at batch 64) after one warm-up call; the best of
-``--repeats`` measurements is reported as windows per second. Measured without autograd
-(``torch.inference_mode``), as the tagger runs.
+windows (64 calls at batch 1, one call at batch 64) after one warm-up call; the two backends take
+turns within each of ``--repeats`` rounds and the best of each is reported as windows per second.
+PyTorch runs without autograd (``torch.inference_mode``), as the tagger does. The last rows time
+cnn-spec's log-mel front end alone (ONNX's STFT operator against ``torch.stft``).
 """
 
 from __future__ import annotations
@@ -32,29 +33,55 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wavemel.checkpoint import save_checkpoint  # noqa: E402
-from wavemel.export import export_onnx  # noqa: E402
+from wavemel.export import export_onnx, waveform_graph  # noqa: E402
 from wavemel.models import create_model, list_models  # noqa: E402
-from wavemel.onnx_backend import load_onnx  # noqa: E402
+from wavemel.onnx_backend import load_onnx, make_session  # noqa: E402
 
 NUM_CLASSES = 41
 WINDOWS_PER_MEASUREMENT = 64
 
 
-def windows_per_second(run, batch: np.ndarray, repeats: int) -> float:
-    """Best-of-``repeats`` rate of ``run(batch)`` over :data:`WINDOWS_PER_MEASUREMENT` windows."""
+def windows_per_second(runs: list, batch: np.ndarray, repeats: int) -> list[float]:
+    """Best-of-``repeats`` rate of each ``run(batch)`` over :data:`WINDOWS_PER_MEASUREMENT` windows.
+
+    The runs take turns within each repeat, so a change in the load of a shared machine hits
+    every backend alike instead of whichever was being measured at the time.
+    """
     calls = math.ceil(WINDOWS_PER_MEASUREMENT / batch.shape[0])
-    run(batch)  # warm-up: allocations, onnxruntime's first-run graph work
-    best = math.inf
+    for run in runs:
+        run(batch)  # warm-up: allocations, onnxruntime's first-run graph work
+    best = [math.inf] * len(runs)
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            run(batch)
-        best = min(best, time.perf_counter() - start)
-    return calls * batch.shape[0] / best
+        for index, run in enumerate(runs):
+            start = time.perf_counter()
+            for _ in range(calls):
+                run(batch)
+            best[index] = min(best[index], time.perf_counter() - start)
+    return [calls * batch.shape[0] / seconds for seconds in best]
+
+
+def compare(label: str, run_torch, run_onnx, args: argparse.Namespace) -> list[tuple]:
+    """Rows ``(label, size, batch, torch w/s, onnxruntime w/s)``, one per ``--batches`` size."""
+    rng = np.random.default_rng(0)
+    width = int(round(args.seconds * args.sample_rate))
+    rows = []
+    for size in args.batches:
+        batch = (0.1 * rng.standard_normal((size, width))).astype(np.float32)
+        rates = windows_per_second([run_torch, run_onnx], batch, args.repeats)
+        rows.append((label, args.size, size, *rates))
+    return rows
+
+
+def torch_runner(module: torch.nn.Module):
+    def run(batch: np.ndarray) -> None:
+        with torch.inference_mode():
+            module(torch.from_numpy(batch))
+
+    return run
 
 
 def bench_model(name: str, args: argparse.Namespace, folder: Path) -> list[tuple]:
-    """Rows ``(model, size, batch, torch w/s, onnxruntime w/s)`` for one model."""
+    """One model as ``wavemel export`` writes it, against the same PyTorch model."""
     torch.manual_seed(0)
     model = create_model(name, NUM_CLASSES, size=args.size, sample_rate=args.sample_rate).eval()
     meta = {
@@ -65,21 +92,24 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> list[tuple
     checkpoint = save_checkpoint(folder / name / "best", model, meta)
     onnx_model, _ = load_onnx(export_onnx(checkpoint, folder / f"{name}.onnx").path, args.threads)
 
-    def run_torch(batch: np.ndarray) -> None:
-        with torch.inference_mode():
-            model(torch.from_numpy(batch))
-
     def run_onnx(batch: np.ndarray) -> None:
         onnx_model(torch.from_numpy(batch))
 
-    rng = np.random.default_rng(0)
+    return compare(name, torch_runner(model), run_onnx, args)
+
+
+def bench_frontend(args: argparse.Namespace) -> list[tuple]:
+    """cnn-spec's log-mel front end alone: ONNX's STFT operator against ``torch.stft``."""
+    spec = create_model("cnn-spec", NUM_CLASSES, size=args.size, sample_rate=args.sample_rate)
+    frontend = spec.frontend.eval()
     width = int(round(args.seconds * args.sample_rate))
-    rows = []
-    for size in args.batches:
-        batch = (0.1 * rng.standard_normal((size, width))).astype(np.float32)
-        rates = [windows_per_second(run, batch, args.repeats) for run in (run_torch, run_onnx)]
-        rows.append((name, args.size, size, *rates))
-    return rows
+    proto = waveform_graph(frontend, width, frontend.n_fft, output_name="logmel")
+    session = make_session(proto.SerializeToString(), threads=args.threads)
+
+    def run_onnx(batch: np.ndarray) -> None:
+        session.run(None, {"waveform": batch})
+
+    return compare("log-mel front end (cnn-spec's)", torch_runner(frontend), run_onnx, args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="window length (default 2)")
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--threads", type=int, default=2, help="threads for both backends")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements, best is kept")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements, best is kept")
     args = parser.parse_args(argv)
 
     import onnxruntime
@@ -105,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | size | batch | PyTorch windows/s | onnxruntime windows/s | ORT / torch |")
     print("|---|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            for model, size, batch, torch_rate, onnx_rate in bench_model(name, args, Path(tmp)):
+        tables = [lambda name=name: bench_model(name, args, Path(tmp)) for name in args.models]
+        for table in [*tables, lambda: bench_frontend(args)]:
+            for model, size, batch, torch_rate, onnx_rate in table():
                 print(
                     f"| {model} | {size} | {batch} | {torch_rate:.1f} | {onnx_rate:.1f} | "
                     f"{onnx_rate / torch_rate:.2f}x |",

@@ -40,7 +40,15 @@ from wavemel.frontend import LogMel
 from wavemel.infer import Tagger
 from wavemel.onnx_backend import METADATA_FORMAT, make_session, require_onnx_module
 
-__all__ = ["OPSET", "PARITY_RTOL", "ExportError", "ExportResult", "export_onnx", "onnx_metadata"]
+__all__ = [
+    "OPSET",
+    "PARITY_RTOL",
+    "ExportError",
+    "ExportResult",
+    "export_onnx",
+    "onnx_metadata",
+    "waveform_graph",
+]
 
 #: ONNX opset of exported graphs: 17 is the first with STFT; 18 is the oldest the torch.export
 #: based exporter writes, and onnxruntime runs it from version 1.14 on.
@@ -107,7 +115,9 @@ def export_onnx(
 
     tagger = Tagger.from_checkpoint(checkpoint, device="cpu")
     model = tagger.model
-    proto = _to_onnx(model, tagger.input_samples, opset, checkpoint)
+    proto = waveform_graph(
+        model, tagger.input_samples, model.min_samples, opset=opset, source=checkpoint
+    )
     max_rel_diff = _check_parity(model, proto.SerializeToString(), tagger.input_samples)
     if not max_rel_diff <= PARITY_RTOL:
         raise ExportError(
@@ -231,29 +241,54 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _to_onnx(model: nn.Module, input_samples: int, opset: int, source: Any) -> Any:
-    """Trace ``model`` with a dynamic batch and number of samples; return the ONNX ModelProto."""
-    # A batch of 2 (a batch of 1 would be specialised) of the training input length.
+def waveform_graph(
+    module: nn.Module,
+    input_samples: int,
+    min_samples: int,
+    *,
+    opset: int = OPSET,
+    output_name: str = "logits",
+    source: Any = None,
+) -> Any:
+    """Trace a waveform module into ONNX with a dynamic batch and number of samples.
+
+    Args:
+        module: Maps ``(B, T)`` float32 waveforms to one tensor whose first axis is ``B`` (a
+            wavemel model, or e.g. a bare :class:`~wavemel.frontend.LogMel`).
+        input_samples: Length of the traced example (the training input length).
+        min_samples: Fewest samples the graph must accept.
+        opset: ONNX opset.
+        output_name: Name of the graph's output.
+        source: What to name in an error message (default the module's name).
+
+    Returns:
+        The ``onnx.ModelProto``, input ``waveform``, without wavemel's metadata.
+
+    Raises:
+        ExportError: torch.export or the ONNX translation fails (first line of the cause).
+    """
+    # A batch of 2: torch.export specialises an axis traced with size 1.
     example = torch.zeros(2, input_samples)
     dynamic = {
         0: torch.export.Dim("batch", min=1),
-        1: torch.export.Dim("samples", min=int(model.min_samples)),
+        1: torch.export.Dim("samples", min=int(min_samples)),
     }
+    name = getattr(module, "name", type(module).__name__)
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
-                _exportable_copy(model),
+                _exportable_copy(module),
                 (example,),
                 dynamo=True,
                 opset_version=opset,
                 input_names=["waveform"],
-                output_names=["logits"],
+                output_names=[output_name],
                 dynamic_shapes=(dynamic,),
                 verbose=False,
             )
     except Exception as exc:  # the exporter's failures come in many types
         raise ExportError(
-            f"{source}: cannot export {model.name} to ONNX ({_root_reason(exc)})"
+            f"{source or name}: cannot export {name} to ONNX ({_root_reason(exc)})"
         ) from None
     return program.model_proto
 
