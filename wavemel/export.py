@@ -2,9 +2,10 @@
 
 The graph has one input ``waveform`` ``(batch, samples)`` float32 at the model's sample rate and
 one output ``logits`` ``(batch, classes)``; both the batch and the number of samples are dynamic
-(any ``samples >= min_samples``). cnn-spec's ``torch.stft`` becomes ONNX's ``STFT`` operator
-(opset 17 and later) followed by the mel matmul and the log, so nothing outside the graph has to
-reproduce the front end. The file's ``metadata_props`` hold, as JSON strings, what inference needs
+(any ``samples >= min_samples``). cnn-spec's STFT becomes a strided ``Conv`` with a fixed
+windowed-DFT basis (:func:`wavemel.frontend.dft_basis`) followed by the power, the mel matmul and
+the log, so nothing outside the graph has to reproduce the front end. The file's
+``metadata_props`` hold, as JSON strings, what inference needs
 (:data:`wavemel.onnx_backend.METADATA_KEYS`: labels, sample rate, input length, short-clip fill,
 empty-clip prior, front-end settings) plus the model config and the source checkpoint.
 
@@ -50,8 +51,8 @@ __all__ = [
     "waveform_graph",
 ]
 
-#: ONNX opset of exported graphs: 17 is the first with STFT; 18 is the oldest the torch.export
-#: based exporter writes, and onnxruntime runs it from version 1.14 on.
+#: ONNX opset of exported graphs: the oldest torch's torch.export-based exporter writes, so the
+#: one the most onnxruntime versions run (1.14 and later).
 OPSET = 18
 #: Largest accepted ``max |onnx - torch| / max |torch|`` over the check batch (float32 graphs
 #: agree to about 1e-6; the margin covers other CPUs' kernels).
@@ -94,7 +95,7 @@ def export_onnx(
         checkpoint: A run folder (its best checkpoint), ``STEM.json``, ``STEM.safetensors``.
         output: Destination; must end in ``.onnx`` (``wavemel predict`` recognises the suffix).
         force: Replace an existing ``output``.
-        opset: ONNX opset (17 or later: the front end needs the STFT operator).
+        opset: ONNX opset (18 or later: the oldest torch's exporter writes).
 
     Returns:
         An :class:`ExportResult`.
@@ -107,8 +108,6 @@ def export_onnx(
     """
     output = Path(output)
     _check_output(output, force)
-    if opset < 17:
-        raise ExportError(f"opset {opset}: the log-mel front end needs opset 17 or later (STFT)")
     onnx = require_onnx_module("onnx", "wavemel export")
     require_onnx_module("onnxscript", "wavemel export")
     require_onnx_module("onnxruntime", "wavemel export (it checks the exported graph)")
@@ -215,12 +214,18 @@ def _single(value: int | tuple[int, ...]) -> int:
 
 
 def _exportable_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with every ``MaxPool1d`` as a :class:`_MaxPool1dAs2d`.
+    """A deep copy of ``model`` in eval mode, rewritten where the export needs it.
 
-    The caller's model is left untouched; weights and outputs are the same.
+    Every ``MaxPool1d`` becomes a :class:`_MaxPool1dAs2d` (dynamic length), and every
+    :class:`~wavemel.frontend.LogMel` computes its STFT as a DFT convolution: onnxruntime 1.32 ran
+    that ``Conv`` 1.7x faster than its ``STFT`` operator on 64 windows of 2 s (0.07 s against
+    0.13 s, 2 threads), where torch's FFT was faster still. The caller's model is left untouched;
+    the outputs agree to float32 rounding.
     """
     clone = copy.deepcopy(model).eval()
     for parent in clone.modules():
+        if isinstance(parent, LogMel):
+            parent.set_dft("conv")
         for name, child in parent.named_children():
             if isinstance(child, nn.MaxPool1d):
                 setattr(parent, name, _MaxPool1dAs2d(child))

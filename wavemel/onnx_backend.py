@@ -145,7 +145,31 @@ def read_metadata(props: dict[str, str], path: str | os.PathLike) -> dict[str, A
             f"{path}: ONNX metadata format {version!r} is newer than this wavemel supports "
             f"({METADATA_FORMAT}); upgrade wavemel"
         )
+    problem = _metadata_problem(meta)
+    if problem:
+        raise CheckpointError(f"{path}: ONNX metadata {problem}")
     return meta
+
+
+def _metadata_problem(meta: dict[str, Any]) -> str | None:
+    """What is inconsistent in decoded metadata (a hand-edited file), or ``None``."""
+    sizes = ("num_classes", "sample_rate", "input_samples", "min_samples")
+    for key in sizes:
+        if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
+            return f"{key!r} must be a positive integer, got {meta[key]!r}"
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        return "'labels' must be a list of strings"
+    if len(labels) != meta["num_classes"]:
+        return f"has {len(labels)} labels for {meta['num_classes']} classes"
+    if meta["input_samples"] < meta["min_samples"]:
+        return f"'input_samples' {meta['input_samples']} is under 'min_samples'"
+    if meta["fill"] not in ("replicate", "pad"):  # the fills wavemel.infer knows
+        return f"'fill' must be 'replicate' or 'pad', got {meta['fill']!r}"
+    prior = meta["prior"]
+    if prior is not None and (not isinstance(prior, list) or len(prior) != len(labels)):
+        return "'prior' must be null or one number per label"
+    return None
 
 
 def make_session(model: str | bytes, threads: int | None = None, name: Any = "ONNX model") -> Any:
