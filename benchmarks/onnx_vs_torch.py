@@ -13,7 +13,8 @@ threads and onnxruntime's intra-op pool), at each ``--batches`` size. A measurem
 windows (64 calls at batch 1, one call at batch 64) after one warm-up call; the two backends take
 turns within each of ``--repeats`` rounds and the best of each is reported as windows per second.
 PyTorch runs without autograd (``torch.inference_mode``), as the tagger does. The last rows time
-cnn-spec's log-mel front end alone (ONNX's STFT operator against ``torch.stft``).
+cnn-spec's log-mel front end alone against ``torch.stft``, exported as ``wavemel export`` does
+(the STFT as a DFT ``Conv``) and with ONNX's ``STFT`` operator instead.
 """
 
 from __future__ import annotations
@@ -99,17 +100,33 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> list[tuple
 
 
 def bench_frontend(args: argparse.Namespace) -> list[tuple]:
-    """cnn-spec's log-mel front end alone: ONNX's STFT operator against ``torch.stft``."""
+    """cnn-spec's log-mel front end alone: ``torch.stft`` against both exported STFT forms.
+
+    The three take turns in every round, so the two ONNX rows share one PyTorch figure.
+    """
     spec = create_model("cnn-spec", NUM_CLASSES, size=args.size, sample_rate=args.sample_rate)
     frontend = spec.frontend.eval()
     width = int(round(args.seconds * args.sample_rate))
-    proto = waveform_graph(frontend, width, frontend.n_fft, output_name="logmel")
-    session = make_session(proto.SerializeToString(), threads=args.threads)
-
-    def run_onnx(batch: np.ndarray) -> None:
-        session.run(None, {"waveform": batch})
-
-    return compare("log-mel front end (cnn-spec's)", torch_runner(frontend), run_onnx, args)
+    forms = {"DFT Conv": "conv", "STFT op": "fft"}
+    sessions = {
+        label: make_session(
+            waveform_graph(
+                frontend, width, frontend.n_fft, output_name="logmel", dft=dft
+            ).SerializeToString(),
+            threads=args.threads,
+        )
+        for label, dft in forms.items()
+    }
+    runs = [torch_runner(frontend)]
+    runs += [lambda batch, s=s: s.run(None, {"waveform": batch}) for s in sessions.values()]
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in args.batches:
+        batch = (0.1 * rng.standard_normal((size, width))).astype(np.float32)
+        torch_rate, *onnx_rates = windows_per_second(runs, batch, args.repeats)
+        for label, rate in zip(sessions, onnx_rates):
+            rows.append((f"log-mel front end, ONNX {label}", args.size, size, torch_rate, rate))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,19 +213,20 @@ def _single(value: int | tuple[int, ...]) -> int:
     return int(value[0] if isinstance(value, tuple) else value)
 
 
-def _exportable_copy(model: nn.Module) -> nn.Module:
+def _exportable_copy(model: nn.Module, dft: str = "conv") -> nn.Module:
     """A deep copy of ``model`` in eval mode, rewritten where the export needs it.
 
     Every ``MaxPool1d`` becomes a :class:`_MaxPool1dAs2d` (dynamic length), and every
-    :class:`~wavemel.frontend.LogMel` computes its STFT as a DFT convolution: onnxruntime 1.32 ran
-    that ``Conv`` 1.7x faster than its ``STFT`` operator on 64 windows of 2 s (0.07 s against
-    0.13 s, 2 threads), where torch's FFT was faster still. The caller's model is left untouched;
-    the outputs agree to float32 rounding.
+    :class:`~wavemel.frontend.LogMel` computes its STFT with ``dft`` (:meth:`LogMel.set_dft`).
+    ``"conv"`` exports as a plain ``Conv``, which every ONNX runtime supports (``STFT`` support
+    is rare outside onnxruntime) and which onnxruntime 1.32 ran 1.2-1.7x faster than its ``STFT``
+    operator on batches of 64 two-second windows (BENCHMARKS.md). The caller's model is left
+    untouched; the outputs agree to float32 rounding.
     """
     clone = copy.deepcopy(model).eval()
     for parent in clone.modules():
         if isinstance(parent, LogMel):
-            parent.set_dft("conv")
+            parent.set_dft(dft)
         for name, child in parent.named_children():
             if isinstance(child, nn.MaxPool1d):
                 setattr(parent, name, _MaxPool1dAs2d(child))
@@ -254,6 +255,7 @@ def waveform_graph(
     opset: int = OPSET,
     output_name: str = "logits",
     source: Any = None,
+    dft: str = "conv",
 ) -> Any:
     """Trace a waveform module into ONNX with a dynamic batch and number of samples.
 
@@ -265,6 +267,8 @@ def waveform_graph(
         opset: ONNX opset.
         output_name: Name of the graph's output.
         source: What to name in an error message (default the module's name).
+        dft: How log-mel front ends compute the STFT in the graph: ``"conv"`` (a DFT
+            convolution) or ``"fft"`` (ONNX's ``STFT`` operator, opset 17 and later).
 
     Returns:
         The ``onnx.ModelProto``, input ``waveform``, without wavemel's metadata.
@@ -282,7 +286,7 @@ def waveform_graph(
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
-                _exportable_copy(module),
+                _exportable_copy(module, dft),
                 (example,),
                 dynamo=True,
                 opset_version=opset,
