@@ -218,9 +218,9 @@ def _exportable_copy(model: nn.Module, dft: str = "conv") -> nn.Module:
 
     Every ``MaxPool1d`` becomes a :class:`_MaxPool1dAs2d` (dynamic length), and every
     :class:`~wavemel.frontend.LogMel` computes its STFT with ``dft`` (:meth:`LogMel.set_dft`).
-    ``"conv"`` exports as a plain ``Conv``, which every ONNX runtime supports (``STFT`` support
-    is rare outside onnxruntime) and which onnxruntime 1.32 ran 1.2-1.7x faster than its ``STFT``
-    operator on batches of 64 two-second windows (BENCHMARKS.md). The caller's model is left
+    ``"conv"`` exports as a plain ``Conv``, which any ONNX runtime implements (fewer implement
+    ``STFT``); onnxruntime 1.32 ran it about as fast as its ``STFT`` operator (1.1-1.7x faster at
+    batch 64, no consistent winner at batch 1; BENCHMARKS.md). The caller's model is left
     untouched; the outputs agree to float32 rounding.
     """
     clone = copy.deepcopy(model).eval()
