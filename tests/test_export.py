@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -311,6 +312,11 @@ def test_unusable_onnx_files_are_one_line_checkpoint_errors(exported, tmp_path):
     onnx.save(proto, str(edited))
     with pytest.raises(CheckpointError, match="edited.onnx: ONNX metadata has 1 labels for 21"):
         Tagger.from_onnx(edited)
+
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)  # opening it would block forever
+    with pytest.raises(CheckpointError, match="fifo.onnx: is a named pipe"):
+        Tagger.from_onnx(fifo)
 
     with pytest.raises(CheckpointError, match="missing.onnx: ONNX model file not found"):
         Tagger.from_onnx(tmp_path / "missing.onnx")
