@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from wavemel.audio import audio_info, load_audio
+from wavemel.audio import audio_info, load_audio, stream_audio
 from wavemel.errors import AudioError
 
 RATE = 16000
@@ -185,3 +188,85 @@ def test_bad_input_gives_one_line_audio_error_naming_the_file(tmp_path, case, re
     if case not in ("nan", "inf"):  # header-only reads cannot see bad samples
         with pytest.raises(AudioError, match=reason):
             audio_info(path)
+
+
+# --- streaming reads --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file_rate,target_rate", [(44100, 16000), (8000, 22050), (16000, 16000)])
+@pytest.mark.parametrize("block_frames", [1, 999, 1 << 17])
+def test_stream_blocks_concatenate_to_the_whole_file_read(
+    tmp_path, file_rate, target_rate, block_frames
+):
+    data = _stereo(frames=file_rate // 2 + 7, rate=file_rate)
+    path = tmp_path / "clip.wav"
+    sf.write(path, data, file_rate, subtype="FLOAT")
+    blocks = list(stream_audio(path, target_rate, block_frames=block_frames))
+    assert all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+    # Bit for bit: inference (streamed) and training (whole file) must see the same samples.
+    np.testing.assert_array_equal(np.concatenate(blocks), load_audio(path, target_rate))
+
+
+def test_stream_of_an_empty_file_yields_no_samples(tmp_path):
+    path = tmp_path / "empty.wav"
+    sf.write(path, np.zeros(0), 22050, subtype="PCM_16")
+    assert sum(len(b) for b in stream_audio(path, 16000)) == 0
+
+
+def test_stream_errors_are_those_of_the_whole_file_read(tmp_path):
+    for case in ("missing", "text", "truncated", "nan"):
+        path = _make_bad(tmp_path, case)
+        with pytest.raises(AudioError) as streamed:
+            list(stream_audio(path, 8000, block_frames=16))
+        with pytest.raises(AudioError) as whole:
+            load_audio(path, 8000)
+        assert str(streamed.value).split(":")[:2] == str(whole.value).split(":")[:2]
+    with pytest.raises(ValueError, match="block_frames"):
+        stream_audio(path, 8000, block_frames=0)
+
+
+# --- names that are not UTF-8 and files that are not regular -----------------------------------
+
+
+def test_a_name_that_is_not_utf8_decodes_and_is_shown_escaped(tmp_path):
+    source = tmp_path / "a.wav"
+    data = _stereo()[:, 0].astype(np.float32)
+    sf.write(source, data, RATE, subtype="FLOAT")
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/x_\xff.wav")
+    shutil.copy(source, name)
+    np.testing.assert_array_equal(load_audio(name), data)
+    np.testing.assert_array_equal(np.concatenate(list(stream_audio(name))), data)
+    assert audio_info(name).frames == len(data)
+
+    Path(name).write_bytes(b"not audio")
+    with pytest.raises(AudioError) as excinfo:
+        load_audio(name)
+    message = str(excinfo.value)
+    assert "x_\\xff.wav: not an audio file" in message
+    message.encode("utf-8")  # printable: no lone surrogate left in it
+
+
+def _fifo(path: Path) -> Path:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case,reason",
+    [("fifo", "named pipe"), ("broken_link", "broken symbolic link"), ("loop", "link loop")],
+)
+def test_files_that_are_not_regular_are_refused_without_opening(tmp_path, case, reason):
+    path = tmp_path / f"{case}.wav"
+    if case == "fifo":
+        _fifo(path)  # opening it would block forever: no writer ever comes
+    elif case == "broken_link":
+        path.symlink_to(tmp_path / "gone.wav")
+    else:
+        path.symlink_to(tmp_path / "other.wav")
+        (tmp_path / "other.wav").symlink_to(path)
+    for read in (load_audio, audio_info, lambda p: list(stream_audio(p))):
+        with pytest.raises(AudioError, match=reason) as excinfo:
+            read(path)
+        assert str(excinfo.value).startswith(str(path))

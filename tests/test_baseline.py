@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wavemel.baseline import FEATURE_DIM, mfcc_statistics, run_baseline
 from wavemel.data import load_dataset
 from wavemel.data.records import ClipRecord
 from wavemel.data.synthetic import SYNTHETIC_CLASSES, generate
+from wavemel.study.baseline import FEATURE_DIM, mfcc_statistics, run_baseline
 
 
 @pytest.fixture(scope="module")

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save
 
 from wavemel.checkpoint import (
     FORMAT_VERSION,
+    CheckpointInfo,
     flatten_state,
     load_checkpoint,
+    load_model,
     load_tensors,
     save_checkpoint,
     save_tensors,
@@ -204,3 +208,151 @@ def test_resume_state_round_trip_without_pickle(tmp_path, monkeypatch):
         opt.step()
     for a, b in zip(net.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+def _interrupted_save(monkeypatch, stem, model, meta) -> None:
+    """``save_checkpoint`` killed between renaming the weights and renaming the JSON."""
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # like a kill: no cleanup code of the writer runs after it
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(stem, model, meta)
+    monkeypatch.setattr(os, "replace", real_replace)
+
+
+def test_kill_between_the_renames_still_loads_one_consistent_save(tmp_path, monkeypatch):
+    # Fails on the code before the pair ids: epoch 2's weights were loaded with epoch 1's JSON.
+    model = _build("cnn-audio").eval()
+    stem = tmp_path / "run" / "best"
+    save_checkpoint(stem, model, {"epoch": 1})
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    _interrupted_save(monkeypatch, stem, model, {"epoch": 2})
+    names = sorted(p.name for p in stem.parent.iterdir())
+    assert any(name.startswith(".best.json.tmp-") for name in names), names
+
+    loaded, meta = load_checkpoint(stem)
+    assert meta["epoch"] == 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # The loader finished the commit: the pending JSON is now best.json.
+    assert sorted(p.name for p in stem.parent.iterdir()) == ["best.json", "best.safetensors"]
+
+
+def test_mismatched_pair_without_pending_json_names_both_files(tmp_path, monkeypatch):
+    model = _build("cnn-audio").eval()
+    stem = tmp_path / "best"
+    save_checkpoint(stem, model, {"epoch": 1})
+    _interrupted_save(monkeypatch, stem, model, {"epoch": 2})
+    for pending in tmp_path.glob(".best.json.tmp-*"):
+        pending.unlink()
+    with pytest.raises(CheckpointError, match="different saves") as info:
+        load_checkpoint(stem)
+    assert "best.json" in str(info.value) and "best.safetensors" in str(info.value)
+    # The next save repairs the pair.
+    save_checkpoint(stem, model, {"epoch": 3})
+    assert load_checkpoint(stem)[1]["epoch"] == 3
+
+
+def test_next_save_removes_temp_files_of_dead_writers_only(tmp_path, tiny_model):
+    stem = tmp_path / "best"
+    save_checkpoint(stem, tiny_model, {})
+    dead_pid = 4_000_000  # above Linux's default pid_max: no such process
+    while True:
+        try:
+            os.kill(dead_pid, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            pass
+        dead_pid += 1
+    stale = [
+        tmp_path / f".best.json.tmp-{dead_pid}",
+        tmp_path / f".best.safetensors.tmp-{dead_pid}",
+    ]
+    live = tmp_path / f".best.json.tmp-{os.getppid()}"  # a running writer's file stays
+    for path in (*stale, live):
+        path.write_bytes(b"partial")
+    save_checkpoint(stem, tiny_model, {"again": True})
+    assert not any(path.exists() for path in stale)
+    assert live.exists()
+    assert load_checkpoint(stem)[1]["again"] is True
+
+
+def test_resume_state_pair_is_checked_too(tmp_path, monkeypatch):
+    save_tensors(tmp_path / "state", {"x": torch.zeros(2)}, {"n": 1})
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        save_tensors(tmp_path / "state", {"x": torch.ones(2)}, {"n": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    tensors, meta = load_tensors(tmp_path / "state")
+    assert meta["n"] == 2 and torch.equal(tensors["x"], torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "message"),
+    [(torch.int8, "int8"), (torch.float16, "float16"), (torch.float64, "float64")],
+)
+def test_weights_of_another_dtype_are_refused_not_cast(tmp_path, tiny_model, dtype, message):
+    # Fails on the old loader, which let load_state_dict cast them silently.
+    stem = tmp_path / "ck"
+    save_checkpoint(stem, tiny_model, {})
+    json_path = tmp_path / "ck.json"
+    pair_id = json.loads(json_path.read_text())["pair_id"]
+    state = {
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in tiny_model.state_dict().items()
+    }
+    (tmp_path / "ck.safetensors").write_bytes(save(state, metadata={"pair_id": pair_id}))
+    with pytest.raises(CheckpointError, match=rf"ck\.safetensors: tensor .* is torch\.{message}"):
+        load_checkpoint(stem)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, tiny_model, bad):
+    # Fails on the old loader: NaN weights loaded and the tagger printed nan scores.
+    stem = tmp_path / "ck"
+    save_checkpoint(stem, tiny_model, {})
+    pair_id = json.loads((tmp_path / "ck.json").read_text())["pair_id"]
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    state["classifier.weight"][0, 0] = bad
+    (tmp_path / "ck.safetensors").write_bytes(save(state, metadata={"pair_id": pair_id}))
+    with pytest.raises(CheckpointError, match="'classifier.weight' holds NaN or infinite"):
+        load_checkpoint(stem)
+
+
+def test_checkpoint_info_is_typed_and_tagger_reads_it(tmp_path, tiny_model):
+    meta = {
+        "labels": list("abcde"),
+        "sample_rate": SAMPLE_RATE,
+        "input_seconds": 1,
+        "label_prior": [1, 1, 2, 0, 0],
+        "eval_fill": "pad",
+    }
+    save_checkpoint(tmp_path / "ck", tiny_model, meta)
+    model, info = load_model(tmp_path / "ck")
+    assert isinstance(info, CheckpointInfo)
+    assert (info.sample_rate, info.input_seconds, info.input_samples) == (SAMPLE_RATE, 1.0, 8000)
+    assert info.labels == list("abcde") and info.eval_fill == "pad"
+    from wavemel.infer import Tagger
+
+    tagger = Tagger.from_checkpoint(tmp_path / "ck", device="cpu")
+    assert tagger.fill == "pad" and tagger.input_samples == 8000
+    np.testing.assert_allclose(tagger.prior, [0.25, 0.25, 0.5, 0, 0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from wavemel.errors import DataError
 
 def _wav(path: Path, frames: int = 160, rate: int = 16000) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, np.full(frames, 0.1), rate, subtype="PCM_16")
+    # As bytes: soundfile cannot encode a name that is not UTF-8 given as str.
+    sf.write(os.fsencode(path), np.full(frames, 0.1), rate, subtype="PCM_16", format="WAV")
     return path
 
 
@@ -207,7 +209,8 @@ def test_csv_manifest(tmp_path):
         assert records["c.wav"].labels == () and records["c.wav"].split == "test"
         assert records["d.wav"].path == absolute and records["d.wav"].fields == {"site": "east"}
         assert index.labels == ["bark", "cat", "dog"]
-        assert [p.kind for p in index.problems] == ["duplicate", "missing"]
+        # The second a.wav row gives other labels: the first row is kept and the clash named.
+        assert [p.kind for p in index.problems] == ["conflicting_labels", "missing"]
 
     by_site = load_dataset(manifest, group_field="site")
     assert [r.group for r in by_site.records] == ["north", "south", "north", "east"]
@@ -263,3 +266,108 @@ def test_detection_errors_name_the_root(tmp_path):
         load_dataset(tmp_path / "absent")
     with pytest.raises(DataError, match="unknown dataset format 'zip'"):
         load_dataset(tmp_path, format="zip")
+
+
+# --- bad entries, bad names and bad manifest rows ---------------------------------------------
+
+
+def test_a_link_loop_in_a_class_folder_is_named_and_the_other_clips_load(tmp_path):
+    for name in ("a.wav", "b.wav"):
+        _wav(tmp_path / "dog" / name)
+    _wav(tmp_path / "cat" / "c.wav")
+    (tmp_path / "dog" / "loop.wav").symlink_to(tmp_path / "dog" / "loop.wav")
+    os.mkfifo(tmp_path / "cat" / "pipe.wav")
+    (tmp_path / "bird").symlink_to(tmp_path / "moved-away")  # a class folder link, broken
+    index = load_dataset(tmp_path)
+    assert sorted(r.clip_id for r in index.records) == ["a.wav", "b.wav", "c.wav"]
+    assert sorted((p.path.name, p.kind, p.message) for p in index.problems) == [
+        ("bird", "not_a_file", "broken symbolic link"),
+        ("loop.wav", "not_a_file", "symbolic link loop"),
+        ("pipe.wav", "not_a_file", "is a named pipe (FIFO), expected a regular file"),
+    ]
+
+
+def test_a_link_loop_listed_in_metadata_hides_no_other_clip(tmp_path):
+    for name in ("a.wav", "b.wav"):
+        _wav(tmp_path / "clips" / name)
+    (tmp_path / "clips" / "loop.wav").symlink_to(tmp_path / "clips" / "loop.wav")
+    manifest = _csv(
+        tmp_path / "manifest.csv",
+        ["path", "label"],
+        [["clips/a.wav", "x"], ["clips/loop.wav", "x"], ["clips/b.wav", "y"]],
+    )
+    index = load_dataset(manifest)
+    assert [r.clip_id for r in index.records] == ["a.wav", "b.wav"]
+    assert [(p.path.name, p.kind) for p in index.problems] == [("loop.wav", "not_a_file")]
+    assert "symbolic link loop" in index.problems[0].message
+
+
+def test_folder_names_that_are_not_utf8_load_and_serialise(tmp_path):
+    raw = os.fsencode(tmp_path)
+    _wav(Path(os.fsdecode(raw + b"/dog/x_\xff.wav")))
+    _wav(Path(os.fsdecode(raw + b"/c\xe4t/y.wav")))
+    index = load_dataset(tmp_path)
+    assert index.labels == ["c\\xe4t", "dog"]  # printable, JSON- and UTF-8-safe
+    assert sorted(r.path.name for r in index.records) == sorted(["x_\udcff.wav", "y.wav"])
+    assert not index.problems
+
+
+def test_manifest_rows_are_matched_by_the_file_they_name(tmp_path):
+    clip = _wav(tmp_path / "o" / "x.wav")
+    other = _wav(tmp_path / "o" / "y.wav")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "clips").mkdir()
+    manifest = _csv(
+        tmp_path / "m" / "manifest.csv",
+        ["path", "label", "split"],
+        [["../o/x.wav", "dog", "train"],  # line 2
+         ["clips/../../o/x.wav", "dog", "train"],  # 3: the same file, the same label
+         [str(clip), "cat", "train"],  # 4: the same file, another label
+         ["../o/y.wav", "", "train"],  # 5: a training row without a label
+         ["../o/y.wav", "cat", "test"],  # 6
+         ["../o/z.wav"],  # 7: too short
+         ["", "dog", "train"]],  # 8: no file
+    )  # fmt: skip
+    index = load_dataset(manifest)
+    assert [(r.path, r.labels, r.split) for r in index.records] == [
+        (clip, ("dog",), "train"),
+        (other, (), "test"),  # "cat" came only from the conflicting row: not a training label
+    ]
+    problems = [(p.path.name, p.kind, p.message) for p in index.problems]
+    assert problems == [
+        ("manifest.csv", "bad_row", "line 7: 1 cell(s) where the header has 3; left out"),
+        ("x.wav", "duplicate", "manifest.csv line 3: same file as line 2; left out"),
+        (
+            "x.wav",
+            "conflicting_labels",
+            "manifest.csv line 4: same file as line 2 with other labels (dog vs cat); line 2 kept",
+        ),
+        ("y.wav", "no_label", "manifest.csv line 5: training row without a label"),
+        ("manifest.csv", "bad_row", "line 8: no file named; left out"),
+        ("y.wav", "unknown_label", "test label(s) cat not among the training labels"),
+    ]
+
+
+def test_short_rows_of_fsdkaggle2018_csvs_are_problems_not_tracebacks(tmp_path):
+    meta = tmp_path / "FSDKaggle2018.meta"
+    _csv(meta / "train_post_competition.csv", ["fname", "label", "manually_verified"],
+         [["a.wav", "Bark", 1], ["b.wav"]])  # fmt: skip
+    _wav(tmp_path / "FSDKaggle2018.audio_train" / "a.wav")
+    index = load_dataset(tmp_path)
+    assert [r.clip_id for r in index.records] == ["a.wav"]
+    assert [(p.kind, p.message) for p in index.problems] == [
+        ("bad_row", "line 3: 1 cell(s) where the header has 3; left out")
+    ]
+
+
+def test_a_fifo_as_dataset_root_or_manifest_is_refused_unopened(tmp_path):
+    os.mkfifo(tmp_path / "m.csv")
+    for format in (None, "csv"):
+        with pytest.raises(DataError, match=r"m.csv: is a named pipe \(FIFO\)"):
+            load_dataset(tmp_path / "m.csv", format=format)
+    _csv(tmp_path / "short.csv", ["path", "label"], [["a.wav"], ["b.wav"]])
+    index = load_dataset(tmp_path / "short.csv", check_files=False)
+    assert [p.message for p in index.problems] == [
+        "line 2: 1 cell(s) where the header has 2; left out",
+        "line 3: 1 cell(s) where the header has 2; left out",
+    ]

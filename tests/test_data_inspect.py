@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +101,30 @@ def test_cli_inspect_user_errors_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1
     assert main(["data", "inspect", str(tmp_path), "--format", "pattern"]) == 2
     assert "needs a label pattern" in capsys.readouterr().err
+
+
+def test_cli_inspect_names_bad_entries_escaped(tmp_path, capsys):
+    root = tmp_path / "set"
+    (root / "cat").mkdir(parents=True)
+    sf.write(root / "cat" / "a.wav", np.zeros(800), 8000)
+    raw = os.fsencode(root / "cat")
+    Path(os.fsdecode(raw + b"/x_\xff.wav")).write_bytes(b"not audio at all" * 100)
+    shutil.copy(root / "cat" / "a.wav", os.fsdecode(raw + b"/y_\xfe.wav"))
+    os.mkfifo(root / "cat" / "pipe.wav")
+    (root / "cat" / "loop.wav").symlink_to(root / "cat" / "loop.wav")
+
+    assert main(["data", "inspect", str(root)]) == 0
+    out = capsys.readouterr().out  # capsys writes strict UTF-8, as a terminal would
+    assert "clips     3 (train 3)" in out  # x_\\xff.wav is listed; its header is what fails
+    assert f"[unreadable] {root}/cat/x_\\xff.wav: not an audio file" in out
+    assert f"[not_a_file] {root}/cat/pipe.wav: is a named pipe" in out
+    assert f"[not_a_file] {root}/cat/loop.wav: symbolic link loop" in out
+
+    assert main(["data", "inspect", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {p["path"].rsplit("/", 1)[-1] for p in report["problems"]} == {
+        "x_\\xff.wav",
+        "pipe.wav",
+        "loop.wav",
+    }
+    assert report["durations"]["train"]["n"] == 2  # y_\xfe.wav decoded fine

@@ -86,29 +86,43 @@ def test_test_split_metrics_match_an_independent_computation(run_dir, dataset):
     messages = " ".join(str(w.message) for w in caught)
     assert "broken.wav" in messages
 
-    # Recompute from the files with the block-reading Tagger and the metric functions.
+    # Recompute from the files with the block-reading Tagger and the metric functions. The
+    # undecodable broken.wav has no answer and counts as a miss (a NaN row), as on Kaggle.
     index = load_dataset(dataset, "csv")
-    records = [r for r in index.split("test") if r.path.name not in ("broken.wav", "odd.wav")]
+    records = [r for r in index.split("test") if r.path.name != "odd.wav"]
     tagger = Tagger.from_checkpoint(run_dir, device="cpu")
-    scores = np.stack([tagger.predict_proba(r.path) for r in records])
+    scores = np.stack(
+        [
+            np.full(len(LABELS), np.nan)
+            if r.path.name == "broken.wav"
+            else tagger.predict_proba(r.path)
+            for r in records
+        ]
+    )
     targets = np.array([LABELS.index(r.label) for r in records])
     public = np.array([r.usage == "Public" for r in records])
 
-    assert result["n_clips"] == len(records) == 6
+    assert result["n_clips"] == len(records) == 7 and result["n_unscored"] == 1
+    assert [p.split("/")[-1] for p in result["unscored"]] == ["broken.wav"]
     assert result["map3"] == pytest.approx(map_at_k(scores, targets), abs=1e-6)
+    decoded = np.array([r.path.name != "broken.wav" for r in records])
+    # The miss lowers the mean: 6 answered clips' MAP@3 scaled by 6/7, not the mean over 6.
+    assert result["map3"] == pytest.approx(
+        map_at_k(scores[decoded], targets[decoded]) * 6 / 7, abs=1e-9
+    )
     assert result["top1"] == pytest.approx(top_k_accuracy(scores, targets), abs=1e-6)
     assert result["map3_public"] == pytest.approx(map_at_k(scores[public], targets[public]))
     assert result["map3_private"] == pytest.approx(map_at_k(scores[~public], targets[~public]))
-    assert (result["n_public"], result["n_private"]) == (3, 3)
+    assert (result["n_public"], result["n_private"]) == (3, 4)
     assert set(result["per_class"]) == set(LABELS)
-    assert all(row["n"] == 2 for row in result["per_class"].values())
+    assert [row["n"] for row in result["per_class"].values()] == [2, 2, 3]
     for label in LABELS:
         rows = targets == LABELS.index(label)
         expected = map_at_k(scores[rows], targets[rows])
         assert result["per_class"][label]["map3"] == pytest.approx(expected, abs=1e-6)
         assert 0.0 < result["per_class"][label]["ap"] <= 1.0
-    assert [p.split("/")[-1] for p in result["excluded"]] == ["broken.wav"]
-    assert np.sum(result["confusion_matrix"]) == 6
+    assert result["excluded"] == {}  # odd.wav's only label is dropped by the data layer
+    assert np.sum(result["confusion_matrix"]) == 6  # the unanswered clip is not in the matrix
 
     saved = json.loads((run_dir / "evaluation_test.json").read_text())
     assert saved["map3"] == result["map3"]
@@ -128,7 +142,7 @@ def test_val_split_is_the_runs_validation_fold(run_dir, dataset, tmp_path):
         evaluate_run(run_dir, split="val", device="cpu", out_dir=tmp_path, val_split="nope")
 
 
-@pytest.mark.filterwarnings("ignore:excluded from evaluation")
+@pytest.mark.filterwarnings("ignore:no answer")
 def test_zero_input(tmp_path, run_dir, dataset):
     with pytest.raises(CheckpointError, match="cnn-comb"):
         evaluate_run(run_dir, zero_input="audio", device="cpu", out_dir=tmp_path)
@@ -141,7 +155,9 @@ def test_zero_input(tmp_path, run_dir, dataset):
     # The ablation reached the model: per-clip answers equal a tagger with that branch zeroed.
     tagger = Tagger.from_checkpoint(comb, device="cpu")
     tagger.model.zero_input = "spec"
-    for clip in ablated["clips"]:
+    answered = [clip for clip in ablated["clips"] if clip["top3"] is not None]
+    assert len(answered) == len(ablated["clips"]) - 1  # broken.wav has no answer
+    for clip in answered:
         expected = tagger.tag(clip["path"], top_k=3)
         assert [label for label, _ in expected] == [label for label, _ in clip["top3"]]
         np.testing.assert_allclose(
@@ -154,10 +170,50 @@ def test_cli_json_and_table(run_dir, tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--json", "--out-dir", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
-    assert result["n_clips"] == 6 and "map3" in result
+    assert result["n_clips"] == 7 and result["n_unscored"] == 1 and "map3" in result
     assert "broken.wav" in captured.err and "Traceback" not in captured.err
     assert main(["evaluate", str(run_dir), "--out-dir", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "MAP@3 Public" in table and "hum" in table
     assert main(["evaluate", str(tmp_path / "no-run")]) == 2
     assert "wavemel: error:" in capsys.readouterr().err
+
+
+def test_training_validation_counts_like_evaluate_val(tmp_path, capsys):
+    # Defect 12: training validation scored an undecodable clip with the prior, so its MAP@3
+    # differed from `evaluate --split val`, and its warning was a raw two-line UserWarning.
+    from wavemel.data.synthetic import generate
+
+    root = generate(tmp_path / "synth", clips_per_class=4, sample_rate=RATE, max_seconds=0.8)
+    rows = [
+        {"path": str(p), "label": p.parent.name, "split": "test" if i % 2 else "train"}
+        for i, p in enumerate(sorted(root.rglob("*.wav")))
+    ]
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio\n" * 50)
+    rows.append({"path": str(broken), "label": rows[0]["label"], "split": "test"})
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    run = tmp_path / "run"
+    args = [
+        "train", "--model", "cnn-spec", "--size", "tiny", "--data", str(manifest),
+        "--out", str(run), "--sample-rate", str(RATE), "--input-seconds", "0.5",
+        "--epochs", "1", "--batch-size", "8", "--val-split", "test", "--workers", "0",
+        "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "broken.wav" in line]
+    assert warned and all(line.startswith("wavemel: warning:") for line in warned), err
+    assert "count as misses" in warned[0] and warned[0].count("broken.wav") == 1
+    assert "UserWarning" not in err and "Warning:" not in err.replace("warning:", "")
+
+    logged = json.loads((run / "best.json").read_text())["metrics"]["val_map3"]
+    result = evaluate_run(run, split="val", device="cpu", out_dir=tmp_path / "eval")
+    assert result["n_unscored"] == 1 and result["n_clips"] == sum(
+        r["split"] == "test" for r in rows
+    )
+    assert result["map3"] == pytest.approx(logged, abs=1e-9)

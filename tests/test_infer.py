@@ -78,8 +78,9 @@ def test_stream_cuts_the_windows_window_starts_describes(chunk, length, width, h
         clip[s : s + width] if length >= width else fill_window(clip, width, "pad")
         for s in window_starts(length, width, hop)
     ]
+    assert [start for start, _ in windows] == window_starts(length, width, hop)
     assert len(windows) == len(expected)
-    for got, want in zip(windows, expected):
+    for (_, got), want in zip(windows, expected):
         np.testing.assert_array_equal(got, want)
 
 
@@ -201,3 +202,51 @@ def test_cuda_autocast_matches_cpu():
     cpu = predict_waveforms(model, clips, input_samples=100, device="cpu")
     cuda = predict_waveforms(model.cuda(), clips, input_samples=100, device="cuda")
     np.testing.assert_allclose(cuda, cpu, atol=2e-2)
+
+
+class FeatureProbe(WindowProbe):
+    """WindowProbe with an embedding: the window's first samples, scaled."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * x[:, :3]
+
+
+@pytest.mark.parametrize("hop_seconds", [None, 0.003, 0.0125])
+def test_window_series_are_the_windows_the_clip_tag_averages(hop_seconds):
+    rate, width = 8000, 100
+    model = FeatureProbe(input_samples=width)
+    tagger = _tagger(model, rate, width)
+    clip = np.random.default_rng(1).standard_normal(457).astype(np.float32)
+    series = tagger.window_probabilities(clip, hop_seconds=hop_seconds)
+    hop = width if hop_seconds is None else round(hop_seconds * rate)
+    starts = window_starts(clip.shape[0], width, hop)
+    np.testing.assert_allclose(series.starts, np.array(starts) / rate)
+    np.testing.assert_allclose(series.ends, (np.array(starts) + width) / rate)
+    assert series.duration == pytest.approx(457 / rate)
+    windows = np.stack([clip[s : s + width] for s in starts])
+    expected = _softmax(3.0 * np.tanh(windows @ model.weight.detach().numpy()))
+    np.testing.assert_allclose(series.values, expected, rtol=1e-5, atol=1e-7)
+    if hop_seconds is None:
+        np.testing.assert_allclose(
+            series.values.mean(axis=0), tagger.predict_proba(clip), atol=1e-7
+        )
+    embeddings = tagger.window_embeddings(clip, hop_seconds=hop_seconds)
+    np.testing.assert_allclose(embeddings.values, 2.0 * windows[:, :3], rtol=1e-6)
+
+
+def test_embed_is_the_mean_window_embedding_and_refuses_empty_clips(tmp_path):
+    rate, width = 8000, 100
+    tagger = _tagger(FeatureProbe(input_samples=width), rate, width)
+    clip = np.random.default_rng(2).standard_normal(350).astype(np.float32)
+    path = tmp_path / "clip.wav"
+    sf.write(path, clip, rate, subtype="FLOAT")
+    starts = window_starts(350, width, width)
+    expected = np.mean([2.0 * clip[s : s + 3] for s in starts], axis=0)
+    np.testing.assert_allclose(tagger.embed(path), expected, rtol=1e-6)
+    assert tagger.embed(path).dtype == np.float32
+    short = tagger.window_probabilities(clip[:40])
+    assert short.values.shape[0] == 1 and short.ends[0] == pytest.approx(40 / rate)
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), rate)
+    with pytest.raises(AudioError, match="empty.wav: empty clip"):
+        tagger.embed(empty)

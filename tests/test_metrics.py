@@ -130,3 +130,18 @@ def test_other_errors():
         confusion_matrix(np.array([0, 1]), np.array([0]))
     with pytest.raises(ValueError):
         top_k_accuracy(np.zeros((2, 2, 2)), np.array([0, 1]))
+
+
+def test_a_clip_without_an_answer_counts_as_a_miss():
+    # Kaggle scores a missing answer as 0: an undecodable clip must lower MAP@3, not vanish.
+    scores = np.array([[0.9, 0.1, 0.0], [np.nan, np.nan, np.nan], [0.1, 0.2, 0.7]])
+    targets = np.array([0, 0, 2])
+    np.testing.assert_allclose(average_precision_at_k(scores, targets), [1.0, 0.0, 1.0])
+    assert map_at_k(scores, targets) == pytest.approx(2 / 3)
+    assert top_k_accuracy(scores, targets, k=3) == pytest.approx(2 / 3)
+    # Per-class AP: the unanswered clip of class 0 ranks below every answered clip.
+    ap = average_precision_per_class(scores, targets)
+    assert ap[0] == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert confusion_matrix(targets, scores).sum() == 2
+    with pytest.raises(ValueError, match="NaN"):
+        map_at_k(np.array([[np.nan, 0.5, 0.5]]), np.array([0]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from wavemel.models import (
+    Cnn14,
     CnnAudio,
     CnnComb,
     CnnSpec,
@@ -61,7 +63,7 @@ def _tiny_comb(seed: int = 0) -> CnnComb:
 
 
 def test_registry_lists_the_poster_models():
-    assert list_models() == ["cnn-audio", "cnn-comb", "cnn-spec"]
+    assert list_models() == ["cnn-audio", "cnn-comb", "cnn-spec", "cnn14"]
     for name in list_models():
         assert list_sizes(name) == ["tiny", "small", "paper"]
 
@@ -318,3 +320,79 @@ def test_too_short_input_raises(name):
         model(torch.randn(1, model.min_samples - 1))
     with torch.no_grad():
         assert model(torch.randn(1, model.min_samples)).shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("cnn-audio", {"channels": (8, 16, 10**6)}, "channels is at most 4096"),
+        ("cnn-audio", {"dense": 10**7}, "dense is at most"),
+        ("cnn-audio", {"stem_channels": 10**5}, "stem_channels is at most"),
+        ("cnn-audio", {"kernel_size": "5"}, "field 'kernel_size' must be an integer"),
+        ("cnn-audio", {"channels": ("8", "16", "32")}, "must be a list of integers"),
+        ("cnn-audio", {"dropout": float("nan")}, "field 'dropout' must be a finite number"),
+        ("cnn-audio", {"sample_rate": 10**7}, r"sample_rate must be in \[1000, 384000\]"),
+        ("cnn-spec", {"n_fft": 2**30}, "n_fft must be in"),
+        ("cnn-spec", {"fmax": float("inf")}, "field 'fmax' must be a finite number or null"),
+        # 4096 channels in 16 blocks of 16 3x3 convolutions: ~38 G parameters.
+        (
+            "cnn-spec",
+            {"channels": (4096,) * 16, "convs_per_block": (16,) * 16, "pools": (1,) * 16},
+            "parameters, over the",
+        ),
+    ],
+)
+def test_absurd_configs_are_refused_before_anything_is_allocated(name, overrides, message):
+    # Fails on the old code: strings and NaN slipped through, and the sizes were allocated.
+    with pytest.raises(ValueError, match=message):
+        create_model(name, 3, size="tiny", **{"sample_rate": 8000, **overrides})
+
+
+def test_huge_pooling_is_refused_without_spinning():
+    # Pools of 1000 (the crafted-run case that hung the old code, which counted up one sample
+    # at a time to their product) are over the cap; within the cap the search stops after one
+    # second of samples.
+    with pytest.raises(ValueError, match="pools is at most 64"):
+        create_model("cnn-audio", 3, size="tiny", pools=(1000, 1000, 1000))
+    with pytest.raises(ValueError, match="reduces the rate too much"):
+        create_model("cnn-audio", 3, size="tiny", pools=(64, 64, 64))
+
+
+def test_num_classes_is_an_integer_in_range():
+    for bad in ("3", 2.0, True, 10**6):
+        with pytest.raises(ValueError, match="num_classes"):
+            create_model("cnn-audio", bad, size="tiny")
+
+
+def test_comb_branches_cannot_be_combs():
+    audio = create_model("cnn-audio", 3, size="tiny")
+    config = {
+        "hidden": 8,
+        "audio": {"name": "cnn-comb", "config": {}},
+        "spec": {"name": "cnn-spec", "config": {}},
+    }
+    with pytest.raises(ValueError, match="branches cannot be cnn-comb"):
+        model_from_config("cnn-comb", 3, config)
+    assert CnnComb.from_size(3, size="tiny").embedding_dim == 32
+    with pytest.raises(ValueError, match="hidden must be in"):
+        CnnComb(audio, create_model("cnn-spec", 3, size="tiny"), 3, hidden=10**6)
+
+
+def test_family_builders_use_the_family_defaults():
+    # ConfiguredModel gives every single-config family the same builders and round trip.
+    assert CnnSpec.from_size(3).config == dataclasses.replace(
+        CnnSpec.SIZES["small"], n_fft=1024, hop_length=320
+    )
+    assert CnnAudio.from_size(3, size="tiny").sample_rate == 16000
+    cnn14 = Cnn14.from_size(3, size="tiny")
+    assert cnn14.sample_rate == 32000
+    assert Cnn14.from_config(3, cnn14.config_dict()).config == cnn14.config
+
+
+@pytest.mark.parametrize("name", ["cnn-audio", "cnn-spec", "cnn14", "cnn-comb"])
+def test_every_model_names_itself_for_a_bad_waveform(name):
+    model = create_model(name, 3, size="tiny", sample_rate=16000)
+    with pytest.raises(ValueError, match=f"^{name} expects a \\(batch, samples\\) waveform"):
+        model(torch.zeros(2, 1, 16000))
+    with pytest.raises(ValueError, match=f"^{name} needs at least {model.min_samples} samples"):
+        model(torch.zeros(2, model.min_samples - 1))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +176,94 @@ def test_inference_options_are_checked(tmp_path, capsys):
         assert main(["predict", run, str(clip), "--device", "cuda"]) == 2
         err = capsys.readouterr().err
         assert "CUDA is not available" in err and "Traceback" not in err
+
+
+# --- names, links, FIFOs and submissions ------------------------------------------------------
+
+
+def _clip(path, seed=0, frames=9000):
+    """A noise clip; the name is passed as bytes, which soundfile takes for any name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = (0.1 * np.random.default_rng(seed).standard_normal(frames)).astype(np.float32)
+    sf.write(os.fsencode(path), noise, RATE, format="WAV", subtype="FLOAT")
+    return path
+
+
+def test_a_name_that_is_not_utf8_is_tagged_and_shown_escaped(tmp_path, capsys):
+    _make_checkpoint(tmp_path / "run" / "best", ["a", "b", "c"])
+    folder = tmp_path / "clips"
+    _clip(folder / "a.wav")
+    _clip(Path(os.fsdecode(os.fsencode(folder) + b"/x_\xff.wav")), seed=1)
+    _clip(folder / "z.wav", seed=2)
+    out = tmp_path / "submission.csv"
+
+    args = ["predict", str(tmp_path / "run"), str(folder)]
+    assert main(args) == 0  # capsys writes strict UTF-8, as a terminal would
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [
+        f"{folder}/a.wav",
+        f"{folder}/x_\\xff.wav",
+        f"{folder}/z.wav",
+    ]
+    assert main([*args, "--json", "--submission", str(out)]) == 0
+    paths = [r["path"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert paths[1] == f"{folder}/x_\\xff.wav"
+    with open(out, newline="", encoding="utf-8") as handle:
+        assert [row["fname"] for row in csv.DictReader(handle)] == ["a.wav", "x_\\xff.wav", "z.wav"]
+
+
+def test_fifos_and_bad_links_are_reported_without_hanging(tmp_path):
+    _make_checkpoint(tmp_path / "run" / "best", ["a", "b"])
+    folder = tmp_path / "clips"
+    _clip(folder / "good.wav")
+    os.mkfifo(folder / "inside.wav")
+    os.mkfifo(tmp_path / "given.wav")
+    (folder / "broken.wav").symlink_to(folder / "gone.wav")
+    (folder / "loop.wav").symlink_to(folder / "loop.wav")
+    command = [sys.executable, "-m", "wavemel", "predict", str(tmp_path / "run")]
+    command += [str(tmp_path / "given.wav"), str(folder)]
+    # A subprocess with a timeout: opening a FIFO blocks forever, which must fail, not hang.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert [line.split("\t")[0] for line in done.stdout.splitlines()] == [f"{folder}/good.wav"]
+    assert "Traceback" not in done.stderr
+    for name, reason in [
+        (tmp_path / "given.wav", "is a named pipe (FIFO)"),
+        (folder / "inside.wav", "is a named pipe (FIFO)"),
+        (folder / "broken.wav", "broken symbolic link"),
+        (folder / "loop.wav", "symbolic link loop"),
+    ]:
+        assert any(line.startswith(f"  {name}: {reason}") for line in done.stderr.splitlines())
+
+
+def test_submission_cells_are_quoted_and_each_file_has_one_row(tmp_path, capsys):
+    _make_checkpoint(tmp_path / "run" / "best", ["a", "b", "c"])
+    comma = _clip(tmp_path / "t" / "dog, bark.wav")
+    _clip(tmp_path / "t" / "two\nlines.wav", seed=1)
+    plain = _clip(tmp_path / "t" / "plain.wav", seed=2)
+    out = tmp_path / "submission.csv"
+    given = [str(comma), str(tmp_path / "t"), str(plain), str(tmp_path / "t" / "." / "plain.wav")]
+    assert main(["predict", str(tmp_path / "run"), *given, "--submission", str(out)]) == 0
+    capsys.readouterr()
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["fname", "label"]
+    # A name's comma stays in its cell; its newline is shown escaped, never starting a row.
+    assert [row[0] for row in rows[1:]] == ["dog, bark.wav", "plain.wav", "two\\nlines.wav"]
+    assert all(len(row) == 2 and len(row[1].split()) == 3 for row in rows[1:])
+
+
+def test_two_files_with_one_name_stop_a_submission_before_tagging(tmp_path, capsys):
+    _make_checkpoint(tmp_path / "run" / "best", ["a", "b"])
+    first = _clip(tmp_path / "day1" / "x.wav")
+    second = _clip(tmp_path / "day2" / "x.wav", seed=1)
+    out = tmp_path / "submission.csv"
+    args = ["predict", str(tmp_path / "run"), str(tmp_path / "day1"), str(tmp_path / "day2")]
+    assert main([*args, "--submission", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()
+    [line] = captured.err.splitlines()
+    assert line.startswith("wavemel: error: --submission:")
+    assert str(first) in line and str(second) in line
+    assert main(args) == 0  # without a submission both are simply tagged
+    assert len(capsys.readouterr().out.splitlines()) == 2

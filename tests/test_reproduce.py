@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from wavemel.cli import main as cli_main
-from wavemel.errors import DataError
-from wavemel.reproduce import PRESETS, VARIANTS, StudyConfig, reproduce
+from wavemel.study import PRESETS, VARIANTS, StudyConfig, reproduce
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +58,7 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
             assert match, cells
             values = [
                 json.loads(
-                    (out / "runs" / u / f"{seconds:g}s" / model / "study-eval-val.json").read_text()
+                    (out / "runs" / u / f"{seconds:g}s" / model / "evaluation_val.json").read_text()
                 )["map3"]
                 for u in units
             ]
@@ -79,7 +78,7 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
 
     # The evaluation JSONs agree with what evaluate_run wrote into the run folder.
     run = out / "runs" / units[0] / "2s" / "cnn-comb"
-    ours = json.loads((run / "study-eval-val-zero_spec.json").read_text())
+    ours = json.loads((run / "evaluation_val_zero-spec.json").read_text())
     assert ours["zero_input"] == "spec"
     assert results["runs"][units[0]]["2s"]["cnn-comb spec_input=0"]["map3"] == ours["map3"]
 
@@ -124,52 +123,25 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
 
     # An interrupted study: one evaluation missing and one run never marked finished. Only
     # those are redone.
-    (run / "study-eval-val.json").unlink()
-    state = json.loads((out / "state.json").read_text())
+    (run / "evaluation_val.json").unlink()
     key = f"runs/{units[1]}/2s/cnn-spec"
-    del state["runs"][key]
-    (out / "state.json").write_text(json.dumps(state))
+    (out / key / "finished.json").unlink()
     other = out / "runs" / units[0] / "1s" / "cnn-spec" / "best.safetensors"
     other_stamp = other.stat().st_mtime_ns
     comb = out / "runs" / units[1] / "2s" / "cnn-comb"
     comb_stamp = (comb / "best.safetensors").stat().st_mtime_ns
     reproduce(StudyConfig(data=str(data), out=str(out), preset="tiny", progress=False))
-    assert (run / "study-eval-val.json").is_file()
+    assert (run / "evaluation_val.json").is_file()
     assert json.loads((out / "state.json").read_text())["runs"][key]["trained"] is True
     assert other.stat().st_mtime_ns == other_stamp
     # The head on top of a retrained branch is trained again and re-scored.
     assert (comb / "best.safetensors").stat().st_mtime_ns != comb_stamp
-    assert (comb / "study-eval-val.json").is_file()
+    assert (comb / "evaluation_val.json").is_file()
     # Called from Python, the report states the equivalent command, not this process's argv.
     assert (
         f"wavemel reproduce --data {data} --out {out} --preset tiny\n"
         in (out / "report.md").read_text()
     )
-
-
-def test_study_folder_is_protected(tmp_path):
-    from wavemel.reproduce import _open_study
-
-    out = tmp_path / "study"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="holds no study"):
-        _open_study(out, {"preset": "tiny"}, force=False)
-    assert (out / "notes.txt").read_text() == "mine"
-
-    other = tmp_path / "other"
-    state = _open_study(other, {"preset": "tiny"}, force=False)
-    state.runs["runs/x"] = {"trained": True}
-    state.save()
-    (other / "runs").mkdir()
-    # Same settings: the state is picked up again.
-    assert _open_study(other, {"preset": "tiny"}, force=False).runs == {"runs/x": {"trained": True}}
-    with pytest.raises(DataError, match=r"other settings \(preset\)"):
-        _open_study(other, {"preset": "cpu"}, force=False)
-    # --force discards the old study (and only the study's own files).
-    (other / "keep.txt").write_text("x")
-    assert _open_study(other, {"preset": "cpu"}, force=True).runs == {}
-    assert not (other / "runs").exists() and (other / "keep.txt").exists()
 
 
 def _fsdk18_layout(tmp_path):
@@ -220,7 +192,7 @@ def test_test_split_study_reports_public_private_and_total(tmp_path):
     for model in ("cnn-audio", "cnn-spec", "cnn-comb"):
         cells = rows[(model, "1 s")]
         scored = json.loads(
-            (out / "runs" / "seed0" / "1s" / model / "study-eval-test.json").read_text()
+            (out / "runs" / "seed0" / "1s" / model / "evaluation_test.json").read_text()
         )
         assert scored["n_clips"] == 16
         for cell, key in zip(cells[:3], ("map3_public", "map3_private", "map3")):

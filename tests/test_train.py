@@ -247,7 +247,7 @@ def test_combine_refuses_branches_in_the_wrong_slots(tmp_path):
     audio = _fake_branch(tmp_path / "a", "cnn-audio", ["a", "b", "c"])
     spec = _fake_branch(tmp_path / "s", "cnn-spec", ["a", "b", "c"])
     swapped = CombineConfig(audio_run=str(spec), spec_run=str(audio), out=str(tmp_path / "c"))
-    with pytest.raises(CheckpointError, match="--audio must be a cnn-audio run, not cnn-spec"):
+    with pytest.raises(CheckpointError, match=r"--spec must be a log-mel .*not cnn-audio"):
         combine(swapped)
     assert not (tmp_path / "c").exists()
 

@@ -19,3 +19,19 @@ class DataError(WavemelError):
 
 class CheckpointError(WavemelError):
     """A checkpoint or run folder is missing, incomplete or incompatible."""
+
+
+class WavemelWarning(UserWarning):
+    """Something a user should know that did not stop the job (the CLI prints one line)."""
+
+
+class EmptyClipWarning(WavemelWarning):
+    """A clip had no samples and was answered with the model's empty-clip distribution.
+
+    Attributes:
+        path: The clip's file (or ``"waveform"`` for an in-memory clip).
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path

@@ -15,19 +15,23 @@ stays bounded however long the file is; the result equals scoring the whole deco
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from wavemel._device import autocast, model_device, resolve_device
-from wavemel.checkpoint import load_checkpoint
-from wavemel.errors import AudioError, CheckpointError, WavemelError
+from wavemel._paths import display_path
+from wavemel.audio import stream_audio
+from wavemel.checkpoint import load_model
+from wavemel.errors import AudioError, EmptyClipWarning, WavemelError
 
-__all__ = ["Tagger", "predict_waveforms", "window_starts", "fill_window"]
+__all__ = ["Tagger", "WindowSeries", "predict_waveforms", "window_starts", "fill_window"]
 
 _AGGREGATES = ("mean", "geometric")
 _FILLS = ("replicate", "pad")
@@ -94,8 +98,9 @@ def _check_window(input_samples: int, hop: int) -> None:
 class _WindowStream:
     """Cuts a clip that arrives in chunks into the windows :func:`window_starts` describes.
 
-    Only the samples that a future window may still need are kept (at most about one window plus
-    one hop plus one chunk), which is what bounds memory for arbitrarily long files.
+    Each window comes with its start sample. Only the samples that a future window may still need
+    are kept (at most about one window plus one hop plus one chunk), which is what bounds memory
+    for arbitrarily long files.
     """
 
     def __init__(self, input_samples: int, hop_samples: int, fill: str) -> None:
@@ -108,8 +113,8 @@ class _WindowStream:
         self._next_start = 0  # start of the next regular window
         self._last_end = 0  # end of the last window emitted
 
-    def push(self, chunk: np.ndarray) -> list[np.ndarray]:
-        """Add samples; return the regular windows that became complete."""
+    def push(self, chunk: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Add samples; return the regular ``(start, window)`` pairs that became complete."""
         chunk = np.asarray(chunk, dtype=np.float32)
         if chunk.size:
             self._buffer = np.concatenate([self._buffer, chunk])
@@ -118,7 +123,7 @@ class _WindowStream:
         windows = []
         while self._next_start + width <= self.total:
             offset = self._next_start - self._buffer_start
-            windows.append(self._buffer[offset : offset + width].copy())
+            windows.append((self._next_start, self._buffer[offset : offset + width].copy()))
             self._last_end = self._next_start + width
             self._next_start += self.hop
         # Keep what the next regular window needs and the last full window (for the tail).
@@ -127,21 +132,21 @@ class _WindowStream:
         self._buffer_start = keep_from
         return windows
 
-    def finish(self) -> list[np.ndarray]:
-        """Return the tail window (aligned to the clip's end) or the filled short-clip window."""
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        """The tail window (aligned to the clip's end) or the filled short-clip window."""
         width = self.input_samples
         if self.total == 0:
             return []
         if self.total < width:
-            return [fill_window(self._buffer, width, self.fill)]
+            return [(0, fill_window(self._buffer, width, self.fill))]
         if self._last_end < self.total:
             offset = self.total - width - self._buffer_start
-            return [self._buffer[offset : offset + width].copy()]
+            return [(self.total - width, self._buffer[offset : offset + width].copy())]
         return []
 
 
 class _Aggregator:
-    """Running per-clip sums of window probabilities (or log-probabilities)."""
+    """Running per-clip sums of window probabilities (or log-probabilities): a window sink."""
 
     def __init__(self, num_clips: int, num_classes: int, aggregate: str) -> None:
         if aggregate not in _AGGREGATES:
@@ -150,9 +155,9 @@ class _Aggregator:
         self.sums = np.zeros((num_clips, num_classes), dtype=np.float64)
         self.counts = np.zeros(num_clips, dtype=np.int64)
 
-    def add(self, clip_index: np.ndarray, scores: np.ndarray) -> None:
-        np.add.at(self.sums, clip_index, scores)
-        np.add.at(self.counts, clip_index, 1)
+    def __call__(self, owners: np.ndarray, starts: np.ndarray, rows: np.ndarray) -> None:
+        np.add.at(self.sums, owners, rows)
+        np.add.at(self.counts, owners, 1)
 
     def result(self, empty_distribution: np.ndarray) -> np.ndarray:
         out = np.empty_like(self.sums)
@@ -165,35 +170,85 @@ class _Aggregator:
         return out
 
 
+class _WindowCollector:
+    """A window sink that keeps every window's start and output row (timelines, embeddings)."""
+
+    def __init__(self) -> None:
+        self.owners: list[np.ndarray] = []
+        self.starts: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+
+    def __call__(self, owners: np.ndarray, starts: np.ndarray, rows: np.ndarray) -> None:
+        self.owners.append(owners)
+        self.starts.append(starts)
+        self.rows.append(rows)
+
+    def of(self, clip_index: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts (W,), rows (W, D))`` of one clip, in time order."""
+        if not self.rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, width))
+        owners = np.concatenate(self.owners)
+        keep = owners == clip_index
+        starts = np.concatenate(self.starts)[keep]
+        rows = np.concatenate(self.rows)[keep]
+        order = np.argsort(starts, kind="stable")
+        return starts[order], rows[order]
+
+
 def _resolve_device(device: str | torch.device | None, model: torch.nn.Module) -> torch.device:
     return model_device(model) if device is None else resolve_device(device)
 
 
-class _WindowScorer:
-    """Batches windows (from any number of clips) through the model into an :class:`_Aggregator`."""
+#: What a window batch is turned into: logits -> probabilities / log-probabilities, or features.
+WindowOutput = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+
+
+def softmax_output(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(model(batch).float(), dim=1)
+
+
+def log_softmax_output(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(model(batch).float(), dim=1)
+
+
+def feature_output(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return model.features(batch).float()
+
+
+class _WindowRunner:
+    """Batches windows (from any number of clips) through the model into a window sink.
+
+    A sink is called as ``sink(owners (B,), starts (B,), rows (B, D))`` with the clip index and
+    start sample of every window of a batch and what ``output`` made of it.
+    """
 
     def __init__(
         self,
         model: torch.nn.Module,
-        aggregator: _Aggregator,
+        sink: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+        *,
         batch_size: int,
         device: torch.device,
+        output: WindowOutput = softmax_output,
         amp: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.model = model
-        self.aggregator = aggregator
+        self.sink = sink
         self.batch_size = batch_size
         self.device = device
+        self.output = output
         self.amp = amp
         self._windows: list[np.ndarray] = []
         self._owners: list[int] = []
+        self._starts: list[int] = []
 
-    def add(self, clip_index: int, windows: Iterable[np.ndarray]) -> None:
-        for window in windows:
+    def add(self, clip_index: int, windows: Iterable[tuple[int, np.ndarray]]) -> None:
+        for start, window in windows:
             self._windows.append(window)
             self._owners.append(clip_index)
+            self._starts.append(start)
             if len(self._windows) >= self.batch_size:
                 self.flush()
 
@@ -201,16 +256,11 @@ class _WindowScorer:
         if not self._windows:
             return
         batch = torch.from_numpy(np.stack(self._windows)).to(self.device)
-        owners = np.asarray(self._owners)
-        self._windows, self._owners = [], []
+        owners, starts = np.asarray(self._owners), np.asarray(self._starts)
+        self._windows, self._owners, self._starts = [], [], []
         with torch.inference_mode(), autocast(self.device, self.amp):
-            logits = self.model(batch)
-        logits = logits.float()
-        if self.aggregator.aggregate == "geometric":
-            scores = torch.log_softmax(logits, dim=1)
-        else:
-            scores = torch.softmax(logits, dim=1)
-        self.aggregator.add(owners, scores.double().cpu().numpy())
+            rows = self.output(self.model, batch)
+        self.sink(owners, starts, rows.double().cpu().numpy())
 
 
 def _uniform(num_classes: int) -> np.ndarray:
@@ -257,7 +307,10 @@ def predict_waveforms(
     num_classes = int(model.num_classes)
     aggregator = _Aggregator(len(waveforms), num_classes, aggregate)
     target = _resolve_device(device, model)
-    scorer = _WindowScorer(model, aggregator, batch_size, target, amp=amp)
+    output = log_softmax_output if aggregate == "geometric" else softmax_output
+    scorer = _WindowRunner(
+        model, aggregator, batch_size=batch_size, device=target, output=output, amp=amp
+    )
     # Long clips are pushed in pieces so that at most about one batch of windows is held at once.
     piece = max(input_samples, hop) * batch_size
     was_training = model.training
@@ -279,40 +332,22 @@ def predict_waveforms(
     return aggregator.result(np.asarray(empty_distribution, dtype=np.float64))
 
 
-def _read_blocks(path: Path, sample_rate: int, block_frames: int) -> Iterator[np.ndarray]:
-    """Mono float32 blocks of a file at ``sample_rate``, decoded and resampled incrementally.
+@dataclass(frozen=True)
+class WindowSeries:
+    """Per-window outputs of one clip.
 
-    Channel mixing and resampling match :func:`wavemel.audio.load_audio` (channel mean, soxr
-    "HQ"), so concatenating the blocks gives the same samples as decoding the whole file.
+    Attributes:
+        starts: ``(W,)`` window start times in seconds.
+        ends: ``(W,)`` window end times in seconds (a short clip's filled window ends with the
+            clip).
+        values: ``(W, D)`` what each window gave (probabilities or embeddings).
+        duration: Clip length in seconds.
     """
-    import soundfile as sf
-    import soxr
 
-    from wavemel.audio import audio_info
-
-    audio_info(path)  # one-line AudioError for missing / non-audio files
-    try:
-        with sf.SoundFile(str(path)) as handle:
-            resampler = None
-            if int(handle.samplerate) != sample_rate:
-                resampler = soxr.ResampleStream(
-                    int(handle.samplerate), sample_rate, 1, dtype="float32", quality="HQ"
-                )
-            while True:
-                block = handle.read(block_frames, dtype="float32", always_2d=True)
-                if block.shape[0] == 0:
-                    break
-                if not np.isfinite(block).all():
-                    raise AudioError(f"{path}: contains NaN/Inf samples")
-                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-                if resampler is not None:
-                    mono = resampler.resample_chunk(np.ascontiguousarray(mono), last=False)
-                yield mono
-            if resampler is not None:
-                yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioError(f"{path}: unreadable or corrupt audio ({reason})") from None
+    starts: np.ndarray
+    ends: np.ndarray
+    values: np.ndarray
+    duration: float
 
 
 class Tagger:
@@ -396,33 +431,24 @@ class Tagger:
         Raises:
             CheckpointError: The checkpoint is missing, corrupt or lacks labels / rates.
         """
-        model, meta = load_checkpoint(path, device=device)
-        for key in ("labels", "sample_rate", "input_seconds"):
-            if key not in meta:
-                raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}")
-        sample_rate = int(meta["sample_rate"])
-        input_samples = int(round(float(meta["input_seconds"]) * sample_rate))
+        model, info = load_model(path, device=device)
+        info.require("labels", "sample_rate", "input_seconds")
+        sample_rate = info.sample_rate
         hop_samples = None if hop_seconds is None else int(round(hop_seconds * sample_rate))
         if hop_samples is not None and hop_samples < 1:
             raise WavemelError(f"hop {hop_seconds:g} s is under one sample at {sample_rate} Hz")
-        train_config = meta.get("train_config") or {}
-        if fill is None:
-            fill = meta.get("eval_fill") or train_config.get("eval_fill") or "replicate"
-        prior = next(
-            (meta[k] for k in ("prior", "class_prior", "label_prior") if meta.get(k)), None
-        )
         return cls(
             model,
-            meta["labels"],
+            info.labels,
             sample_rate=sample_rate,
-            input_samples=input_samples,
+            input_samples=info.input_samples,
             hop_samples=hop_samples,
             aggregate=aggregate,
-            fill=fill,
+            fill=fill or info.eval_fill or "replicate",
             batch_size=batch_size,
             device=device,
-            prior=prior,
-            meta=meta,
+            prior=info.label_prior,
+            meta=info.meta,
         )
 
     @property
@@ -432,7 +458,8 @@ class Tagger:
 
     def _warn_empty(self, name: str) -> None:
         kind = "training label prior" if self.prior is not None else "uniform distribution"
-        warnings.warn(f"{name}: empty clip (0 samples); answering with the {kind}", stacklevel=2)
+        message = f"{name}: empty clip (0 samples); answering with the {kind}"
+        warnings.warn(EmptyClipWarning(message, name), stacklevel=2)
 
     def _blocks(self, item: str | os.PathLike | np.ndarray) -> tuple[Iterable[np.ndarray], str]:
         """Sample blocks of a file (decoded lazily) or of an in-memory waveform, and its name."""
@@ -446,30 +473,54 @@ class Tagger:
             )
             return blocks, "waveform"
         path = Path(item)
-        return _read_blocks(path, self.sample_rate, self.block_frames), str(path)
+        return stream_audio(path, self.sample_rate, self.block_frames), display_path(path)
+
+    def _stream_windows(
+        self,
+        items: Sequence[str | os.PathLike | np.ndarray],
+        runner: _WindowRunner,
+        hop_samples: int | None = None,
+    ) -> tuple[dict[int, AudioError], list[str], list[int]]:
+        """Feed every window of ``items`` to ``runner``; each clip is streamed block by block.
+
+        Returns:
+            ``(failures, empty, lengths)``: the clips that could not be decoded (index ->
+            error), the names of empty clips, and each clip's length in samples.
+        """
+        hop = self.hop_samples if hop_samples is None else hop_samples
+        failures: dict[int, AudioError] = {}
+        empty: list[str] = []
+        lengths: list[int] = []
+        for index, item in enumerate(items):
+            blocks, name = self._blocks(item)
+            stream = _WindowStream(self.input_samples, hop, self.fill)
+            try:
+                for block in blocks:
+                    runner.add(index, stream.push(block))
+            except AudioError as exc:
+                # Windows of this file already queued are scored into a row nobody reads.
+                failures[index] = exc
+                lengths.append(stream.total)
+                continue
+            runner.add(index, stream.finish())
+            lengths.append(stream.total)
+            if stream.total == 0:
+                empty.append(name)
+        runner.flush()
+        return failures, empty, lengths
+
+    def _runner(self, sink, output: WindowOutput) -> _WindowRunner:
+        return _WindowRunner(
+            self.model, sink, batch_size=self.batch_size, device=self.device, output=output
+        )
 
     def _predict_group(
         self, items: Sequence[str | os.PathLike | np.ndarray]
     ) -> list[tuple[np.ndarray | None, AudioError | None]]:
         """Score several clips with shared batches; each is streamed block by block."""
         aggregator = _Aggregator(len(items), len(self.labels), self.aggregate)
-        scorer = _WindowScorer(self.model, aggregator, self.batch_size, self.device)
-        failures: dict[int, AudioError] = {}
-        empty: list[str] = []
-        for index, item in enumerate(items):
-            blocks, name = self._blocks(item)
-            stream = _WindowStream(self.input_samples, self.hop_samples, self.fill)
-            try:
-                for block in blocks:
-                    scorer.add(index, stream.push(block))
-            except AudioError as exc:
-                # Windows of this file already queued are scored into a row nobody reads.
-                failures[index] = exc
-                continue
-            scorer.add(index, stream.finish())
-            if stream.total == 0:
-                empty.append(name)
-        scorer.flush()
+        output = log_softmax_output if self.aggregate == "geometric" else softmax_output
+        failures, empty, _ = self._stream_windows(items, self._runner(aggregator, output))
         for name in empty:
             self._warn_empty(name)
         probabilities = aggregator.result(self.empty_distribution)
@@ -477,6 +528,69 @@ class Tagger:
             (None, failures[i]) if i in failures else (probabilities[i], None)
             for i in range(len(items))
         ]
+
+    def _window_series(
+        self,
+        item: str | os.PathLike | np.ndarray,
+        output: WindowOutput,
+        hop_seconds: float | None,
+    ) -> WindowSeries:
+        hop = None
+        if hop_seconds is not None:
+            if not math.isfinite(hop_seconds) or hop_seconds <= 0:
+                raise WavemelError(f"hop {hop_seconds!r} s must be a positive number of seconds")
+            hop = max(1, int(round(hop_seconds * self.sample_rate)))
+        collector = _WindowCollector()
+        failures, empty, lengths = self._stream_windows(
+            [item], self._runner(collector, output), hop
+        )
+        if failures:
+            raise failures[0]
+        starts, rows = collector.of(0, 0)
+        rate, length = float(self.sample_rate), lengths[0]
+        begin = starts / rate
+        end = np.minimum(starts + self.input_samples, length) / rate
+        return WindowSeries(begin, end, rows, length / rate)
+
+    def window_probabilities(
+        self, path_or_waveform: str | os.PathLike | np.ndarray, hop_seconds: float | None = None
+    ) -> WindowSeries:
+        """Class probabilities of every window of a clip (what a timeline shows).
+
+        Args:
+            path_or_waveform: An audio file or a ``(T,)`` waveform at :attr:`sample_rate`.
+            hop_seconds: Window hop; default this tagger's hop.
+
+        Returns:
+            A :class:`WindowSeries` with ``values`` of shape ``(W, C)`` (softmax per window); an
+            empty clip has no windows.
+
+        Raises:
+            AudioError: The file is missing or cannot be decoded.
+        """
+        return self._window_series(path_or_waveform, softmax_output, hop_seconds)
+
+    def window_embeddings(
+        self, path_or_waveform: str | os.PathLike | np.ndarray, hop_seconds: float | None = None
+    ) -> WindowSeries:
+        """The model's embedding (``model.features``) of every window of a clip.
+
+        Returns:
+            A :class:`WindowSeries` with ``values`` of shape ``(W, D)``.
+        """
+        return self._window_series(path_or_waveform, feature_output, hop_seconds)
+
+    def embed(self, path_or_waveform: str | os.PathLike | np.ndarray) -> np.ndarray:
+        """Clip-level embedding: the mean of the window embeddings, ``(D,)`` float32.
+
+        Raises:
+            AudioError: The file cannot be decoded, or the clip is empty (nothing to embed).
+        """
+        series = self.window_embeddings(path_or_waveform)
+        if series.values.shape[0] == 0:
+            name = "waveform" if isinstance(path_or_waveform, np.ndarray) else path_or_waveform
+            raise AudioError(f"{display_path(name)}: empty clip (0 samples), nothing to embed")
+        return series.values.mean(axis=0).astype(np.float32)
 
     def predict_proba(self, path_or_waveform: str | os.PathLike | np.ndarray) -> np.ndarray:
         """Class probabilities of one whole clip.
@@ -580,6 +694,7 @@ class Tagger:
             WavemelError: onnxruntime is missing, or ``device`` is not the CPU.
             CheckpointError: The file is missing, corrupt or lacks wavemel's metadata.
         """
+        # lazy: the brief allowed only this classmethod in infer.py; may move to the top imports
         from wavemel.onnx_backend import load_onnx
 
         if str(device) not in ("auto", "cpu"):

@@ -6,6 +6,11 @@ likely: probabilities, logits) and ``targets`` either as ``(N,)`` integer class 
 
 Ranking convention: classes are ranked by descending score and **ties are broken by class index**
 (the lower index ranks first), so every metric is deterministic even for constant scores.
+
+No answer: a row that is entirely ``NaN`` stands for a clip that got no prediction (its file is
+missing or could not be decoded). It counts as a miss, as Kaggle scores a missing answer: AP 0 in
+MAP@k, not a hit in top-k accuracy, ranked below every answered clip in per-class AP, and left out
+of the confusion matrix. A row that mixes ``NaN`` and numbers is an error.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ __all__ = [
     "per_class_map_at_k",
     "rank_classes",
     "top_k_accuracy",
+    "unanswered",
 ]
 
 
@@ -31,9 +37,15 @@ def _check_scores(scores: np.ndarray) -> np.ndarray:
         raise ValueError(f"scores must have shape (N, C), got {scores.shape}")
     if scores.shape[1] == 0:
         raise ValueError("scores must have at least one class column")
-    if np.isnan(scores).any():
-        raise ValueError("scores contain NaN")
+    nan = np.isnan(scores)
+    if (nan.any(axis=1) & ~nan.all(axis=1)).any():
+        raise ValueError("scores contain NaN in a row that also holds numbers")
     return scores
+
+
+def unanswered(scores: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: the rows that are entirely ``NaN`` (clips without an answer)."""
+    return np.isnan(np.asarray(scores, dtype=np.float64)).all(axis=1)
 
 
 def _multi_hot(targets: np.ndarray, num_clips: int, num_classes: int) -> np.ndarray:
@@ -113,6 +125,7 @@ def average_precision_at_k(scores: np.ndarray, targets: np.ndarray, k: int = 3) 
     top = rank_classes(scores, k)
     hits = np.take_along_axis(hot, top, axis=1).astype(np.float64)  # (N, k')
     ranks = np.arange(1, top.shape[1] + 1, dtype=np.float64)
+    hits[unanswered(scores)] = 0.0
     precision_at_i = np.cumsum(hits, axis=1) / ranks
     return (precision_at_i * hits).sum(axis=1) / np.minimum(n_labels, k)
 
@@ -165,9 +178,16 @@ def average_precision_per_class(scores: np.ndarray, targets: np.ndarray) -> np.n
     Returns:
         ``(C,)`` float64; ``nan`` for classes without a positive clip (AP is undefined there).
     """
+    # lazy: scikit-learn takes ~0.7 s to import and only this function needs it; training and
+    # MAP@3 scoring import this module without it
     from sklearn.metrics import average_precision_score
 
     scores, hot = _check(scores, targets)
+    missing = unanswered(scores)
+    if missing.any():
+        # Ranked below every answered clip for every class.
+        floor = np.nanmin(scores) - 1.0 if not missing.all() else 0.0
+        scores = np.where(missing[:, None], floor, scores)
     result = np.full(scores.shape[1], np.nan)
     for c in np.flatnonzero(hot.any(axis=0)):
         with warnings.catch_warnings():
@@ -193,7 +213,8 @@ def top_k_accuracy(scores: np.ndarray, targets: np.ndarray, k: int = 1) -> float
     if scores.shape[0] == 0:
         return float("nan")
     top = rank_classes(scores, k)
-    return float(np.take_along_axis(hot, top, axis=1).any(axis=1).mean())
+    hit = np.take_along_axis(hot, top, axis=1).any(axis=1) & ~unanswered(scores)
+    return float(hit.mean())
 
 
 def confusion_matrix(
@@ -208,10 +229,14 @@ def confusion_matrix(
         num_classes: Matrix size; by default one more than the largest index seen (or ``C``).
 
     Returns:
-        ``(C, C)`` int64, rows are true classes and columns predicted classes.
+        ``(C, C)`` int64, rows are true classes and columns predicted classes. Clips without an
+        answer (all-``NaN`` score rows) are left out.
     """
     targets = np.asarray(targets)
     predictions = np.asarray(predictions)
+    if predictions.ndim == 2 and targets.ndim == 1 and len(targets) == len(predictions):
+        answered = ~unanswered(predictions)
+        targets, predictions = targets[answered], predictions[answered]
     if targets.ndim != 1:
         raise ValueError(f"targets must be (N,) class indices, got shape {targets.shape}")
     if predictions.ndim == 2:

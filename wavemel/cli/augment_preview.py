@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wavemel.errors import WavemelError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -18,8 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("file", type=Path, metavar="FILE", help="audio clip to show")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, metavar="PNG", help="figure to write (PNG)"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="PNG",
+        help="figure to write (.png, .pdf or .svg)",
     )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing figure")
     parser.add_argument(
         "--input-seconds",
         type=float,
@@ -40,13 +48,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wavemel.augment_preview import render_augmentation_figure
-    from wavemel.errors import WavemelError
+    # lazy: imports torch, which `wavemel --help` must not
+    from wavemel.figures import check_figure_path, render_augmentation_figure
 
     if args.sample_rate <= 0:
         raise WavemelError(f"--sample-rate must be positive, got {args.sample_rate}")
     if not args.input_seconds > 0:
         raise WavemelError(f"--input-seconds must be positive, got {args.input_seconds}")
+    # Before decoding anything: a wrong suffix or a figure of the user's fails at once.
+    check_figure_path(args.output, overwrite=args.force)
     titles = render_augmentation_figure(
         args.file,
         args.output,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wavemel.errors import WavemelError
+
 # The registry keys of wavemel.data.download.SOURCES, repeated here so that ``wavemel --help``
 # does not import the data package (numpy, soundfile); tests check that the two agree.
 DATASETS = ("esc50", "fsdd", "fsdkaggle2018")
@@ -34,13 +36,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "BASE_URL/<file name> (a mirror); default $WAVEMEL_DOWNLOAD_BASE_URL or the official host",
     )
     parser.add_argument("--retries", type=int, default=4, help="retries per archive (default 4)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the server to answer or send more bytes (default 60)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: the data package imports soundfile, which `wavemel --help` must not
     from wavemel.data.download import SOURCES, download_dataset
 
+    if args.retries < 0:
+        raise WavemelError(f"--retries must be 0 or more, got {args.retries}")
+    if not args.timeout > 0:  # also refuses nan
+        raise WavemelError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     source = SOURCES[args.name]
     root = download_dataset(
         args.name,
@@ -49,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         keep_archives=args.keep_archives,
         retries=args.retries,
+        timeout=args.timeout,
         progress=not args.quiet,
     )
     print(f"{source.name}: ready in {root}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from wavemel.cli._options import add_inference_options, inference_kwargs
 
@@ -64,8 +65,7 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.evaluate import evaluate_run
 
     with warnings.catch_warnings(record=True) as caught:

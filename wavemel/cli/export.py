@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: torch and the exporter load only when the command runs (`wavemel --help` stays fast)
     from wavemel.export import export_onnx
 
     result = export_onnx(args.run, args.output, force=args.force)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
-import os
 import sys
 from pathlib import Path
 
+from wavemel._io import atomic_write_text
+from wavemel._paths import display_path
 from wavemel.cli._options import add_inference_options, inference_kwargs
 
 
@@ -34,44 +37,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def expand_paths(paths: list[str]) -> tuple[list[Path], dict[str, str]]:
-    """Files as given plus the audio files found under folders (sorted); missing paths apart.
+    """Files as given plus the audio files found under folders; each bad path apart.
 
     Returns:
-        ``(files, missing)`` where ``missing`` maps each nonexistent path to a reason.
+        ``(files, errors)``: ``files`` as :func:`wavemel.data.files.find_audio_files` finds
+        them (each file once); ``errors`` maps each missing path or entry that is not a
+        regular file (FIFO, broken link, link loop), shown escaped, to its one-line reason.
     """
-    from wavemel.audio import AUDIO_EXTENSIONS
+    from wavemel.data.files import find_audio_files
 
-    files: list[Path] = []
-    missing: dict[str, str] = {}
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            found = [
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in AUDIO_EXTENSIONS
-                and not p.name.startswith(".")
-            ]
-            files += sorted(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            missing[str(path)] = f"{path}: no such file or directory"
-    return files, missing
+    files, problems = find_audio_files(paths)
+    return files, {display_path(p.path): str(p) for p in problems}
+
+
+def _submission_names(files: list[Path]) -> list[str]:
+    """Each file's ``fname`` cell; two files with one name cannot both be in a submission.
+
+    Raises:
+        WavemelError: Two different files share a file name (Kaggle keys rows by it).
+    """
+    from wavemel.errors import WavemelError
+
+    first: dict[str, Path] = {}
+    for path in files:
+        name = display_path(path.name)
+        if name in first:
+            raise WavemelError(
+                f"--submission: {display_path(first[name])} and {display_path(path)} are both "
+                f"named {name}, but a submission has one row per file name; tag them apart"
+            )
+        first[name] = path
+    return [display_path(path.name) for path in files]
 
 
 def _write_submission(path: Path, rows: list[tuple[str, list[str]]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write("fname,label\n")
-            for fname, labels in rows:
-                handle.write(f"{fname},{' '.join(labels)}\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``fname,label`` rows atomically; the csv module quotes commas and newlines."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["fname", "label"])
+    writer.writerows((fname, " ".join(labels)) for fname, labels in rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
             raise WavemelError(f"{submission.parent}: no such folder for --submission")
     files, errors = expand_paths(args.paths)
     if not files and not errors:
-        raise WavemelError(f"no audio files found in {', '.join(args.paths)}")
+        raise WavemelError(f"no audio files found in {', '.join(map(display_path, args.paths))}")
+    # Checked before any tagging: a clash found after an hour of work would waste it.
+    names = dict(zip(files, _submission_names(files))) if submission is not None else {}
     load = Tagger.from_onnx if str(args.run).endswith(".onnx") else Tagger.from_checkpoint
     tagger = load(args.run, **inference_kwargs(args))
     top_k = min(args.top_k, len(tagger.labels))
@@ -110,15 +117,15 @@ def run(args: argparse.Namespace) -> int:
             if progress is not None:
                 progress.update()
             if error is not None:
-                errors[str(path)] = error
-                rows.append((Path(path).name, fallback))
+                errors[display_path(path)] = error
+                rows.append((names.get(path, ""), fallback))
                 continue
             ranked = tagger.top_k(probabilities, max(top_k, 3))
             results.append((path, ranked))
-            rows.append((Path(path).name, [label for label, _ in ranked[:3]]))
+            rows.append((names.get(path, ""), [label for label, _ in ranked[:3]]))
             if not args.json:
                 shown = "  ".join(f"{label} {score:.3f}" for label, score in ranked[:top_k])
-                line = f"{path}\t{shown}"
+                line = f"{display_path(path)}\t{shown}"
                 if progress is None:
                     print(line, flush=True)
                 else:
@@ -129,10 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         payload = {
-            "run": str(args.run),
+            "run": display_path(args.run),
             "results": [
                 {
-                    "path": str(path),
+                    "path": display_path(path),
                     "tags": [{"label": label, "score": score} for label, score in ranked[:top_k]],
                 }
                 for path, ranked in results

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wavemel.study.presets import PRESETS, StudyConfig
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="study folder")
     parser.add_argument(
         "--preset",
-        choices=("tiny", "cpu", "paper"),
+        choices=tuple(PRESETS),
         default="cpu",
         help="tiny: seconds, for tests; cpu: small models, under an hour on 2 cores for "
         "fsdk18-mini; paper: paper-size models and 3 seeds, for a GPU (default cpu)",
@@ -51,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wavemel.reproduce import StudyConfig, reproduce
+    # lazy: imports torch, which `wavemel --help` must not
+    from wavemel.study.grid import reproduce
 
     config = StudyConfig(
         data=args.data,
@@ -78,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line(config, force: bool) -> str:
+def _command_line(config: StudyConfig, force: bool) -> str:
     """The command as it would be typed, rebuilt from the parsed options (also correct when
     ``main(argv)`` is called from Python, where ``sys.argv`` is someone else's)."""
-    from wavemel.reproduce import equivalent_command
+    # lazy: imports torch, which `wavemel --help` must not
+    from wavemel.study.report import equivalent_command
 
     return equivalent_command(config) + (" --force" if force else "")

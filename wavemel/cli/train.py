@@ -1,4 +1,4 @@
-"""``wavemel train``: train cnn-audio or cnn-spec on a dataset into a run folder.
+"""``wavemel train``: train cnn-audio, cnn-spec or cnn14 on a dataset into a run folder.
 
 Settings are layered: built-in defaults, then ``--config FILE.json`` (any ``TrainConfig`` field),
 then the flags given on the command line. Under ``torchrun --nproc_per_node=N -m wavemel train``
@@ -8,6 +8,7 @@ the same command trains with DistributedDataParallel (``--batch-size`` is per pr
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 S = argparse.SUPPRESS  # only flags the user gives override the config file and the defaults
 
@@ -82,11 +83,11 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train cnn-audio or cnn-spec",
+        help="train cnn-audio, cnn-spec or cnn14",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default=S, help="cnn-audio (default) or cnn-spec")
+    parser.add_argument("--model", default=S, help="cnn-audio (default), cnn-spec or cnn14")
     parser.add_argument("--data", default=S, metavar="ROOT", help="dataset root or CSV manifest")
     parser.add_argument("--out", default=S, metavar="RUN", help="run folder to create")
     parser.add_argument("--size", default=S, help="model size: tiny, small (default) or paper")
@@ -123,15 +124,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mixup-on", dest="mixup_on", default=S, help="wave (default) or spec (cnn-spec only)"
     )
+    parser.add_argument(
+        "--init",
+        default=S,
+        metavar="RUN",
+        help="fine-tune this checkpoint (e.g. an imported cnn14); new classifier if labels differ",
+    )
+    parser.add_argument(
+        "--freeze",
+        dest="freeze_blocks",
+        type=int,
+        default=S,
+        metavar="N",
+        help="keep the first N conv blocks frozen (cnn14)",
+    )
     add_runtime_flags(parser)
     parser.set_defaults(func=run)
 
 
+def config_from_args(config_cls: type, args: argparse.Namespace) -> Any:
+    """A ``config_cls`` from its defaults, then ``--config FILE``, then the flags given."""
+    # lazy: imports torch, which `wavemel --help` must not
+    from wavemel.train.config import layer_config
+
+    overrides = {k: v for k, v in vars(args).items() if k in config_cls.__dataclass_fields__}
+    return layer_config(config_cls, args.config, overrides)
+
+
 def run(args: argparse.Namespace) -> int:
-    from wavemel.train.config import TrainConfig, layer_config
+    # lazy: imports torch, which `wavemel --help` must not
+    from wavemel.train.config import TrainConfig
     from wavemel.train.loop import train
 
-    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    config = layer_config(TrainConfig, args.config, overrides)
-    train(config)
+    train(config_from_args(TrainConfig, args))
     return 0

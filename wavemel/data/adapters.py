@@ -16,7 +16,10 @@ Formats (``load_dataset(root, format=...)``, ``wavemel ... --format``):
     A manifest CSV (``root`` is the CSV file, or a folder holding ``manifest.csv``) with columns
     ``path,label``; several labels go in one quoted cell, ``"a,b"``. Optional columns ``split``,
     ``fold``, ``manually_verified``, ``usage``, ``group`` are understood; others land in
-    ``record.fields``. Relative paths are relative to the CSV's folder.
+    ``record.fields``. Relative paths are relative to the CSV's folder and normalised, and rows
+    are matched by the file they name, so one file spelled two ways is one clip (a second row is
+    a ``duplicate`` problem, or ``conflicting_labels`` if its labels differ; the first row is
+    kept). Training rows without a label and rows with too few cells are problems, left out.
 ``pattern``
     A flat folder whose file names carry the label, e.g. ``label_pattern=
     "{label}_{speaker}_{take}.wav"``; every ``{field}`` goes to ``record.fields``. Fields match
@@ -28,8 +31,10 @@ Auto-detection (``format=None``) tries, in this order: a ``.csv`` file -> ``csv`
 CSV at the root) -> ``fsdkaggle2018``; ``train.csv`` next to ``audio_train/`` or ``audio_test/``
 -> ``fsdkaggle2018-kaggle``; ``manifest.csv`` -> ``csv``; sub-folders holding audio -> ``folder``.
 
-Loading never decodes audio: it lists folders, stats sizes, and reads headers only of tiny files
-(to find empty ones), so indexing costs about a directory listing (0.1 s for FSDD's 3,000 files).
+Folders are searched by :mod:`wavemel.data.files` (FIFOs, broken links and link loops are
+problems named one by one, never opened). Loading never decodes audio: it lists folders, stats
+sizes, and reads headers only of tiny files (to find empty ones), so indexing costs about a
+directory listing (0.1 s for FSDD's 3,000 files).
 """
 
 from __future__ import annotations
@@ -41,7 +46,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from wavemel.audio import AUDIO_EXTENSIONS, audio_info
+from wavemel._io import require_regular_file
+from wavemel._paths import display_path
+from wavemel.audio import audio_info
+from wavemel.data.files import file_problem, iter_audio_files, walk_audio_files
 from wavemel.data.records import ClipRecord, DatasetIndex, Problem
 from wavemel.errors import AudioError, DataError
 
@@ -128,7 +136,9 @@ def detect_format(root: str | os.PathLike, *, label_pattern: str | None = None) 
         DataError: Nothing matches; the message names ``root`` and what was looked for.
     """
     root = Path(root)
-    if root.is_file():
+    if not root.is_dir():
+        # Never open a FIFO or device given as the root: reading it could block forever.
+        require_regular_file(root, error=DataError, what="dataset folder or CSV manifest")
         if root.suffix.lower() == ".csv":
             return "csv"
         raise DataError(f"{root}: a file, but not a CSV manifest; give a dataset folder or a .csv")
@@ -145,7 +155,7 @@ def detect_format(root: str | os.PathLike, *, label_pattern: str | None = None) 
     if any(_has_audio(sub) for sub in _subdirs(root)):
         return "folder"
     hint = ""
-    if any(_is_audio(p) for p in root.iterdir()):
+    if _has_audio(root, recursive=False):
         hint = " (audio files at the top level: use --format pattern --label-pattern ...)"
     raise DataError(
         f"{root}: no known dataset layout found{hint}; looked for {ZENODO_META}/{TRAIN_CSV}, "
@@ -170,7 +180,7 @@ def read_fsdkaggle2018_metadata(
     records = _fsd_train_records(train_csv, train_csv.parent, problems)
     if test_csv is not None:
         test_csv = Path(os.path.abspath(test_csv))
-        records += _fsd_test_records(test_csv, test_csv.parent, None)
+        records += _fsd_test_records(test_csv, test_csv.parent, None, problems)
     labels = _label_vocabulary(records)
     records = _check_labels(records, labels, problems)
     return DatasetIndex(train_csv.parent, "fsdkaggle2018", labels, records, problems)
@@ -192,7 +202,7 @@ def _load_zenodo(root: Path, problems: list[Problem], _pattern: str | None) -> l
     train_dir, test_dir = base / ZENODO_TRAIN_AUDIO, base / ZENODO_TEST_AUDIO
     records = _fsd_train_records(meta / TRAIN_CSV, train_dir, problems)
     test_csv = next((meta / name for name in TEST_CSVS if (meta / name).is_file()), None)
-    records += _fsd_test_records(test_csv, test_dir, test_dir)
+    records += _fsd_test_records(test_csv, test_dir, test_dir, problems)
     return records
 
 
@@ -205,55 +215,102 @@ def _load_kaggle(root: Path, problems: list[Problem], _pattern: str | None) -> l
     if test_csv is None:
         test_csv = next(iter(sorted(root.glob("test_post_competition*.csv"))), None)
     test_dir = root / "audio_test"
-    records += _fsd_test_records(test_csv, test_dir, test_dir)
+    records += _fsd_test_records(test_csv, test_dir, test_dir, problems)
     return records
 
 
 def _load_folder(root: Path, problems: list[Problem], _pattern: str | None) -> list[ClipRecord]:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (format 'folder' needs ROOT/<label>/*.wav)")
+    # Top-level files are no clips here, but a link that cannot be followed may have been a
+    # class folder: name it rather than lose a class without a word.
+    _, top_problems = walk_audio_files(root, recursive=False)
+    problems += top_problems
     records = []
     for class_dir in _subdirs(root):
-        for path in sorted(p for p in class_dir.rglob("*") if _is_audio(p)):
-            records.append(ClipRecord(path=path, labels=(class_dir.name,)))
+        files, found_problems = walk_audio_files(class_dir)
+        problems += found_problems
+        # A label is written into checkpoints and reports: a folder name that is not UTF-8
+        # becomes its escaped, printable form.
+        label = display_path(class_dir.name)
+        records += [ClipRecord(path=path, labels=(label,)) for path in files]
     if not records:
         raise DataError(f"{root}: no class sub-folders with audio files found")
     return records
 
 
 def _load_csv(root: Path, problems: list[Problem], _pattern: str | None) -> list[ClipRecord]:
-    manifest = root if root.is_file() else root / MANIFEST
-    if not manifest.is_file():
+    manifest = root / MANIFEST if root.is_dir() else root
+    if root.is_dir() and not os.path.lexists(manifest):
         raise DataError(f"{root}: no {MANIFEST} found (format 'csv' needs a manifest CSV)")
-    rows = _read_csv(manifest)
-    columns = set(rows[0]) if rows else set()
+    header, rows = _read_csv(manifest, problems)
+    columns = set(header)
     path_col = next((c for c in ("path", "fname", "file", "filename") if c in columns), None)
     label_col = next((c for c in ("label", "labels") if c in columns), None)
     if path_col is None or label_col is None:
         raise DataError(f"{manifest}: needs 'path' and 'label' columns, found {sorted(columns)}")
     known = {path_col, label_col, "split", "fold", "manually_verified", "usage", "group"}
     base = manifest.parent
+    first_row: dict[object, tuple[int, ClipRecord]] = {}  # file key -> (line, record)
     records = []
-    for line, row in enumerate(rows, start=2):
-        path = Path(row[path_col].strip())
+    for line, row in rows:
+        where = f"{manifest.name} line {line}"
+        cell = row[path_col].strip()
+        if not cell:
+            problems.append(Problem(manifest, "bad_row", f"line {line}: no file named; left out"))
+            continue
+        # Normalised against the manifest's folder: "clips/../x.wav" and "x.wav" are one path.
+        path = Path(os.path.abspath(os.path.join(base, cell)))
         fold = (row.get("fold") or "").strip()
         try:
             fold_value = int(fold) if fold else None
         except ValueError:
             raise DataError(f"{manifest}, line {line}: fold {fold!r} is not an integer") from None
-        records.append(
-            ClipRecord(
-                path=path if path.is_absolute() else base / path,
-                labels=_split_labels(row[label_col]),
-                split=(row.get("split") or "").strip() or "train",
-                manually_verified=_parse_bool(row.get("manually_verified"), manifest, line),
-                usage=(row.get("usage") or "").strip() or None,
-                fold=fold_value,
-                group=(row.get("group") or "").strip() or None,
-                fields={k: v for k, v in row.items() if k not in known and k is not None},
-            )
+        record = ClipRecord(
+            path=path,
+            labels=_split_labels(row[label_col]),
+            split=(row.get("split") or "").strip() or "train",
+            manually_verified=_parse_bool(row.get("manually_verified"), manifest, line),
+            usage=(row.get("usage") or "").strip() or None,
+            fold=fold_value,
+            group=(row.get("group") or "").strip() or None,
+            fields={k: v for k, v in row.items() if k not in known and k is not None},
         )
+        if record.split == "train" and not record.labels:
+            problems.append(Problem(path, "no_label", f"{where}: training row without a label"))
+            continue
+        key = _file_key(path)
+        if key in first_row:
+            problems.append(_repeated_row(where, path, line, record, *first_row[key]))
+            continue
+        first_row[key] = (line, record)
+        records.append(record)
     return records
+
+
+def _file_key(path: Path) -> object:
+    """What makes two manifest paths one clip: the file itself (through links and hard links)
+    when it exists, else the normalised path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path
+    return info.st_dev, info.st_ino
+
+
+def _repeated_row(
+    where: str, path: Path, line: int, record: ClipRecord, first_line: int, first: ClipRecord
+) -> Problem:
+    """The problem of a manifest row naming the file of an earlier row (which is kept)."""
+    if sorted(record.labels) != sorted(first.labels):
+        labels = f"{','.join(first.labels) or 'none'} vs {','.join(record.labels) or 'none'}"
+        return Problem(
+            path,
+            "conflicting_labels",
+            f"{where}: same file as line {first_line} with other labels ({labels}); "
+            f"line {first_line} kept",
+        )
+    return Problem(path, "duplicate", f"{where}: same file as line {first_line}; left out")
 
 
 def _load_pattern(
@@ -263,9 +320,10 @@ def _load_pattern(
         raise DataError(f"{root}: not a folder (format 'pattern' needs a folder of audio files)")
     regex, names = _compile_pattern(label_pattern or "")
     nested = "/" in label_pattern
-    candidates = root.rglob("*") if nested else root.iterdir()
+    candidates, found_problems = walk_audio_files(root, recursive=nested)
+    problems += found_problems
     records = []
-    for path in sorted(p for p in candidates if _is_audio(p)):
+    for path in candidates:
         name = path.relative_to(root).as_posix() if nested else path.name
         match = regex.fullmatch(name)
         if match is None and not Path(label_pattern).suffix:
@@ -297,14 +355,15 @@ _ADAPTERS: dict[str, Callable[..., list[ClipRecord]]] = {
 
 
 def _fsd_train_records(train_csv: Path, audio_dir: Path, problems: list[Problem]):
-    rows = _read_csv(train_csv)
-    _require_columns(train_csv, rows, ("fname", "label"))
+    header, rows = _read_csv(train_csv, problems)
+    _require_columns(train_csv, header, rows, ("fname", "label"))
     records = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         label = row["label"].strip()
         if label.lower() in _NO_LABEL:
             path = audio_dir / row["fname"]
-            problems.append(Problem(path, "no_label", "training row without a label"))
+            where = f"{train_csv.name} line {line}"
+            problems.append(Problem(path, "no_label", f"{where}: training row without a label"))
             continue
         records.append(
             ClipRecord(
@@ -322,6 +381,7 @@ def _fsd_test_records(
     test_csv: Path | None,
     csv_audio_dir: Path,
     listing_dir: Path | None,
+    problems: list[Problem],
 ) -> list[ClipRecord]:
     """Scored test rows from the CSV, then every other audio file of the test folder unlabelled.
 
@@ -331,9 +391,9 @@ def _fsd_test_records(
     records = []
     listed = set()
     if test_csv is not None:
-        rows = _read_csv(test_csv)
-        _require_columns(test_csv, rows, ("fname", "label"))
-        for row in rows:
+        header, rows = _read_csv(test_csv, problems)
+        _require_columns(test_csv, header, rows, ("fname", "label"))
+        for _line, row in rows:
             fname = row["fname"].strip()
             label = row["label"].strip()
             usage = (row.get("usage") or "").strip() or None
@@ -349,8 +409,10 @@ def _fsd_test_records(
                 )
             )
     if listing_dir is not None and listing_dir.is_dir():
-        for path in sorted(listing_dir.iterdir()):
-            if _is_audio(path) and path.name not in listed:
+        files, found_problems = walk_audio_files(listing_dir, recursive=False)
+        problems += found_problems
+        for path in files:
+            if path.name not in listed:
                 records.append(ClipRecord(path=path, labels=(), split="test"))
     return records
 
@@ -360,7 +422,7 @@ def _fsd_test_records(
 
 
 def _check_files(records: list[ClipRecord], problems: list[Problem]) -> list[ClipRecord]:
-    """Drop records whose file is missing; report missing, empty and unreadable files."""
+    """Drop records whose file is missing or not a regular file; report them, and empty files."""
     sizes: dict[Path, dict[str, int]] = {}  # folder -> {name: size}, one listing per folder
     missing_dirs: dict[Path, int] = {}
     kept = []
@@ -375,7 +437,7 @@ def _check_files(records: list[ClipRecord], problems: list[Problem]) -> list[Cli
             if folder in missing_dirs:
                 missing_dirs[folder] += 1  # one problem per absent folder, not one per row
             else:
-                problems.append(Problem(record.path, "missing", "listed in metadata, not on disk"))
+                problems.append(_absent_file_problem(record.path))
             continue
         kept.append(record)
         if size < _SMALL_FILE_BYTES:
@@ -390,11 +452,31 @@ def _check_files(records: list[ClipRecord], problems: list[Problem]) -> list[Cli
 
 
 def _list_sizes(folder: Path) -> dict[str, int]:
+    """``{name: size}`` of the regular files in ``folder`` (links followed).
+
+    Entries that cannot be followed (a link loop, say) are left out one by one, so one bad
+    entry never hides the rest of the folder.
+    """
+    sizes = {}
     try:
         with os.scandir(folder) as entries:
-            return {e.name: e.stat().st_size for e in entries if e.is_file()}
+            for entry in entries:
+                try:
+                    if entry.is_file():
+                        sizes[entry.name] = entry.stat().st_size
+                except OSError:
+                    continue
     except OSError:
         return {}
+    return sizes
+
+
+def _absent_file_problem(path: Path) -> Problem:
+    """A listed file that is not a regular file: missing, or a FIFO, link loop, folder ..."""
+    problem = file_problem(path)
+    if problem is not None and problem.kind == "not_a_file":
+        return replace(problem, message=f"listed in metadata, but {problem.message}")
+    return Problem(path, "missing", "listed in metadata, not on disk")
 
 
 def _small_file_problem(path: Path, size: int) -> Problem | None:
@@ -403,7 +485,7 @@ def _small_file_problem(path: Path, size: int) -> Problem | None:
     try:
         info = audio_info(path)
     except AudioError as exc:
-        return Problem(path, "unreadable", str(exc).split(": ", 1)[-1])
+        return Problem(path, "unreadable", str(exc).removeprefix(f"{display_path(path)}: "))
     if info.frames == 0:
         return Problem(path, "empty", f"valid {info.format} file with 0 samples")
     return None
@@ -475,21 +557,44 @@ def _check_labels(records, labels, problems):
 # Small helpers
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def _read_csv(
+    path: Path, problems: list[Problem]
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and ``(line, row)`` of every complete row; a short row is a ``bad_row``."""
+    header: list[str] = []
+    rows = []
+    require_regular_file(path, error=DataError, what="CSV file")  # a FIFO would block
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or ())
+            for row in reader:
+                # A short row has None for its missing cells; a long one keeps them under None.
+                if None in row.values():
+                    cells = sum(value is not None for value in row.values())
+                    problems.append(
+                        Problem(
+                            path,
+                            "bad_row",
+                            f"line {reader.line_num}: {cells} cell(s) where the header has "
+                            f"{len(header)}; left out",
+                        )
+                    )
+                    continue
+                rows.append((reader.line_num, row))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read CSV ({exc})") from None
-    return rows
+        raise DataError(f"{display_path(path)}: cannot read CSV ({exc})") from None
+    return header, rows
 
 
-def _require_columns(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...]) -> None:
+def _require_columns(
+    path: Path, header: list[str], rows: list[tuple[int, dict[str, str]]], columns: tuple[str, ...]
+) -> None:
     if not rows:
-        return
-    absent = [c for c in columns if c not in rows[0]]
+        return  # nothing to read (an empty CSV counts as no rows, whatever its header)
+    absent = [c for c in columns if c not in header]
     if absent:
-        raise DataError(f"{path}: missing column(s) {', '.join(absent)}; found {list(rows[0])}")
+        raise DataError(f"{path}: missing column(s) {', '.join(absent)}; found {header}")
 
 
 def _extra_fields(row: dict[str, str], known: tuple[str, ...]) -> dict[str, str]:
@@ -532,9 +637,6 @@ def _subdirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _is_audio(path: Path) -> bool:
-    return path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file()
-
-
-def _has_audio(folder: Path) -> bool:
-    return any(_is_audio(p) for p in folder.rglob("*"))
+def _has_audio(folder: Path, *, recursive: bool = True) -> bool:
+    items = iter_audio_files(folder, recursive=recursive)
+    return any(not isinstance(item, Problem) for item in items)

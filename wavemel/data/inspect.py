@@ -10,6 +10,7 @@ import statistics
 from collections import Counter
 from typing import Any
 
+from wavemel._paths import display_path
 from wavemel.audio import audio_info
 from wavemel.data.records import DatasetIndex, Problem
 from wavemel.errors import AudioError
@@ -72,7 +73,7 @@ def inspect_dataset(index: DatasetIndex, *, durations: bool = True) -> dict[str,
 
     return {
         "format": index.format,
-        "root": str(index.root),
+        "root": display_path(index.root),
         "clips": {
             **{name: len(records) for name, records in by_split.items()},
             "total": len(index.records),
@@ -95,7 +96,7 @@ def inspect_dataset(index: DatasetIndex, *, durations: bool = True) -> dict[str,
 
 
 def _durations(by_split, problems: list[Problem]):
-    reported = {p.path for p in problems if p.kind in ("unreadable", "missing")}
+    reported = {p.path for p in problems if p.kind in ("unreadable", "missing", "not_a_file")}
     stats = {}
     rates: dict[str, dict[int, int]] = {}
     for name, records in by_split.items():
@@ -107,7 +108,8 @@ def _durations(by_split, problems: list[Problem]):
             except AudioError as exc:
                 if record.path not in reported:
                     reported.add(record.path)
-                    problems.append(Problem(record.path, "unreadable", str(exc).split(": ", 1)[-1]))
+                    reason = str(exc).removeprefix(f"{display_path(record.path)}: ")
+                    problems.append(Problem(record.path, "unreadable", reason))
                 continue
             seconds.append(info.duration)
             rate_counts[info.sample_rate] += 1

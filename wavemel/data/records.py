@@ -10,17 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wavemel._paths import display_path
+
 __all__ = ["ClipRecord", "DatasetIndex", "Problem", "PROBLEM_KINDS"]
 
 #: Kinds of :class:`Problem` the adapters and the inspector report.
 PROBLEM_KINDS = (
     "missing",  # a metadata row names a file that is not on disk (or a whole audio folder is)
     "empty",  # a valid audio file with zero samples (the real FSDKaggle2018 test set has some)
-    "unreadable",  # a file that libsndfile cannot open
+    "unreadable",  # a file that libsndfile cannot open (or a folder that cannot be listed)
+    "not_a_file",  # a FIFO, device, broken link or link loop where an audio file should be
     "unknown_label",  # a test/other-split label that no training clip has
     "unmatched",  # a file whose name does not match the label pattern
-    "duplicate",  # the same file listed twice in one split
+    "duplicate",  # the same file listed twice (in one split, or anywhere in a manifest)
+    "conflicting_labels",  # one file listed with different labels (the first row is kept)
     "no_label",  # a training row without any label
+    "bad_row",  # a metadata row that cannot be read (too few cells); it is left out
 )
 
 # Canonical order of well-known splits; any other split names follow alphabetically.
@@ -80,8 +85,12 @@ class Problem:
     message: str
 
     def to_dict(self) -> dict[str, str]:
-        """JSON-able form: ``{"path", "kind", "message"}``."""
-        return {"path": str(self.path), "kind": self.kind, "message": self.message}
+        """JSON-able form: ``{"path", "kind", "message"}``, the path as :func:`display_path`."""
+        return {"path": display_path(self.path), "kind": self.kind, "message": self.message}
+
+    def __str__(self) -> str:
+        """One printable line: ``"<path>: <message>"``."""
+        return f"{display_path(self.path)}: {self.message}"
 
 
 @dataclass

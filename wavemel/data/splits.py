@@ -1,20 +1,27 @@
 """Reproducible train/validation splits: stratified k-fold, optionally keeping groups together.
 
-Trainer, evaluator and ``reproduce`` all call :func:`train_val_split` with the settings stored in
-a run's ``config.json``, so the validation clips of a run can always be recomputed exactly.
+A :class:`SplitSpec` is the one description of a run's split (data root, layout, groups, folds,
+seed, validation split). The trainer, the evaluator and the study rebuild a split only through it,
+from the settings stored in a run's ``config.json``, so the validation clips of a run can always be
+recomputed exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from wavemel.data.adapters import load_dataset
 from wavemel.data.records import ClipRecord, DatasetIndex
 from wavemel.errors import DataError
 
-__all__ = ["kfold_assign", "train_val_split"]
+__all__ = ["SPLIT_FIELDS", "SplitSpec", "kfold_assign", "train_val_split"]
 
 GroupKey = Callable[[ClipRecord], object] | str
 
@@ -191,3 +198,87 @@ def train_val_split(
     if not val or not train:
         raise DataError(f"{index.root}: fold {fold} leaves an empty training or validation set")
     return train, val
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    """Everything that decides which clips train and which validate a run.
+
+    Attributes:
+        data: Dataset root (or CSV manifest).
+        format: Layout given to :func:`~wavemel.data.load_dataset` (``None`` detects it).
+        label_pattern: File-name pattern of the ``pattern`` layout.
+        group_field: Keep clips with the same value of this field in one fold (e.g. speaker).
+        folds: Number of stratified folds, or ``None`` for the dataset's own fold column.
+        fold: The validation fold.
+        seed: Fold-assignment seed.
+        val_split: Validate on this split of the dataset (e.g. ``"test"``) instead of a fold.
+    """
+
+    data: str
+    format: str | None = None
+    label_pattern: str | None = None
+    group_field: str | None = None
+    folds: int | None = 5
+    fold: int = 0
+    seed: int = 0
+    val_split: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | Any, **overrides: Any) -> SplitSpec:
+        """Read the split fields of a run config (a dict or a config object), then ``overrides``.
+
+        A field the settings lack takes the default above; a field they hold is taken as it is
+        (``folds=None`` means the dataset's own fold column), except ``fold`` and ``seed`` given
+        as ``None`` (a cnn-comb config before its branches filled them), which mean 0.
+
+        Raises:
+            DataError: No dataset root.
+        """
+        if isinstance(settings, Mapping):
+            values = {k: settings[k] for k in SPLIT_FIELDS if k in settings}
+        else:
+            values = {k: getattr(settings, k) for k in SPLIT_FIELDS if hasattr(settings, k)}
+        values.update(overrides)
+        for name in ("fold", "seed"):
+            if values.get(name, 0) is None:
+                del values[name]
+        if not values.get("data"):
+            raise DataError("no dataset given (--data ROOT)")
+        values["data"] = os.fspath(values["data"])
+        return cls(**values)
+
+    def with_data(self, data: str | os.PathLike | None) -> SplitSpec:
+        """The same split on another root; its layout is detected again unless it is this one."""
+        if data is None or os.fspath(data) == self.data:
+            return self
+        return dataclasses.replace(self, data=os.fspath(data), format=None)
+
+    def load_index(self, *, check_files: bool = True) -> DatasetIndex:
+        """Index the dataset with this spec's layout settings (see :func:`load_dataset`)."""
+        return load_dataset(
+            self.data,
+            self.format,
+            label_pattern=self.label_pattern,
+            group_field=self.group_field,
+            check_files=check_files,
+        )
+
+    def split(self, index: DatasetIndex) -> tuple[list[ClipRecord], list[ClipRecord]]:
+        """``(train_records, val_records)`` of ``index`` (see :func:`train_val_split`)."""
+        return train_val_split(
+            index,
+            folds=self.folds,
+            fold=self.fold,
+            seed=self.seed,
+            group_field=self.group_field,
+            val_split=self.val_split,
+        )
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data)
+
+
+#: The fields that decide a run's split; two runs combine only when they agree on all of them.
+SPLIT_FIELDS = tuple(f.name for f in dataclasses.fields(SplitSpec))

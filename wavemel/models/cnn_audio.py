@@ -10,18 +10,24 @@ for every named size), so 1, 2 or 3 s training crops and longer inference window
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from wavemel.models._layers import check_vgg_config, conv_bn_relu, dense_head, vgg_blocks
-from wavemel.models._registry import (
-    config_for_size,
-    config_from_dict,
-    config_to_dict,
-    register_model,
+from wavemel.models._layers import (
+    MAX_CHANNELS,
+    MAX_KERNEL,
+    check_num_classes,
+    check_parameter_budget,
+    check_vgg_config,
+    check_waveform,
+    conv_bn_relu,
+    dense_head,
+    dense_head_parameter_count,
+    vgg_blocks,
+    vgg_parameter_count,
 )
+from wavemel.models._registry import ConfiguredModel, register_model
 
 # Standardisation floor for the per-example standard deviation: about -80 dBFS, so digital
 # silence with a little dither is not blown up to unit variance.
@@ -61,6 +67,13 @@ class CnnAudioConfig:
     def __post_init__(self) -> None:
         stem = [self.sample_rate, self.stem_channels, self.stem_kernel, self.stem_stride]
         check_vgg_config("cnn-audio", self, stem)
+        stem_too_big = max(self.stem_kernel, self.stem_stride) > MAX_KERNEL
+        if self.stem_channels > MAX_CHANNELS or stem_too_big:
+            raise ValueError(
+                f"cnn-audio stem_channels is at most {MAX_CHANNELS} and stem_kernel / stem_stride "
+                f"at most {MAX_KERNEL}, got {self.stem_channels}, {self.stem_kernel}, "
+                f"{self.stem_stride}"
+            )
         if self.normalize not in ("standardize", "none"):
             raise ValueError(f"normalize must be 'standardize' or 'none', got {self.normalize!r}")
 
@@ -92,7 +105,7 @@ SIZES: dict[str, CnnAudioConfig] = {
 
 
 @register_model("cnn-audio")
-class CnnAudio(nn.Module):
+class CnnAudio(ConfiguredModel, nn.Module):
     """VGG-like 1-D CNN on the raw waveform.
 
     Input normalisation: each example is standardised (zero mean, unit standard deviation, the
@@ -106,14 +119,15 @@ class CnnAudio(nn.Module):
     """
 
     name = "cnn-audio"
+    Config = CnnAudioConfig
     SIZES = SIZES
 
     def __init__(self, num_classes: int, config: CnnAudioConfig | None = None) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.config = config or CnnAudioConfig()
         cfg = self.config
+        check_num_classes(num_classes)
+        check_parameter_budget("cnn-audio", self.parameter_count(cfg, num_classes))
         self.num_classes = int(num_classes)
         self.sample_rate = int(cfg.sample_rate)
 
@@ -139,24 +153,13 @@ class CnnAudio(nn.Module):
 
     # -- construction helpers -----------------------------------------------------------------
 
-    @classmethod
-    def from_size(
-        cls, num_classes: int, size: str = "small", sample_rate: int = 16000, **overrides: Any
-    ) -> CnnAudio:
-        """A freshly initialised model of a named size; ``overrides`` replace config fields."""
-        return cls(
-            num_classes,
-            config_for_size(CnnAudioConfig, SIZES, size, sample_rate=sample_rate, **overrides),
-        )
-
-    @classmethod
-    def from_config(cls, num_classes: int, config: dict[str, Any]) -> CnnAudio:
-        """Rebuild from :meth:`config_dict`."""
-        return cls(num_classes, config_from_dict(CnnAudioConfig, config))
-
-    def config_dict(self) -> dict[str, Any]:
-        """JSON-able config (tuples as lists), enough for ``model_from_config``."""
-        return config_to_dict(self.config)
+    @staticmethod
+    def parameter_count(config: CnnAudioConfig, num_classes: int) -> int:
+        """Parameters (and BatchNorm statistics) a model of ``config`` has, without building it."""
+        stem = config.stem_channels * config.stem_kernel + 2 * config.stem_channels
+        blocks = vgg_parameter_count(1, config.stem_channels, config)
+        head = dense_head_parameter_count(2 * config.channels[-1], config.dense, num_classes)
+        return stem + blocks + head
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -172,8 +175,10 @@ class CnnAudio(nn.Module):
         return length
 
     def _min_samples(self) -> int:
+        # Bounded search: a config that needs more than a second is refused by the caller, and
+        # an unbounded loop would spin for ages on absurd pooling factors.
         num_samples = 1
-        while self._output_length(num_samples) < 1:
+        while self._output_length(num_samples) < 1 and num_samples <= self.sample_rate:
             num_samples += 1
         return num_samples
 
@@ -196,12 +201,7 @@ class CnnAudio(nn.Module):
         Returns:
             ``(B, conv_dim)``: global max pooling over time concatenated with mean pooling.
         """
-        if x.dim() != 2:
-            raise ValueError(f"cnn-audio expects a (batch, samples) waveform, got {tuple(x.shape)}")
-        if x.shape[-1] < self.min_samples:
-            raise ValueError(
-                f"cnn-audio needs at least {self.min_samples} samples, got {x.shape[-1]}"
-            )
+        check_waveform(self.name, x, self.min_samples)
         h = self.blocks(self.stem(self.normalize(x).unsqueeze(1)))  # (B, C, frames)
         return torch.cat([h.amax(dim=-1), h.mean(dim=-1)], dim=1)
 

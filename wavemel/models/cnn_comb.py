@@ -28,7 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from wavemel.models._layers import dense_head
+from wavemel.models._layers import (
+    MAX_DENSE,
+    check_num_classes,
+    check_parameter_budget,
+    check_waveform,
+    dense_head,
+    dense_head_parameter_count,
+)
 from wavemel.models._registry import (
     config_for_size,
     create_model,
@@ -52,8 +59,12 @@ class CnnCombConfig:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        if int(self.hidden) != self.hidden or self.hidden < 1:
-            raise ValueError(f"hidden must be a positive integer, got {self.hidden}")
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int):
+            raise ValueError(f"hidden must be a positive integer, got {self.hidden!r}")
+        if not 1 <= self.hidden <= MAX_DENSE:
+            raise ValueError(f"hidden must be in [1, {MAX_DENSE}], got {self.hidden}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -104,15 +115,15 @@ class CnnComb(nn.Module):
                 f"cnn-comb branches must share a sample rate: {audio_model.name} runs at "
                 f"{audio_model.sample_rate} Hz, {spec_model.name} at {spec_model.sample_rate} Hz"
             )
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_num_classes(num_classes)
         self.head_config = CnnCombConfig(hidden=hidden, dropout=dropout)
+        in_dim = audio_model.conv_dim + spec_model.conv_dim
+        check_parameter_budget("cnn-comb", dense_head_parameter_count(in_dim, hidden, num_classes))
         self.num_classes = int(num_classes)
         self.sample_rate = int(audio_model.sample_rate)
         self.audio = self._strip_branch(audio_model)
         self.spec = self._strip_branch(spec_model)
         self.min_samples = max(self.audio.min_samples, self.spec.min_samples)
-        in_dim = self.audio.conv_dim + self.spec.conv_dim
         self.embedding, self.dropout, self.classifier = dense_head(
             in_dim, hidden, dropout, self.num_classes
         )
@@ -169,14 +180,19 @@ class CnnComb(nn.Module):
         try:
             audio_cfg, spec_cfg = config["audio"], config["spec"]
             head = {k: v for k, v in config.items() if k not in ("audio", "spec", "sample_rate")}
-            # Branch classifier sizes do not matter: those layers are removed.
-            audio = model_from_config(audio_cfg["name"], 1, audio_cfg["config"])
-            spec = model_from_config(spec_cfg["name"], 1, spec_cfg["config"])
-        except (KeyError, TypeError) as exc:
+            names = (audio_cfg["name"], spec_cfg["name"])
+            branch_configs = (audio_cfg["config"], spec_cfg["config"])
+        except (KeyError, TypeError):
             raise ValueError(
                 "cnn-comb config needs 'audio' and 'spec' entries of the form "
-                f"{{'name': ..., 'config': {{...}}}}; got {config!r}"
-            ) from exc
+                "{'name': ..., 'config': {...}}"
+            ) from None
+        # A comb inside a comb would recurse without bound on a crafted config.
+        if "cnn-comb" in names:
+            raise ValueError(f"cnn-comb branches cannot be cnn-comb models, got {names!r}")
+        # Branch classifier sizes do not matter: those layers are removed.
+        audio = model_from_config(names[0], 1, branch_configs[0])
+        spec = model_from_config(names[1], 1, branch_configs[1])
         head_cfg = config_for_size(CnnCombConfig, {"_": CnnCombConfig()}, "_", **head)
         return cls(audio, spec, num_classes, hidden=head_cfg.hidden, dropout=head_cfg.dropout)
 
@@ -200,8 +216,7 @@ class CnnComb(nn.Module):
         Returns:
             ``(audio_feats (B, audio.conv_dim), spec_feats (B, spec.conv_dim))``.
         """
-        if x.dim() != 2:
-            raise ValueError(f"cnn-comb expects a (batch, samples) waveform, got {tuple(x.shape)}")
+        check_waveform(self.name, x, self.min_samples)
         frozen = not any(p.requires_grad for p in self.audio.parameters()) and not any(
             p.requires_grad for p in self.spec.parameters()
         )
@@ -214,11 +229,6 @@ class CnnComb(nn.Module):
             else:
                 audio = self.audio.conv_features(x)
             if self.zero_input == "spec":
-                if x.shape[-1] < self.spec.min_samples:
-                    raise ValueError(
-                        f"cnn-comb needs at least {self.spec.min_samples} samples, "
-                        f"got {x.shape[-1]}"
-                    )
                 frames = self.spec.frontend.num_frames(x.shape[-1])
                 zeros = x.new_zeros(1, 1, self.spec.config.n_mels, frames, dtype=torch.float32)
                 spec = self.spec.conv_features_from_spectrogram(zeros).expand(batch, -1)

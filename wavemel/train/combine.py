@@ -4,7 +4,9 @@ The two branch runs must have been trained on the same labels, at the same sampl
 length, with the same train/validation split (data, format, label pattern, groups, folds, fold,
 seed, validation split): otherwise the head would be validated on clips a branch was trained on.
 The split is then rebuilt from those shared settings, the branches are frozen inside
-``CnnComb`` and only the head's parameters reach the optimizer.
+``CnnComb`` and only the head's parameters reach the optimizer. A ``--spec`` branch of imported
+weights (no training run here, e.g. PANNs' cnn14) only has to share the sample rate; rates are
+never converted inside the comb, so the ``--audio`` branch is trained at that rate.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from wavemel.checkpoint import load_checkpoint
 from wavemel.errors import CheckpointError
+from wavemel.models.cnn_comb import CnnComb
 from wavemel.train.config import SPLIT_FIELDS, CombineConfig, TrainConfig, resume_config
+from wavemel.train.distributed import cleanup, init_distributed
+from wavemel.train.loader import prepare_data
+from wavemel.train.loop import fit, open_run, seed_everything, start_run
+from wavemel.train.run_folder import check_not_inside
 
-__all__ = ["combine", "check_branches", "resolve_combine_config"]
+__all__ = ["combine", "check_branches", "check_slots", "resolve_combine_config"]
 
 
 def _same_path(a: Any, b: Any) -> bool:
@@ -24,19 +32,52 @@ def _same_path(a: Any, b: Any) -> bool:
     return Path(a).expanduser().absolute() == Path(b).expanduser().absolute()
 
 
+def check_slots(
+    audio_model: Any, spec_model: Any, audio_meta: dict, audio_run: str, spec_run: str
+) -> None:
+    """Any single-branch model fits ``--audio``; ``--spec`` needs a log-mel front end.
+
+    The comb uses a branch through ``conv_features`` only, and the Figure 4 ablation zeroes the
+    ``--spec`` branch's spectrogram (``conv_features_from_spectrogram``). Both branches must take
+    the ``--audio`` run's input length (an imported ``--spec`` branch may need longer windows).
+    """
+    if not hasattr(audio_model, "conv_features"):
+        raise CheckpointError(
+            f"{audio_run}: --audio must be a single-branch run, not {audio_model.name}"
+        )
+    if not hasattr(spec_model, "conv_features_from_spectrogram"):
+        raise CheckpointError(
+            f"{spec_run}: --spec must be a log-mel model run (cnn-spec, cnn14), "
+            f"not {spec_model.name}"
+        )
+    seconds = float(audio_meta.get("input_seconds") or 0)
+    if round(seconds * spec_model.sample_rate) < spec_model.min_samples:
+        raise CheckpointError(
+            f"{spec_run}: {spec_model.name} needs windows of at least "
+            f"{spec_model.min_samples / spec_model.sample_rate:.3f} s; {audio_run} was trained "
+            f"on {seconds:g} s windows"
+        )
+
+
 def check_branches(audio_meta: dict, spec_meta: dict, audio_run: str, spec_run: str) -> None:
-    """Raise a CheckpointError naming the first setting on which the two branch runs differ."""
-    for name, meta, run, wanted in (
-        ("--audio", audio_meta, audio_run, "cnn-audio"),
-        ("--spec", spec_meta, spec_run, "cnn-spec"),
-    ):
-        if meta.get("model") != wanted:
-            raise CheckpointError(
-                f"{run}: {name} must be a {wanted} run, not {meta.get('model') or 'unknown model'}"
-            )
+    """Raise a CheckpointError naming the first setting on which the two branch runs differ.
+
+    The ``--audio`` run must have been trained here (its split is the comb's). A ``--spec`` run
+    without a ``train_config`` (imported weights, e.g. PANNs' cnn14) never saw this data, so
+    only its sample rate has to match.
+    """
+    if not audio_meta.get("train_config"):
+        raise CheckpointError(f"{audio_run}: --audio must be a run trained with wavemel train")
+    if audio_meta.get("sample_rate") != spec_meta.get("sample_rate"):
+        raise CheckpointError(
+            f"cannot combine {audio_run} and {spec_run}: they differ in sample_rate "
+            f"({audio_meta.get('sample_rate')!r} vs {spec_meta.get('sample_rate')!r}); train the "
+            "--audio branch at the --spec branch's rate (wavemel train --sample-rate)"
+        )
+    if not spec_meta.get("train_config"):
+        return
     pairs = [
         ("labels", audio_meta.get("labels"), spec_meta.get("labels")),
-        ("sample_rate", audio_meta.get("sample_rate"), spec_meta.get("sample_rate")),
         ("input_seconds", audio_meta.get("input_seconds"), spec_meta.get("input_seconds")),
     ]
     audio_cfg = audio_meta.get("train_config") or {}
@@ -61,15 +102,10 @@ def check_branches(audio_meta: dict, spec_meta: dict, audio_run: str, spec_run: 
 def resolve_combine_config(config: CombineConfig, audio_meta: dict) -> CombineConfig:
     """Fill the split fields, sample rate, input length (and cache) from the checked branches."""
     branch = audio_meta.get("train_config") or {}
+    split = {name: branch.get(name) for name in SPLIT_FIELDS if name != "data"}
     return config.replace(
         data=config.data or branch.get("data"),
-        format=branch.get("format"),
-        label_pattern=branch.get("label_pattern"),
-        group_field=branch.get("group_field"),
-        folds=branch.get("folds"),
-        fold=branch.get("fold"),
-        seed=branch.get("seed"),
-        val_split=branch.get("val_split"),
+        **split,
         sample_rate=int(audio_meta["sample_rate"]),
         input_seconds=float(audio_meta["input_seconds"]),
         # The branches' clip cache already holds these clips at this rate.
@@ -100,25 +136,22 @@ def combine(config: CombineConfig) -> Path:
         CheckpointError: A branch run is missing or the two runs differ in labels, sample rate,
             input length or split settings (the message names the setting).
     """
-    from wavemel.checkpoint import load_checkpoint
-    from wavemel.models.cnn_comb import CnnComb
-    from wavemel.train.distributed import cleanup, init_distributed
-    from wavemel.train.loader import prepare_data
-    from wavemel.train.loop import fit, seed_everything, start_run
-
     if config.resume:
         config = resume_config(config)
     config.check()
     config = config.with_absolute_paths()
+    check_not_inside(config.out, {"--audio": config.audio_run, "--spec": config.spec_run})
     audio_model, audio_meta = load_checkpoint(config.audio_run)
     spec_model, spec_meta = load_checkpoint(config.spec_run)
+    check_slots(audio_model, spec_model, audio_meta, config.audio_run, config.spec_run)
     check_branches(audio_meta, spec_meta, config.audio_run, config.spec_run)
     config = resolve_combine_config(config, audio_meta)
     loop_config = _loop_config(config)
 
     ctx = init_distributed(config.device)
+    run = None
     try:
-        start_run(config, ctx)
+        run = open_run(config, ctx)
         data = prepare_data(loop_config, ctx)
         if list(data.labels) != list(audio_meta["labels"]):
             raise CheckpointError(
@@ -133,6 +166,7 @@ def combine(config: CombineConfig) -> Path:
             len(data.labels),
             **{k: v for k, v in head.items() if v is not None},
         )
+        start_run(run, config, ctx)
         run_config = config.replace(force=False, resume=False).to_dict()
         run_config["model"] = "cnn-comb"
         extra = {
@@ -147,6 +181,9 @@ def combine(config: CombineConfig) -> Path:
             run_config=run_config,
             extra_meta=extra,
             ctx=ctx,
+            run=run,
         )
     finally:
+        if run is not None:
+            run.release()
         cleanup(ctx)

@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wavemel._io import read_json
+from wavemel._fields import check_field_types
+from wavemel._io import atomic_write_text, read_json
+from wavemel.checkpoint import MAX_INPUT_SECONDS
+from wavemel.data.splits import SPLIT_FIELDS
 from wavemel.errors import CheckpointError, WavemelError
+from wavemel.models._layers import SAMPLE_RATE_RANGE
 
 __all__ = [
     "TrainConfig",
@@ -27,44 +31,87 @@ __all__ = [
     "resume_config",
 ]
 
-#: The fields that determine which clips are training and which are validation clips. Two runs
-#: can only be combined when they agree on all of them.
-SPLIT_FIELDS = (
-    "data",
-    "format",
-    "label_pattern",
-    "group_field",
-    "folds",
-    "fold",
-    "seed",
-    "val_split",
-)
 
-_Config = TypeVar("_Config", "TrainConfig", "CombineConfig")
+_Config = TypeVar("_Config", bound="_RunConfig")
 
 
-class _ConfigMixin:
-    """JSON round trip and checks shared by both configurations."""
+@dataclass
+class _RunConfig:
+    """The settings both configurations share, their JSON round trip and checks.
+
+    Attributes:
+        out: Run folder.
+        format: Dataset layout; ``None`` auto-detects.
+        label_pattern: File-name pattern for the "pattern" format.
+        group_field: Record field whose value keeps clips together in one fold (e.g. speaker).
+        val_split: Use the dataset's own labelled split of this name (e.g. "test") for validation
+            instead of a fold.
+        hop_seconds: Window hop for whole-clip validation; ``None`` uses the inference default.
+        batch_size: Batch size per process under torchrun.
+        lr, weight_decay: AdamW.
+        mixup_alpha: Beta(alpha, alpha) mixup; 0 disables it.
+        p_replicate: Probability that a short clip is replicated rather than zero-padded.
+        verified_weight, unverified_weight: Loss weight of clips whose label was (not) manually
+            verified; clips without that information count as verified.
+        log_every: Progress-bar refresh interval in steps.
+        device: "auto" picks CUDA when available.
+        workers: DataLoader worker processes (0 loads in the main process).
+        pin_memory: Page-locked host batches for faster CUDA copies (ignored on CPU).
+        amp: Mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler).
+        channels_last: NHWC memory format for cnn-spec on CUDA (faster convolutions).
+        compile: ``torch.compile`` the model.
+        cache_dir: Clip cache; ``None`` uses ``$WAVEMEL_CACHE`` or ``~/.cache/wavemel``.
+        force: Replace an existing run folder.
+        resume: Continue the interrupted run in ``out`` from ``out/state``.
+    """
+
+    out: str = ""
+    format: str | None = None
+    label_pattern: str | None = None
+    group_field: str | None = None
+    val_split: str | None = None
+    hop_seconds: float | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    mixup_alpha: float = 0.4
+    p_replicate: float = 0.5
+    verified_weight: float = 1.0
+    unverified_weight: float = 1.0
+    log_every: int = 10
+    device: str = "auto"
+    workers: int = 2
+    pin_memory: bool = True
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    cache_dir: str | None = None
+    force: bool = False
+    resume: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field (paths as strings)."""
         out = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
 
     @classmethod
     def from_dict(cls: type[_Config], values: dict[str, Any], *, source: str = "config") -> _Config:
-        """Build a config from ``values``; unknown keys are an error (they are usually typos).
+        """Build a config from ``values``, checking every field's type against its annotation.
+
+        Unknown keys are an error (they are usually typos). Ranges are checked by ``check()``.
 
         Raises:
-            WavemelError: A key is not a field of this configuration.
+            WavemelError: ``SOURCE: unknown setting(s) ...`` or
+                ``SOURCE: field 'X' must be ..., got ...``.
         """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise WavemelError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        check_field_types(cls, values, error=WavemelError, source=source)
         return cls(**values)
 
     def replace(self: _Config, **changes: Any) -> _Config:
@@ -78,15 +125,15 @@ class _ConfigMixin:
         must not depend on where training was started.
         """
         changes = {}
-        for name in ("data", "cache_dir", "audio_run", "spec_run"):
+        for name in ("data", "cache_dir", "audio_run", "spec_run", "init"):
             value = getattr(self, name, None)
             if value:
                 changes[name] = str(Path(value).expanduser().resolve())
         return self.replace(**changes)
 
     def save(self, path: Path) -> None:
-        """Write the configuration as indented JSON to ``path``."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Write the configuration as indented JSON to ``path`` (atomically)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls: type[_Config], path: Path) -> _Config:
@@ -95,12 +142,19 @@ class _ConfigMixin:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON object from ``path``.
+    """Read a JSON object from ``path``, with the type of every configuration field checked.
+
+    The file may hold a :class:`TrainConfig` or a :class:`CombineConfig` (or part of one, or a
+    hand-written subset such as ``evaluate`` accepts): each known field must have the type it has
+    in either. Unknown keys are left to :meth:`_RunConfig.from_dict`.
 
     Raises:
-        WavemelError: The file is missing, not a regular file, not JSON or not a JSON object.
+        WavemelError: The file is missing, not a regular file, not JSON or not a JSON object,
+            or a field has the wrong type (``FILE: field 'fold' must be an integer, got '1'``).
     """
-    return read_json(path, what="config file")
+    values = read_json(path, what="config file")
+    check_field_types((TrainConfig, CombineConfig), values, error=WavemelError, source=str(path))
+    return values
 
 
 def layer_config(
@@ -132,10 +186,10 @@ def resume_config(config: _Config) -> _Config:
     if not config.out:
         raise WavemelError("--resume needs the run folder to continue (--out RUN)")
     path = Path(config.out) / "config.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"{config.out}: no config.json to resume from")
     saved = type(config).load(path)
-    return saved.replace(
+    resumed = saved.replace(
         out=config.out,
         resume=True,
         force=False,
@@ -143,6 +197,12 @@ def resume_config(config: _Config) -> _Config:
         workers=config.workers,
         cache_dir=config.cache_dir or saved.cache_dir,
     )
+    try:
+        resumed.check()
+    except WavemelError as exc:
+        # The saved settings, not the command line, are at fault: name the file.
+        raise CheckpointError(f"{path}: {exc}") from None
+    return resumed
 
 
 def _check_common(cfg: TrainConfig | CombineConfig) -> None:
@@ -172,80 +232,42 @@ def _check_common(cfg: TrainConfig | CombineConfig) -> None:
 
 
 @dataclass
-class TrainConfig(_ConfigMixin):
+class TrainConfig(_RunConfig):
     """Everything that defines one training run of a single branch (cnn-audio or cnn-spec).
 
+    The fields shared with :class:`CombineConfig` are documented in :class:`_RunConfig`.
+
     Attributes:
-        model: Registered model name ("cnn-audio" or "cnn-spec").
+        model: Registered model name ("cnn-audio", "cnn-spec" or "cnn14").
         size: Named model size ("tiny", "small", "paper").
         data: Dataset root (or CSV manifest) given to ``wavemel.data.load_dataset``.
-        out: Run folder.
-        format: Dataset layout; ``None`` auto-detects.
-        label_pattern: File-name pattern for the "pattern" format.
-        group_field: Record field whose value keeps clips together in one fold (e.g. speaker).
         folds, fold: Stratified k-fold split of the labelled train clips; ``fold`` is validation.
-        val_split: Use the dataset's own labelled split of this name (e.g. "test") for validation
-            instead of a fold.
         seed: Seeds the split, the weights, the data order and the augmentations.
         sample_rate: Model sample rate; clips are resampled once into the clip cache.
         input_seconds: Training input length (the poster uses 1, 2 or 3 s).
-        hop_seconds: Window hop for whole-clip validation; ``None`` uses the inference default.
-        epochs, batch_size: Batch size is per process under torchrun.
-        lr, weight_decay: AdamW.
+        epochs: Training epochs.
         warmup_epochs: Linear warm-up from 0, then cosine decay to 0, updated every step.
-        mixup_alpha: Beta(alpha, alpha) mixup; 0 disables it.
         mixup_on: "wave" mixes waveforms; "spec" mixes log-mels (cnn-spec only), as in the poster.
-        p_replicate: Probability that a short clip is replicated rather than zero-padded.
-        verified_weight, unverified_weight: Loss weight of clips whose label was (not) manually
-            verified; clips without that information count as verified.
         patience: Stop after this many epochs without a better validation MAP@3; 0 never stops.
-        log_every: Progress-bar refresh interval in steps.
-        device: "auto" picks CUDA when available.
-        workers: DataLoader worker processes (0 loads in the main process).
-        pin_memory: Page-locked host batches for faster CUDA copies (ignored on CPU).
-        amp: Mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler).
-        channels_last: NHWC memory format for cnn-spec on CUDA (faster convolutions).
-        compile: ``torch.compile`` the model.
-        cache_dir: Clip cache; ``None`` uses ``$WAVEMEL_CACHE`` or ``~/.cache/wavemel``.
-        force: Replace an existing run folder.
-        resume: Continue the interrupted run in ``out`` from ``out/state``.
+        init: Checkpoint (or run folder) to start from: its model config and weights, with a
+            new classifier when its labels differ from the data's; sets ``sample_rate``.
+        freeze_blocks: Keep the first N conv blocks frozen (models with ``freeze_blocks``).
     """
 
     model: str = "cnn-audio"
     size: str = "small"
     data: str = ""
-    out: str = ""
-    format: str | None = None
-    label_pattern: str | None = None
-    group_field: str | None = None
     folds: int = 5
     fold: int = 0
-    val_split: str | None = None
     seed: int = 0
     sample_rate: int = 16000
     input_seconds: float = 2.0
-    hop_seconds: float | None = None
     epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
     warmup_epochs: float = 1.0
-    mixup_alpha: float = 0.4
     mixup_on: str = "wave"
-    p_replicate: float = 0.5
-    verified_weight: float = 1.0
-    unverified_weight: float = 1.0
     patience: int = 10
-    log_every: int = 10
-    device: str = "auto"
-    workers: int = 2
-    pin_memory: bool = True
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    cache_dir: str | None = None
-    force: bool = False
-    resume: bool = False
+    init: str | None = None
+    freeze_blocks: int = 0
 
     @property
     def input_samples(self) -> int:
@@ -258,15 +280,23 @@ class TrainConfig(_ConfigMixin):
             WavemelError: An option is out of range or inconsistent with another.
         """
         _check_common(self)
-        if self.model not in ("cnn-audio", "cnn-spec"):
+        if self.model not in ("cnn-audio", "cnn-spec", "cnn14"):
             raise WavemelError(
-                f"--model must be cnn-audio or cnn-spec, got {self.model!r} "
+                f"--model must be cnn-audio, cnn-spec or cnn14, got {self.model!r} "
                 "(cnn-comb is trained with `wavemel combine`)"
             )
+        self._check_init()
         if not self.data:
             raise WavemelError("no dataset given (--data ROOT)")
-        if self.input_seconds <= 0 or self.sample_rate <= 0:
-            raise WavemelError("--input-seconds and --sample-rate must be positive")
+        low, high = SAMPLE_RATE_RANGE
+        if not low <= self.sample_rate <= high:
+            raise WavemelError(
+                f"--sample-rate must be in [{low}, {high}] Hz, got {self.sample_rate}"
+            )
+        if not 0 < self.input_seconds <= MAX_INPUT_SECONDS:
+            raise WavemelError(
+                f"--input-seconds must be in (0, {MAX_INPUT_SECONDS:g}], got {self.input_seconds}"
+            )
         if self.val_split is None and (self.folds < 2 or not 0 <= self.fold < self.folds):
             raise WavemelError(
                 f"--fold must be in [0, --folds) with --folds >= 2, got fold {self.fold} "
@@ -274,12 +304,21 @@ class TrainConfig(_ConfigMixin):
             )
         if self.mixup_on not in ("wave", "spec"):
             raise WavemelError(f"mixup_on must be 'wave' or 'spec', got {self.mixup_on!r}")
-        if self.mixup_on == "spec" and self.model != "cnn-spec":
-            raise WavemelError("mixup_on 'spec' needs --model cnn-spec")
+        if self.mixup_on == "spec" and self.model not in ("cnn-spec", "cnn14"):
+            raise WavemelError("mixup_on 'spec' needs --model cnn-spec or cnn14")
+
+    def _check_init(self) -> None:
+        if self.freeze_blocks < 0:
+            raise WavemelError(f"--freeze must be >= 0, got {self.freeze_blocks}")
+        if self.freeze_blocks and not self.init:
+            # Frozen random blocks would never learn anything.
+            raise WavemelError("--freeze needs --init: only pretrained blocks are worth freezing")
+        if self.init is not None and not str(self.init).strip():
+            raise WavemelError("--init needs a checkpoint or run folder")
 
 
 @dataclass
-class CombineConfig(_ConfigMixin):
+class CombineConfig(_RunConfig):
     """Training cnn-comb's head on two trained branch runs.
 
     The split fields (``data`` unless given, ``format``, ``label_pattern``, ``group_field``,
@@ -299,39 +338,16 @@ class CombineConfig(_ConfigMixin):
 
     audio_run: str = ""
     spec_run: str = ""
-    out: str = ""
     data: str | None = None
     hidden: int | None = None
     dropout: float | None = None
     epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
     warmup_epochs: float = 0.5
-    mixup_alpha: float = 0.4
-    p_replicate: float = 0.5
-    verified_weight: float = 1.0
-    unverified_weight: float = 1.0
     patience: int = 5
-    log_every: int = 10
-    hop_seconds: float | None = None
-    device: str = "auto"
-    workers: int = 2
-    pin_memory: bool = True
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    cache_dir: str | None = None
-    force: bool = False
-    resume: bool = False
     # Filled from the branch runs.
-    format: str | None = None
-    label_pattern: str | None = None
-    group_field: str | None = None
     folds: int | None = None
     fold: int | None = None
     seed: int | None = None
-    val_split: str | None = None
     sample_rate: int | None = None
     input_seconds: float | None = None
 

@@ -17,7 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wavemel.errors import DataError
+from wavemel._paths import display_path
+from wavemel.data.cache import ClipStore
+from wavemel.data.splits import SplitSpec
+from wavemel.errors import DataError, WavemelWarning
+from wavemel.train.distributed import DistContext, barrier
 
 __all__ = [
     "ClipItem",
@@ -39,12 +43,15 @@ class ClipItem:
         target: (C,) float32 distribution over the labels (multi-label: mass split evenly).
         weight: Loss weight (lower for clips whose label was not manually verified).
         name: Clip file name, for messages.
+        error: Why the clip could not be decoded (``None`` when it could). A validation clip
+            that failed to decode stays in the set and counts as a miss, as in ``evaluate``.
     """
 
     index: int
     target: np.ndarray
     weight: float
     name: str
+    error: str | None = None
 
 
 @dataclass
@@ -55,7 +62,8 @@ class PreparedData:
         labels: Sorted label list; position = class index.
         store: ``ClipStore`` holding every train and validation clip at the model sample rate.
         train: Clips used for training (failed and empty clips removed).
-        val: Validation clips (empty ones kept: they get a uniform prediction).
+        val: Validation clips (empty ones get the training prior, undecodable ones count as
+            misses: the same rules as ``wavemel evaluate --split val``).
         excluded: ``"file: reason"`` for each training clip left out.
     """
 
@@ -95,6 +103,39 @@ def _clip_weight(record, verified_weight: float, unverified_weight: float) -> fl
     return unverified_weight if record.manually_verified is False else verified_weight
 
 
+def _shown(items: list[str], limit: int = 10) -> str:
+    return "; ".join(items[:limit]) + (" ..." if len(items) > limit else "")
+
+
+def _warn_left_out(excluded: list[str], val: list[ClipItem], store) -> None:
+    if excluded:
+        warnings.warn(
+            WavemelWarning(
+                f"{len(excluded)} training clip(s) left out (failed to decode or empty): "
+                f"{_shown(excluded)}"
+            ),
+            stacklevel=3,
+        )
+    failed = [v.error for v in val if v.error is not None]
+    if failed:
+        warnings.warn(
+            WavemelWarning(
+                f"{len(failed)} validation clip(s) failed to decode and count as misses: "
+                f"{_shown(failed)}"
+            ),
+            stacklevel=3,
+        )
+    empty = [v.name for v in val if v.error is None and store.length(v.index) == 0]
+    if empty:
+        warnings.warn(
+            WavemelWarning(
+                f"{len(empty)} validation clip(s) are empty and get the training label prior: "
+                f"{_shown(empty)}"
+            ),
+            stacklevel=3,
+        )
+
+
 def prepare_data(config, ctx=None, *, progress: bool | None = None) -> PreparedData:
     """Load the dataset, split it, and cache every train and validation clip.
 
@@ -107,32 +148,20 @@ def prepare_data(config, ctx=None, *, progress: bool | None = None) -> PreparedD
     Raises:
         DataError: No labelled training or validation clips.
     """
-    from wavemel.data import load_dataset
-    from wavemel.data.cache import ClipStore
-    from wavemel.data.splits import train_val_split
-    from wavemel.train.distributed import DistContext, barrier
-
     ctx = ctx or DistContext()
-    index = load_dataset(
-        config.data,
-        config.format,
-        label_pattern=config.label_pattern,
-        group_field=config.group_field,
-    )
+    spec = SplitSpec.from_settings(config)
+    index = spec.load_index()
     # load_dataset drops listed clips whose file is absent; say so instead of training silently
     # on less data than the manifest lists.
-    missing = [f"{p.path}: {p.message}" for p in index.problems if p.kind == "missing"]
+    missing = [
+        f"{display_path(p.path)}: {p.message}"
+        for p in index.problems
+        if p.kind in ("missing", "not_a_file")
+    ]
     if missing and ctx.is_main:
-        shown = "; ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        warnings.warn(f"listed clip(s) not found and left out: {shown}", stacklevel=2)
-    train_records, val_records = train_val_split(
-        index,
-        folds=config.folds,
-        fold=config.fold,
-        seed=config.seed,
-        group_field=config.group_field,
-        val_split=config.val_split,
-    )
+        message = f"listed clip(s) not found and left out: {_shown(missing)}"
+        warnings.warn(WavemelWarning(message), stacklevel=2)
+    train_records, val_records = spec.split(index)
     train_records = [r for r in train_records if r.labels]
     val_records = [r for r in val_records if r.labels]
     if not train_records:
@@ -161,12 +190,13 @@ def prepare_data(config, ctx=None, *, progress: bool | None = None) -> PreparedD
             target=soft_targets(record.labels, label_to_index),
             weight=_clip_weight(record, config.verified_weight, config.unverified_weight),
             name=Path(record.path).name,
+            error=errors.get(i),
         )
 
     train, excluded = [], []
     for i, record in enumerate(train_records):
         if i in errors:
-            excluded.append(f"{record.path}: {errors[i]}")
+            excluded.append(errors[i])  # the decoder's message names the file
         elif store.length(i) == 0:
             excluded.append(f"{record.path}: empty")
         else:
@@ -175,19 +205,8 @@ def prepare_data(config, ctx=None, *, progress: bool | None = None) -> PreparedD
     val = [item(offset + j, record) for j, record in enumerate(val_records)]
     if not train:
         raise DataError(f"{config.data}: none of the training clips could be decoded")
-    if excluded and ctx.is_main:
-        shown = "; ".join(excluded[:10]) + (" ..." if len(excluded) > 10 else "")
-        warnings.warn(
-            f"{len(excluded)} training clip(s) left out (failed to decode or empty): {shown}",
-            stacklevel=2,
-        )
-    bad_val = [v.name for v in val if store.length(v.index) == 0]
-    if bad_val and ctx.is_main:
-        warnings.warn(
-            f"{len(bad_val)} validation clip(s) are empty or failed to decode and get a uniform "
-            f"prediction: {', '.join(bad_val[:10])}",
-            stacklevel=2,
-        )
+    if ctx.is_main:
+        _warn_left_out(excluded, val, store)
     return PreparedData(labels=labels, store=store, train=train, val=val, excluded=excluded)
 
 

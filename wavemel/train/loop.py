@@ -15,10 +15,10 @@ across ranks, and only rank 0 writes or prints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +31,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wavemel._device import half_dtype
-from wavemel.errors import CheckpointError, WavemelError
+from wavemel._io import atomic_write_text, os_error_reason
+from wavemel.augment import Mixup, WaveformAugment
+from wavemel.checkpoint import save_checkpoint
+from wavemel.errors import WavemelError
+from wavemel.infer import predict_waveforms
+from wavemel.metrics import map_at_k, top_k_accuracy
 from wavemel.train.config import TrainConfig, resume_config
 from wavemel.train.distributed import (
     DistContext,
@@ -44,6 +49,7 @@ from wavemel.train.distributed import (
     init_distributed,
     wrap_model,
 )
+from wavemel.train.finetune import build_model, resolve_init
 from wavemel.train.loader import (
     ClipItem,
     PreparedData,
@@ -52,7 +58,8 @@ from wavemel.train.loader import (
     prepare_data,
     shift_margin,
 )
-from wavemel.train.state import Progress, has_state, load_state, save_state
+from wavemel.train.run_folder import RunFolder
+from wavemel.train.state import Progress, load_state, save_state
 
 __all__ = [
     "soft_cross_entropy",
@@ -62,12 +69,10 @@ __all__ = [
     "validate",
     "fit",
     "train",
-    "prepare_run_folder",
+    "open_run",
+    "start_run",
 ]
 
-# Files a run folder holds; --force only clears folders that contain one of these, so a mistyped
-# --out never wipes an unrelated folder.
-_RUN_MARKERS = ("config.json", "metrics.jsonl", "state", "best.json", "last.json")
 # Validation clips read from the cache per predict_waveforms call: bounds host memory on big sets.
 _VAL_CHUNK = 256
 
@@ -128,23 +133,56 @@ class _SpectrogramInput(nn.Module):
         return self.model.forward_spectrogram(spec)
 
 
+@dataclasses.dataclass
+class TrainStep:
+    """How one optimizer step turns a loader batch into a loss (everything but the model).
+
+    Attributes:
+        augment: ``WaveformAugment`` in train mode: (B, T) + lengths -> (B, input_samples).
+        mixup: ``Mixup`` or ``None``.
+        device: Training device.
+        lr_schedule: Step -> learning rate.
+        scaler: GradScaler (float16 AMP; disabled otherwise).
+        amp_dtype: Autocast dtype on CUDA, ``None`` for full precision.
+        spectrogram: When set, (B, N) -> (B, 1, F, frames) applied before mixup ("spec" mixup).
+        channels_last: Put spectrogram inputs in NHWC memory format.
+        log_every: Refresh the bar's loss every this many steps (reading it syncs the GPU).
+    """
+
+    augment: nn.Module
+    mixup: nn.Module | None
+    device: torch.device
+    lr_schedule: Callable[[int], float]
+    scaler: torch.amp.GradScaler = dataclasses.field(
+        default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False)
+    )
+    amp_dtype: torch.dtype | None = None
+    spectrogram: Callable[[torch.Tensor], torch.Tensor] | None = None
+    channels_last: bool = False
+    log_every: int = 10
+
+    def inputs(self, waves, lengths, targets):
+        """Augmented (and mixed) inputs and soft targets of one batch, on the device."""
+        with torch.no_grad():
+            x = self.augment(waves, lengths)
+            if self.spectrogram is not None:
+                x = self.spectrogram(x)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+            if self.mixup is not None:
+                x, targets = self.mixup(x, targets)
+        return x, targets
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
     optimizer: torch.optim.Optimizer,
-    *,
-    augment: nn.Module,
-    mixup: nn.Module | None,
-    device: torch.device,
-    lr_schedule: Callable[[int], float],
+    step: TrainStep,
     progress: Progress,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype | None = None,
-    spectrogram: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    channels_last: bool = False,
+    *,
     ctx: DistContext | None = None,
     desc: str = "train",
-    log_every: int = 10,
     postfix: dict[str, Any] | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss (over all ranks).
@@ -152,27 +190,19 @@ def train_one_epoch(
     Args:
         model: Maps the augmented batch to (B, C) logits (possibly DDP-wrapped).
         loader: Yields ``(waves (B, T), lengths (B,), targets (B, C), weights (B,))``.
-        optimizer: Its learning rate is set from ``lr_schedule(progress.step)`` before each step.
-        augment: ``WaveformAugment`` in train mode: (B, T) + lengths -> (B, input_samples).
-        mixup: ``Mixup`` or ``None``.
-        device: Training device.
-        lr_schedule: Step -> learning rate.
+        optimizer: Its learning rate is set from ``step.lr_schedule(progress.step)`` each step.
+        step: Augmentation, mixup, precision and schedule settings.
         progress: Its ``step`` is advanced once per optimizer step.
-        scaler: GradScaler (float16 AMP) or ``None``.
-        amp_dtype: Autocast dtype on CUDA, ``None`` for full precision.
-        spectrogram: When set, (B, N) -> (B, 1, F, frames) applied before mixup ("spec" mixup).
-        channels_last: Put spectrogram inputs in NHWC memory format.
         ctx: Distributed context (only rank 0 shows a progress bar).
         desc: Progress-bar title.
-        log_every: Refresh the bar's loss every this many steps (reading it syncs the GPU).
         postfix: Extra fields for the bar (e.g. the last validation MAP@3).
     """
     ctx = ctx or DistContext()
+    device = step.device
     model.train()
-    augment.train()
-    if mixup is not None:
-        mixup.train()
-    scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
+    step.augment.train()
+    if step.mixup is not None:
+        step.mixup.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     bar = tqdm(
@@ -185,34 +215,26 @@ def train_one_epoch(
         file=sys.stderr,
     )
     for i, (waves, lengths, targets, weights) in enumerate(bar):
-        lr = lr_schedule(progress.step)
+        lr = step.lr_schedule(progress.step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        waves = waves.to(device, non_blocking=True)
-        lengths = lengths.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        weights = weights.to(device, non_blocking=True)
-        with torch.no_grad():
-            x = augment(waves, lengths)
-            if spectrogram is not None:
-                x = spectrogram(x)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-            if mixup is not None:
-                x, targets = mixup(x, targets)
+        waves, lengths, targets, weights = (
+            t.to(device, non_blocking=True) for t in (waves, lengths, targets, weights)
+        )
+        x, targets = step.inputs(waves, lengths, targets)
         with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            device.type, dtype=step.amp_dtype or torch.float32, enabled=step.amp_dtype is not None
         ):
             logits = model(x)
         loss = soft_cross_entropy(logits, targets, weights)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        step.scaler.scale(loss).backward()
+        step.scaler.step(optimizer)
+        step.scaler.update()
         progress.step += 1
         loss_sum += loss.detach().double() * len(waves)
         count += len(waves)
-        if i % log_every == 0 and not bar.disable:
+        if i % step.log_every == 0 and not bar.disable:
             bar.set_postfix(
                 loss=f"{loss_sum.item() / count:.4f}", lr=f"{lr:.2e}", **(postfix or {})
             )
@@ -254,12 +276,10 @@ def validate(
     Returns:
         ``{"val_loss", "val_map3", "val_top1"}``.
     """
-    from wavemel.infer import predict_waveforms
-    from wavemel.metrics import map_at_k, top_k_accuracy
-
     ctx = ctx or DistContext()
     device = torch.device(device)
-    mine = list(range(ctx.rank, len(items), ctx.world_size))
+    # Undecodable clips have no answer (all-NaN rows) and count as misses, as in `evaluate`.
+    mine = [j for j in range(ctx.rank, len(items), ctx.world_size) if items[j].error is None]
     parts = []
     for begin in range(0, len(mine), _VAL_CHUNK):
         chunk = mine[begin : begin + _VAL_CHUNK]
@@ -279,56 +299,21 @@ def validate(
         )
     num_classes = len(items[0].target)
     local = np.concatenate(parts) if parts else np.zeros((0, num_classes))
-    probs = np.zeros((len(items), num_classes))
+    probs = np.full((len(items), num_classes), np.nan)
     for indices, rows in all_gather_objects((mine, local), ctx):
         probs[indices] = rows
     targets = np.stack([item.target for item in items])
-    loss = float(np.mean(-(targets * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)))
+    answered = ~np.isnan(probs).all(axis=1)
+    clipped = np.log(np.clip(probs[answered], 1e-12, None))
+    loss = (
+        float(np.mean(-(targets[answered] * clipped).sum(axis=1))) if answered.any() else math.nan
+    )
     hot = (targets > 0).astype(np.int64)
     return {
         "val_loss": loss,
         "val_map3": map_at_k(probs, hot, k=3),
         "val_top1": top_k_accuracy(probs, hot, k=1),
     }
-
-
-def prepare_run_folder(out: Path, *, force: bool, resume: bool) -> None:
-    """Check that ``out`` may be used; raises before anything is written.
-
-    Raises:
-        WavemelError: ``out`` is a non-empty folder and neither ``--force`` nor ``--resume`` was
-            given, or ``--force`` was given for a folder that is not a run folder.
-        CheckpointError: ``--resume`` without a resume state in ``out``.
-    """
-    out = Path(out)
-    if resume:
-        if not has_state(out):
-            raise CheckpointError(
-                f"{out}: nothing to resume (no state/ from a finished epoch); "
-                "start a new run with --force"
-            )
-        return
-    if out.exists() and not out.is_dir():
-        raise WavemelError(f"{out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise WavemelError(
-                f"{out}: run folder exists and is not empty; pass --force to overwrite it "
-                "or --resume to continue it"
-            )
-        if not any((out / name).exists() for name in _RUN_MARKERS):
-            raise WavemelError(
-                f"{out}: folder is not empty and is not a wavemel run folder; "
-                "refusing to clear it even with --force, choose another --out"
-            )
-
-
-def _clear_run_folder(out: Path) -> None:
-    for child in out.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def _format_duration(seconds: float) -> str:
@@ -350,61 +335,14 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
     """Keep the first ``epochs`` lines: an interrupted epoch may have logged before its state."""
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line.strip()]
-        path.write_text("".join(line + "\n" for line in lines[:epochs]))
+        atomic_write_text(path, "".join(line + "\n" for line in lines[:epochs]))
 
 
-def fit(
-    model: nn.Module,
-    data: PreparedData,
-    config: TrainConfig,
-    out: Path,
-    *,
-    run_config: dict[str, Any],
-    extra_meta: dict[str, Any] | None = None,
-    ctx: DistContext | None = None,
-) -> Path:
-    """Train ``model``'s trainable parameters on ``data`` and write the run folder.
-
-    Args:
-        model: Plain model (cnn-audio, cnn-spec or cnn-comb with frozen branches).
-        data: Prepared clips (see ``loader.prepare_data``).
-        config: Training settings; ``config.resume`` continues from ``out/state``.
-        out: Run folder (already checked by :func:`prepare_run_folder`).
-        run_config: The resolved configuration stored in the checkpoints (``train_config``).
-        extra_meta: More checkpoint metadata (e.g. the branch runs of cnn-comb).
-        ctx: Distributed context.
-
-    Returns:
-        ``out``.
-    """
-    ctx = ctx or DistContext()
-    out = Path(out)
-    device = ctx.device
-    is_cuda = device.type == "cuda"
-    model.to(device)
-    channels_last = config.channels_last and is_cuda and config.model == "cnn-spec"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    amp_dtype = None
-    if config.amp and is_cuda:
-        amp_dtype = half_dtype()
-    # Loss scaling is only needed for float16's narrow exponent range.
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    progress = Progress()
-    if config.resume:
-        progress = load_state(out, model, optimizer, scaler=scaler)
-        if ctx.is_main:
-            _truncate_metrics(out / "metrics.jsonl", progress.epoch)
-            print(f"resuming {out} after epoch {progress.epoch}/{config.epochs}", flush=True)
-
+def _make_loader(
+    data: PreparedData, config: TrainConfig, ctx: DistContext
+) -> tuple[torch.utils.data.DataLoader, WindowDataset, ShardSampler]:
+    """The epoch's loader: one window per training clip, this rank's shard, shuffled per epoch."""
     input_samples = config.input_samples
-    hop_samples = None
-    if config.hop_seconds is not None:
-        hop_samples = int(round(config.hop_seconds * config.sample_rate))
     dataset = WindowDataset(
         data.store, data.train, input_samples + shift_margin(input_samples), seed=config.seed
     )
@@ -419,22 +357,123 @@ def fit(
         sampler=sampler,
         num_workers=config.workers,
         collate_fn=collate_windows,
-        pin_memory=config.pin_memory and is_cuda,
+        pin_memory=config.pin_memory and ctx.device.type == "cuda",
         # BatchNorm cannot train on a last batch of one clip; a short last batch is dropped
         # unless it is the only one.
         drop_last=len(sampler) >= config.batch_size,
         persistent_workers=False,
     )
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    return loader, dataset, sampler
 
-    from wavemel.augment import Mixup, WaveformAugment
 
-    augment = WaveformAugment(input_samples, p_replicate=config.p_replicate).to(device)
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    try:
+        with path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise WavemelError(f"{path}: cannot write ({os_error_reason(exc)})") from None
+
+
+def _epoch_line(config: TrainConfig, record: dict[str, Any], improved: bool, eta: str) -> str:
+    return (
+        f"epoch {record['epoch']}/{config.epochs}  train_loss {record['train_loss']:.4f}  "
+        f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}"
+        f"{' *' if improved else '  '}  lr {record['lr']:.2e}  "
+        f"{record['seconds']:.1f}s  eta {eta}"
+    )
+
+
+def _update_progress(progress: Progress, epoch: int, val_map3: float) -> bool:
+    """Count the finished epoch; returns whether it is the best so far."""
+    progress.epoch = epoch + 1
+    improved = val_map3 > progress.best_map3
+    if improved:
+        progress.best_map3 = val_map3
+        progress.best_epoch = epoch + 1
+        progress.epochs_without_improvement = 0
+    else:
+        progress.epochs_without_improvement += 1
+    return improved
+
+
+def _build_step(model: nn.Module, config: TrainConfig, ctx: DistContext, steps: int) -> TrainStep:
+    """Augmentation, mixup, precision and LR schedule of a run (``steps`` per epoch)."""
+    device = ctx.device
+    is_cuda = device.type == "cuda"
+    amp_dtype = half_dtype() if config.amp and is_cuda else None
+    total_steps = steps * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps))
     mixup = Mixup(config.mixup_alpha) if config.mixup_alpha > 0 else None
     spec_mixup = config.mixup_on == "spec" and mixup is not None
-    train_module = wrap_model(_SpectrogramInput(model) if spec_mixup else model, ctx)
+    return TrainStep(
+        augment=WaveformAugment(config.input_samples, p_replicate=config.p_replicate).to(device),
+        mixup=mixup,
+        device=device,
+        lr_schedule=lambda step: lr_at_step(step, total_steps, warmup_steps, config.lr),
+        # Loss scaling is only needed for float16's narrow exponent range.
+        scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+        amp_dtype=amp_dtype,
+        spectrogram=model.spectrogram if spec_mixup else None,
+        channels_last=_use_channels_last(model, config, device),
+        log_every=config.log_every,
+    )
+
+
+def _use_channels_last(model: nn.Module, config: TrainConfig, device: torch.device) -> bool:
+    # Only CUDA's 2-D convolutions gain from NHWC; the model says whether it has such a body.
+    return (
+        config.channels_last
+        and device.type == "cuda"
+        and bool(getattr(model, "prefers_channels_last", False))
+    )
+
+
+def fit(
+    model: nn.Module,
+    data: PreparedData,
+    config: TrainConfig,
+    out: Path,
+    *,
+    run_config: dict[str, Any],
+    extra_meta: dict[str, Any] | None = None,
+    ctx: DistContext | None = None,
+    run: RunFolder | None = None,
+) -> Path:
+    """Train ``model``'s trainable parameters on ``data`` and write the run folder.
+
+    Args:
+        model: Plain model (cnn-audio, cnn-spec or cnn-comb with frozen branches).
+        data: Prepared clips (see ``loader.prepare_data``).
+        config: Training settings; ``config.resume`` continues from ``out/state``.
+        out: Run folder (already started by :func:`start_run`).
+        run_config: The resolved configuration stored in the checkpoints (``train_config``).
+        extra_meta: More checkpoint metadata (e.g. the branch runs of cnn-comb).
+        ctx: Distributed context.
+        run: Rank 0's run folder; ``finished.json`` is written through it at the end.
+
+    Returns:
+        ``out``.
+    """
+    ctx = ctx or DistContext()
+    out = Path(out)
+    device = ctx.device
+    model.to(device)
+    loader, dataset, sampler = _make_loader(data, config, ctx)
+    step = _build_step(model, config, ctx, len(loader))
+    if step.channels_last:
+        model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    progress = Progress()
+    if config.resume:
+        progress = load_state(out, model, optimizer, scaler=step.scaler)
+        if ctx.is_main:
+            _truncate_metrics(out / "metrics.jsonl", progress.epoch)
+            print(f"resuming {out} after epoch {progress.epoch}/{config.epochs}", flush=True)
+    hop_samples = None
+    if config.hop_seconds is not None:
+        hop_samples = int(round(config.hop_seconds * config.sample_rate))
+    train_module = wrap_model(_SpectrogramInput(model) if step.spectrogram else model, ctx)
     if config.compile:
         train_module = torch.compile(train_module)
     prior = np.asarray(data.label_prior())
@@ -447,15 +486,13 @@ def fit(
         "label_prior": prior.tolist(),
         **(extra_meta or {}),
     }
-    metrics_path = out / "metrics.jsonl"
     if ctx.is_main and progress.epoch == 0:
         print(
             f"training {config.model} on {len(data.train)} clips, validating on {len(data.val)} "
-            f"({len(data.labels)} classes, {steps_per_epoch} steps/epoch, device {device}, "
+            f"({len(data.labels)} classes, {len(loader)} steps/epoch, device {device}, "
             f"{ctx.world_size} process(es))",
             flush=True,
         )
-
     last_map3 = progress.best_map3 if progress.epoch else float("nan")
     run_started, first_epoch, run_eta = time.perf_counter(), progress.epoch, "?"
     for epoch in range(progress.epoch, config.epochs):
@@ -469,18 +506,10 @@ def fit(
             train_module,
             loader,
             optimizer,
-            augment=augment,
-            mixup=mixup,
-            device=device,
-            lr_schedule=lambda step: lr_at_step(step, total_steps, warmup_steps, config.lr),
-            progress=progress,
-            scaler=scaler,
-            amp_dtype=amp_dtype,
-            spectrogram=model.spectrogram if spec_mixup else None,
-            channels_last=channels_last,
+            step,
+            progress,
             ctx=ctx,
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            log_every=config.log_every,
             postfix={"map3": f"{last_map3:.3f}", "run_eta": run_eta},
         )
         broadcast_buffers(model, ctx)
@@ -488,26 +517,19 @@ def fit(
             model,
             data.store,
             data.val,
-            input_samples=input_samples,
+            input_samples=config.input_samples,
             hop_samples=hop_samples,
             batch_size=max(config.batch_size, 64),
             device=device,
-            amp_dtype=amp_dtype,
+            amp_dtype=step.amp_dtype,
             empty_distribution=prior,
             ctx=ctx,
         )
         last_map3 = scores["val_map3"]
-        progress.epoch = epoch + 1
+        improved = _update_progress(progress, epoch, scores["val_map3"])
         # Whole-run ETA from the mean epoch time so far (the bar's own ETA covers one epoch).
         per_epoch = (time.perf_counter() - run_started) / (progress.epoch - first_epoch)
         run_eta = _format_duration(per_epoch * (config.epochs - progress.epoch))
-        improved = scores["val_map3"] > progress.best_map3
-        if improved:
-            progress.best_map3 = scores["val_map3"]
-            progress.best_epoch = epoch + 1
-            progress.epochs_without_improvement = 0
-        else:
-            progress.epochs_without_improvement += 1
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -516,59 +538,72 @@ def fit(
             "seconds": time.perf_counter() - started,
         }
         if ctx.is_main:
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            _append_metrics(out / "metrics.jsonl", record)
             metrics = {
                 **record,
                 "best_val_map3": progress.best_map3,
                 "best_epoch": progress.best_epoch,
             }
             meta = {**base_meta, "metrics": metrics}
-            from wavemel.checkpoint import save_checkpoint
-
             save_checkpoint(out / "last", model, meta)
             if improved:
                 save_checkpoint(out / "best", model, meta)
             # Written last: a run interrupted before this line repeats the whole epoch.
-            save_state(out, model, optimizer, progress, scaler=scaler)
-            print(
-                f"epoch {epoch + 1}/{config.epochs}  train_loss {train_loss:.4f}  "
-                f"val_loss {scores['val_loss']:.4f}  val_map3 {scores['val_map3']:.4f}"
-                f"{' *' if improved else '  '}  lr {record['lr']:.2e}  "
-                f"{record['seconds']:.1f}s  eta {run_eta}",
-                flush=True,
-            )
+            save_state(out, model, optimizer, progress, scaler=step.scaler)
+            print(_epoch_line(config, record, improved, run_eta), flush=True)
         barrier(ctx)
     if ctx.is_main:
-        stopped = config.patience and progress.epochs_without_improvement >= config.patience
-        if stopped and progress.epoch < config.epochs:
-            print(f"early stop: no better val_map3 for {config.patience} epochs", flush=True)
-        print(
-            f"best val_map3 {progress.best_map3:.4f} at epoch {progress.best_epoch}; "
-            f"checkpoints in {out}",
-            flush=True,
-        )
+        _report_end(config, progress, out, run)
     return out
 
 
-def start_run(config, ctx: DistContext) -> None:
-    """Check and (on rank 0) create or clear the run folder, and write ``config.json``.
+def _report_end(config: TrainConfig, progress: Progress, out: Path, run: RunFolder | None) -> None:
+    stopped = bool(config.patience) and progress.epochs_without_improvement >= config.patience
+    if stopped and progress.epoch < config.epochs:
+        print(f"early stop: no better val_map3 for {config.patience} epochs", flush=True)
+    if run is not None:
+        run.finish(
+            {
+                "epochs": progress.epoch,
+                "best_epoch": progress.best_epoch,
+                "best_val_map3": progress.best_map3,
+                "early_stop": stopped and progress.epoch < config.epochs,
+            }
+        )
+    print(
+        f"best val_map3 {progress.best_map3:.4f} at epoch {progress.best_epoch}; "
+        f"checkpoints in {out}",
+        flush=True,
+    )
 
-    The check runs on every rank before any rank writes, so all of them see the same folder.
+
+def open_run(config, ctx: DistContext) -> RunFolder | None:
+    """Check the run folder on every rank; rank 0 also takes its lock. Nothing is written yet.
+
+    Returns:
+        Rank 0's :class:`RunFolder` (``None`` on the other ranks).
     """
     out = Path(config.out)
-    prepare_run_folder(out, force=config.force, resume=config.resume)
+    RunFolder.check(out, force=config.force, resume=config.resume)
     barrier(ctx)
-    if ctx.is_main and not config.resume:
-        if out.is_dir() and config.force:
-            _clear_run_folder(out)
-        out.mkdir(parents=True, exist_ok=True)
-        config.replace(force=False, resume=False).save(out / "config.json")
+    if not ctx.is_main:
+        return None
+    return RunFolder.claim(out, force=config.force, resume=config.resume)
+
+
+def start_run(run: RunFolder | None, config, ctx: DistContext) -> None:
+    """Create or (``--force``) clear the run folder and write ``config.json``, on rank 0.
+
+    Called only once the settings, the data and the model are known good, so a failing run never
+    clears a folder it was pointed at.
+    """
+    if run is not None:
+        run.start(config.replace(force=False, resume=False).to_dict())
     barrier(ctx)
 
 
 def train(config: TrainConfig) -> Path:
-    """Train one branch (cnn-audio or cnn-spec) as described by ``config``.
+    """Train one branch (cnn-audio, cnn-spec or cnn14) as described by ``config``.
 
     Writes ``RUN/config.json``, ``RUN/metrics.jsonl`` (one JSON line per epoch), ``RUN/best.*``
     and ``RUN/last.*`` (checkpoints) and ``RUN/state/`` (resume state).
@@ -580,20 +615,17 @@ def train(config: TrainConfig) -> Path:
         WavemelError: Bad settings, an existing run folder without ``force``/``resume``, or data
             problems (DataError) and resume problems (CheckpointError).
     """
-    from wavemel.models import create_model
-
     if config.resume:
         config = resume_config(config)
     config.check()
-    config = config.with_absolute_paths()
+    config = resolve_init(config.with_absolute_paths())
     ctx = init_distributed(config.device)
+    run = None
     try:
-        start_run(config, ctx)
+        run = open_run(config, ctx)
         data = prepare_data(config, ctx)
         seed_everything(config.seed)
-        model = create_model(
-            config.model, len(data.labels), size=config.size, sample_rate=config.sample_rate
-        )
+        model = build_model(config, data.labels)
         min_samples = int(getattr(model, "min_samples", 1))
         if config.input_samples < min_samples:
             raise WavemelError(
@@ -601,7 +633,10 @@ def train(config: TrainConfig) -> Path:
                 f"{min_samples} samples ({min_samples / config.sample_rate:.3f} s at "
                 f"{config.sample_rate} Hz)"
             )
+        start_run(run, config, ctx)
         run_config = config.replace(force=False, resume=False).to_dict()
-        return fit(model, data, config, Path(config.out), run_config=run_config, ctx=ctx)
+        return fit(model, data, config, Path(config.out), run_config=run_config, ctx=ctx, run=run)
     finally:
+        if run is not None:
+            run.release()
         cleanup(ctx)

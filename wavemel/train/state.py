@@ -9,6 +9,7 @@ data order needs no state: it is a pure function of (seed, epoch).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wavemel._fields import check_field_types
 from wavemel.checkpoint import flatten_state, load_tensors, save_tensors, unflatten_state
 from wavemel.errors import CheckpointError
 
@@ -126,18 +128,41 @@ def load_state(
             "start it again with --force"
         )
     tensors, meta = load_tensors(stem)
+    source = f"{stem}.json"
     try:
         state = unflatten_state(tensors, meta["state"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: corrupt resume state ({exc})") from None
+    try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
-        progress = Progress(**state["progress"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        progress = _progress(state["progress"], source)
+        if restore_rng:
+            set_rng_states(state["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"{stem}.json: resume state does not fit this run ({reason})"
-        ) from None
-    if restore_rng:
-        set_rng_states(state["rng"])
+        raise CheckpointError(f"{source}: resume state does not fit this run ({reason})") from None
+    return progress
+
+
+def _progress(values: Any, source: str) -> Progress:
+    """The saved loop counters, refused unless each is a non-negative number of its type."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{source}: 'progress' must be a JSON object")
+    names = {f.name for f in dataclasses.fields(Progress)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CheckpointError(f"{source}: unknown progress field(s) {', '.join(unknown)}")
+    check_field_types(Progress, values, error=CheckpointError, source=source)
+    progress = Progress(**values)
+    counters = [f.name for f in dataclasses.fields(Progress) if f.name != "best_map3"]
+    negative = [name for name in counters if getattr(progress, name) < 0]
+    if negative:
+        raise CheckpointError(f"{source}: field {negative[0]!r} must be >= 0")
+    if not -1.0 <= progress.best_map3 <= 1.0:
+        raise CheckpointError(f"{source}: field 'best_map3' must be in [-1, 1]")
     return progress

@@ -141,12 +141,6 @@ def run_baseline(
     Raises:
         ValueError: fewer than two classes among the training labels, or nothing to evaluate.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from wavemel.metrics import map_at_k, per_class_map_at_k, top_k_accuracy
-
     label_to_index = {label: i for i, label in enumerate(labels)}
     train = [r for r in train_records if r.labels]
     evaluate = [r for r in eval_records if r.labels]
@@ -164,6 +158,25 @@ def run_baseline(
     )
     errors.update(eval_errors)
 
+    probabilities = _fit_and_predict(x_train, y_train, x_eval, len(labels), seed)
+    result = _scores(probabilities, evaluate, labels)
+    result.update(
+        n_train=len(train),
+        errors=errors,
+        clip_ids=[r.clip_id for r in evaluate],
+        probabilities=probabilities,
+    )
+    return result
+
+
+def _fit_and_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, n_classes: int, seed: int
+) -> np.ndarray:
+    """``(N_eval, n_classes)`` probabilities of a standardised logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = make_pipeline(
         StandardScaler(),
         # C=0.1: a few hundred clips against 120 features overfit without a firm L2 penalty.
@@ -172,29 +185,32 @@ def run_baseline(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         model.fit(x_train, y_train)
-    seen = model.classes_
-    probabilities = np.zeros((len(evaluate), len(labels)), dtype=np.float64)
+    probabilities = np.zeros((len(x_eval), n_classes), dtype=np.float64)
     # Classes absent from training get probability 0: they can never be ranked first.
-    probabilities[:, seen] = model.predict_proba(x_eval)
+    probabilities[:, model.classes_] = model.predict_proba(x_eval)
+    return probabilities
 
-    targets = _targets(evaluate, label_to_index)
+
+def _scores(
+    probabilities: np.ndarray, records: Sequence[ClipRecord], labels: Sequence[str]
+) -> dict:
+    """MAP@3, top-1, per-class MAP@3 and Public / Private MAP@3 of ``(N, C)`` probabilities."""
+    from wavemel.metrics import map_at_k, per_class_map_at_k, top_k_accuracy
+
+    targets = _targets(records, {label: i for i, label in enumerate(labels)})
     per_class = per_class_map_at_k(probabilities, targets, k=3)
     counts = targets.sum(axis=0)
     result: dict = {
         "map3": float(map_at_k(probabilities, targets, k=3)),
         "top1": float(top_k_accuracy(probabilities, targets, k=1)),
-        "n_clips": len(evaluate),
-        "n_train": len(train),
+        "n_clips": len(records),
         "per_class": {
             label: {"map3": float(per_class[i]), "n": int(counts[i])}
             for i, label in enumerate(labels)
             if counts[i] > 0
         },
-        "errors": errors,
-        "clip_ids": [r.clip_id for r in evaluate],
-        "probabilities": probabilities,
     }
-    usage = np.array([(r.usage or "").lower() for r in evaluate])
+    usage = np.array([(r.usage or "").lower() for r in records])
     for name in ("public", "private"):
         mask = usage == name
         if mask.any():

@@ -1,4 +1,4 @@
-"""Tests for the augmentation figure (wavemel.augment_preview) and `wavemel augment-preview`."""
+"""Tests for the figures (wavemel.figures) and `wavemel augment-preview`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wavemel.augment_preview import PANEL_NAMES, render_augmentation_figure
 from wavemel.cli import main
+from wavemel.figures import PANEL_NAMES, render_augmentation_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -94,3 +94,53 @@ def test_invalid_settings_raise(tmp_path):
     with pytest.raises(ValueError, match="input_seconds"):
         render_augmentation_figure(clip, tmp_path / "x.png", input_seconds=0)
     assert main(["augment-preview", str(clip), "-o", "x.png", "--sample-rate", "-1"]) == 2
+
+
+def test_cli_refuses_an_unsupported_format_in_one_line(tmp_path, capsys):
+    # On main this was matplotlib's ValueError traceback, after the clip had been decoded.
+    clip = _write_tone(tmp_path / "note.wav", 0.5, 8000, 300.0)
+    out = tmp_path / "x.txt"
+    assert main(["augment-preview", str(clip), "-o", str(out), "--sample-rate", "8000"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("wavemel: error:")
+    assert str(out) in error and ".png" in error and ".svg" in error
+    assert not out.exists()
+
+
+def test_cli_never_overwrites_a_figure_without_force(tmp_path, capsys):
+    clip = _write_tone(tmp_path / "note.wav", 0.5, 8000, 300.0)
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"the user's own figure")
+    argv = ["augment-preview", str(clip), "-o", str(out), "--sample-rate", "8000"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(out) in error and "--force" in error
+    assert out.read_bytes() == b"the user's own figure"
+    assert main([*argv, "--force"]) == 0
+    assert _png_size(out)[0] > 0
+
+
+def test_figure_suffix_chooses_the_format(tmp_path):
+    clip = _write_tone(tmp_path / "note.wav", 0.5, 8000, 300.0)
+    out = tmp_path / "fig.svg"
+    render_augmentation_figure(clip, out, sample_rate=8000, input_seconds=1.0)
+    assert out.read_text(encoding="utf-8").lstrip().startswith("<?xml")
+    # Atomic write: no temporary file is left beside the figure.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.svg", "note.wav"]
+
+
+def test_plot_confusion_and_per_class_bars_draw_something(tmp_path):
+    import matplotlib.image
+
+    from wavemel.figures import plot_confusion, plot_per_class_map3
+
+    matrix = np.array([[5, 1, 0], [0, 3, 2], [1, 0, 4]])
+    confusion = tmp_path / "deep" / "confusion.png"
+    plot_confusion(matrix, ["a", "b", "c"], "three classes", confusion)
+    per_class = {"a": {"x": 0.9, "y": 0.2}, "b": {"x": 0.1, "y": 0.8}}
+    bars = tmp_path / "bars.png"
+    plot_per_class_map3(per_class, ["x", "y"], "two series", bars)
+    for path in (confusion, bars):
+        pixels = matplotlib.image.imread(path)[..., :3].reshape(-1, 3)
+        # Coloured cells or bars, not only black text on white.
+        assert len(np.unique((pixels * 255).astype(np.uint8), axis=0)) > 20

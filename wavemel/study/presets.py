@@ -1,0 +1,224 @@
+"""What a study runs: presets, the invocation's settings, units, and the scored variants.
+
+A study trains, for every input length and every *unit* (a seed, or a seed and a fold), the two
+branches (:data:`BRANCHES`), combines them into cnn-comb and scores the :data:`VARIANTS`; Table 1
+shows :data:`TABLE_MODELS` and the :data:`BASELINE` row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from wavemel.errors import DataError
+
+__all__ = [
+    "BASELINE",
+    "BRANCHES",
+    "PRESETS",
+    "TABLE_MODELS",
+    "VARIANTS",
+    "ZERO_INPUT_VARIANTS",
+    "Preset",
+    "StudyConfig",
+    "Unit",
+    "length_key",
+    "split_fields",
+    "study_units",
+]
+
+BRANCHES = ("cnn-audio", "cnn-spec")
+#: Scored variants: (name in tables, run folder, zero_input given to evaluate_run).
+VARIANTS: tuple[tuple[str, str, str | None], ...] = (
+    ("cnn-audio", "cnn-audio", None),
+    ("cnn-spec", "cnn-spec", None),
+    ("cnn-comb audio_input=0", "cnn-comb", "audio"),
+    ("cnn-comb spec_input=0", "cnn-comb", "spec"),
+    ("cnn-comb", "cnn-comb", None),
+)
+#: The zero-input variants, shown in their own table under Table 1.
+ZERO_INPUT_VARIANTS = ("cnn-comb audio_input=0", "cnn-comb spec_input=0")
+TABLE_MODELS = ("cnn-audio", "cnn-spec", "cnn-comb")
+BASELINE = "baseline (MFCC + LR)"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and schedules of a study.
+
+    Attributes:
+        name: preset name.
+        size: model size for cnn-audio and cnn-spec (``tiny``, ``small``, ``paper``).
+        lengths: input lengths in seconds.
+        seeds: seeds (units on test-split data; multiplied with folds otherwise).
+        epochs: branch training epochs.
+        comb_epochs: cnn-comb head epochs.
+        batch_size: batch size of all trainings.
+        lr: peak learning rate of the branches (the head uses the same).
+        sample_rate: model sample rate in Hz (clips are resampled once into the cache).
+        folds: k for data without a labelled test split.
+        max_folds: run only the first this-many folds (None: all k).
+        val_folds: on test-split data, 1/val_folds of the training clips choose the best epoch.
+        patience: early stopping patience in epochs (0: never stop early).
+        workers: data-loader worker processes.
+        mixup_alpha: mixup of the branch trainings (the poster uses mixup).
+    """
+
+    name: str
+    size: str
+    lengths: tuple[float, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    comb_epochs: int
+    batch_size: int
+    lr: float
+    sample_rate: int
+    folds: int
+    max_folds: int | None
+    val_folds: int
+    patience: int
+    workers: int
+    mixup_alpha: float = 0.4
+
+
+PRESETS: dict[str, Preset] = {
+    # Tests: seconds per run on the synthetic data; the report code path is the full one.
+    "tiny": Preset(
+        name="tiny",
+        size="tiny",
+        lengths=(1.0, 2.0),
+        seeds=(0,),
+        epochs=1,
+        comb_epochs=1,
+        batch_size=16,
+        lr=1e-3,
+        sample_rate=8000,
+        folds=2,
+        max_folds=2,
+        val_folds=4,
+        patience=0,
+        workers=0,
+    ),
+    # Two CPU cores, fsdk18-mini (1,173 train / 420 test clips): 6 branch runs + 3 heads, one
+    # seed. Measured on 2 cores at 16 kHz, one epoch (with validation) of a small branch costs
+    # about 6 s (cnn-audio) and 3 s (cnn-spec) per second of input length, so an epoch of all six
+    # branch runs is ~54 s: 24 epochs ~22 min, plus ~4 min for the heads, the evaluations, the
+    # baseline and the clip cache. About 26 min on idle cores; under an hour even at half speed.
+    "cpu": Preset(
+        name="cpu",
+        size="small",
+        lengths=(1.0, 2.0, 3.0),
+        seeds=(0,),
+        epochs=24,
+        comb_epochs=6,
+        batch_size=32,
+        lr=2e-3,
+        sample_rate=16000,
+        folds=5,
+        max_folds=None,
+        val_folds=10,
+        patience=0,
+        workers=0,
+    ),
+    # A GPU and FSDKaggle2018: paper-scale (VGG-like) networks, three seeds.
+    "paper": Preset(
+        name="paper",
+        size="paper",
+        lengths=(1.0, 2.0, 3.0),
+        seeds=(0, 1, 2),
+        epochs=80,
+        comb_epochs=15,
+        batch_size=64,
+        lr=1e-3,
+        sample_rate=22050,
+        folds=5,
+        max_folds=None,
+        val_folds=10,
+        patience=20,
+        workers=6,
+    ),
+}
+
+
+@dataclass
+class StudyConfig:
+    """One ``wavemel reproduce`` invocation; ``None`` fields take the preset's value.
+
+    Attributes:
+        data: dataset root (or CSV manifest).
+        out: study folder.
+        preset: key of :data:`PRESETS`.
+        format, label_pattern, group_field: how to read the data (see ``load_dataset``).
+        seeds, lengths, folds, max_folds, epochs, comb_epochs, sample_rate: preset overrides.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        cache_dir: clip cache (default ``OUT/cache``).
+        force: discard a previous study in ``out`` (or one made with other settings).
+        progress: progress bars and per-run lines on stderr.
+    """
+
+    data: str
+    out: str
+    preset: str = "cpu"
+    format: str | None = None
+    label_pattern: str | None = None
+    group_field: str | None = None
+    seeds: tuple[int, ...] | None = None
+    lengths: tuple[float, ...] | None = None
+    folds: int | None = None
+    max_folds: int | None = None
+    epochs: int | None = None
+    comb_epochs: int | None = None
+    sample_rate: int | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+    force: bool = False
+    progress: bool = True
+
+    def resolved_preset(self) -> Preset:
+        """The preset with this invocation's overrides applied."""
+        if self.preset not in PRESETS:
+            raise DataError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        base = PRESETS[self.preset]
+        overrides = {
+            "seeds": tuple(self.seeds) if self.seeds else None,
+            "lengths": tuple(float(x) for x in self.lengths) if self.lengths else None,
+            "folds": self.folds,
+            "max_folds": self.max_folds,
+            "epochs": self.epochs,
+            "comb_epochs": self.comb_epochs,
+            "sample_rate": self.sample_rate,
+        }
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One repetition of the grid: a seed, and a fold for fold-based evaluation."""
+
+    seed: int
+    fold: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Folder and table name: ``seed0`` or ``seed0-fold1``."""
+        return f"seed{self.seed}" if self.fold is None else f"seed{self.seed}-fold{self.fold}"
+
+
+def length_key(seconds: float) -> str:
+    """The name of an input length in folders and tables: ``1.0`` -> ``"1s"``."""
+    return f"{seconds:g}s"
+
+
+def study_units(preset: Preset, has_test: bool) -> list[Unit]:
+    """The units of a study: seeds on test-split data, else seed x fold (first ``max_folds``)."""
+    if has_test:
+        return [Unit(seed) for seed in preset.seeds]
+    n_folds = preset.folds if preset.max_folds is None else min(preset.folds, preset.max_folds)
+    return [Unit(seed, fold) for seed in preset.seeds for fold in range(n_folds)]
+
+
+def split_fields(preset: Preset, unit: Unit, has_test: bool) -> dict:
+    """The TrainConfig split settings of a unit (the trainer re-derives the split from them)."""
+    if has_test:
+        # Fold 0 of val_folds validates (best epoch); the test split is scored afterwards.
+        return {"folds": preset.val_folds, "fold": 0, "seed": unit.seed}
+    return {"folds": preset.folds, "fold": unit.fold, "seed": unit.seed}

@@ -1,0 +1,226 @@
+"""The steps of the grid, each skipped when its result is already there.
+
+A :class:`Study` bundles what every step needs (the invocation, its preset, the state, the data);
+the steps train a branch, train cnn-comb's head, score a variant and fit the baseline. A run
+counts as finished when its run folder says so (:mod:`wavemel.train.run_folder`); a score when
+the run's ``evaluation_<split>[_zero-<x>].json`` exists (written by ``evaluate``), so an
+interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wavemel.data.records import ClipRecord, DatasetIndex
+from wavemel.data.splits import SplitSpec
+from wavemel.evaluate import evaluate_run, evaluation_name
+from wavemel.study.baseline import run_baseline
+from wavemel.study.presets import Preset, StudyConfig, Unit, length_key, split_fields
+from wavemel.study.state import StudyState, read_study_json, write_study_json
+from wavemel.train import CombineConfig, TrainConfig, combine, train
+from wavemel.train.run_folder import inspect_run_folder
+
+__all__ = ["Study", "evaluate_variant", "fit_baseline", "train_branch", "train_comb"]
+
+# The evaluation fields a study keeps (the per-clip answers stay in the run folder).
+_KEEP = ("map3", "map3_public", "map3_private", "top1", "n_clips", "per_class")
+
+
+@dataclass
+class Study:
+    """One opened study: what every step of the grid needs.
+
+    Attributes:
+        config: the invocation.
+        preset: its preset with the overrides applied.
+        state: ``OUT/state.json``.
+        index: the data set.
+        has_test: whether the data have a labelled test split (scored), else folds are scored.
+        has_usage: whether the test clips carry Public / Private (``usage``).
+        cache_dir: the clip cache shared by all runs.
+    """
+
+    config: StudyConfig
+    preset: Preset
+    state: StudyState
+    index: DatasetIndex
+    has_test: bool
+    has_usage: bool
+    cache_dir: Path
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def split(self) -> str:
+        """The split every network is scored on."""
+        return "test" if self.has_test else "val"
+
+    @property
+    def test_records(self) -> list[ClipRecord]:
+        """The labelled test clips (empty for data scored by folds)."""
+        return [r for r in self.index.split("test") if r.labels]
+
+    def log(self, message: str) -> None:
+        if self.config.progress:
+            print(f"[reproduce] {message}", file=sys.stderr, flush=True)
+
+    def run_key(self, run_dir: Path) -> str:
+        """A run's name in ``state.json``: its folder relative to OUT."""
+        return str(run_dir.relative_to(self.out))
+
+    def length_dir(self, unit: Unit, seconds: float) -> Path:
+        return self.out / "runs" / unit.key / length_key(seconds)
+
+    def split_records(self, unit: Unit) -> tuple[list[ClipRecord], list[ClipRecord]]:
+        """The training and validation clips of a unit, exactly as the trainer derives them."""
+        spec = SplitSpec(
+            data=str(self.config.data),
+            format=self.config.format,
+            label_pattern=self.config.label_pattern,
+            group_field=self.config.group_field,
+            **split_fields(self.preset, unit, self.has_test),
+        )
+        return spec.split(self.index)
+
+    def mark_trained(self, run_dir: Path, started: float) -> None:
+        wall_s = round(time.perf_counter() - started, 2)
+        self.state.runs[self.run_key(run_dir)] = {"trained": True, "train_wall_s": wall_s}
+        self.state.save()
+
+
+def _run_finished(run_dir: Path) -> bool:
+    return inspect_run_folder(run_dir).kind == "finished"
+
+
+def _prepare_run_dir(run_dir: Path) -> dict:
+    """Resume an interrupted run, restart a finished or half-made one, else start it."""
+    kind = inspect_run_folder(run_dir).kind
+    if kind == "interrupted":
+        return {"resume": True, "force": False}
+    # A foreign folder is refused by the trainer itself, with or without force.
+    return {"resume": False, "force": kind != "absent"}
+
+
+def _drop_evaluations(run_dir: Path) -> None:
+    # Scores of an earlier model in this folder must not survive its retraining.
+    for stale in run_dir.glob("evaluation_*.json"):
+        stale.unlink()
+
+
+def train_branch(study: Study, unit: Unit, seconds: float, model: str) -> bool:
+    """Train one branch unless it is finished; True when it was (re)trained now."""
+    run_dir = study.length_dir(unit, seconds) / model
+    if _run_finished(run_dir):
+        return False
+    study.log(f"train {model} {length_key(seconds)} {unit.key}")
+    _drop_evaluations(run_dir)
+    started = time.perf_counter()
+    config, preset = study.config, study.preset
+    train_config = TrainConfig(
+        model=model,
+        size=preset.size,
+        data=str(config.data),
+        out=str(run_dir),
+        format=config.format,
+        label_pattern=config.label_pattern,
+        group_field=config.group_field,
+        sample_rate=preset.sample_rate,
+        input_seconds=seconds,
+        epochs=preset.epochs,
+        batch_size=preset.batch_size,
+        lr=preset.lr,
+        mixup_alpha=preset.mixup_alpha,
+        patience=preset.patience,
+        device=config.device,
+        workers=preset.workers,
+        cache_dir=str(study.cache_dir),
+        **split_fields(preset, unit, study.has_test),
+        **_prepare_run_dir(run_dir),
+    )
+    train(train_config)
+    study.mark_trained(run_dir, started)
+    return True
+
+
+def train_comb(study: Study, unit: Unit, seconds: float, branches_changed: bool) -> None:
+    """Train cnn-comb's head unless finished; from scratch when a branch was just retrained."""
+    length_dir = study.length_dir(unit, seconds)
+    run_dir = length_dir / "cnn-comb"
+    key = study.run_key(run_dir)
+    if branches_changed:
+        # A head trained on the old branches is worthless: neither skip nor resume it.
+        study.state.runs.pop(key, None)
+        restart = {"resume": False, "force": run_dir.exists()}
+    elif _run_finished(run_dir):
+        return
+    else:
+        restart = _prepare_run_dir(run_dir)
+    study.log(f"combine {length_key(seconds)} {unit.key}")
+    _drop_evaluations(run_dir)
+    started = time.perf_counter()
+    preset = study.preset
+    combine(
+        CombineConfig(
+            audio_run=str(length_dir / "cnn-audio"),
+            spec_run=str(length_dir / "cnn-spec"),
+            out=str(run_dir),
+            epochs=preset.comb_epochs,
+            batch_size=preset.batch_size,
+            lr=preset.lr,
+            mixup_alpha=preset.mixup_alpha,
+            device=study.config.device,
+            workers=preset.workers,
+            cache_dir=str(study.cache_dir),
+            **restart,
+        )
+    )
+    study.mark_trained(run_dir, started)
+
+
+def _evaluation_path(run_dir: Path, split: str, zero_input: str | None) -> Path:
+    return run_dir / f"evaluation_{evaluation_name(split, zero_input)}.json"
+
+
+def evaluate_variant(study: Study, run_dir: Path, zero_input: str | None) -> dict:
+    """The scores of one variant on the study's split (read back when already computed)."""
+    path = _evaluation_path(run_dir, study.split, zero_input)
+    if not path.is_file():
+        study.log(f"evaluate {study.run_key(run_dir)} zero_input={zero_input}")
+        evaluate_run(run_dir, split=study.split, zero_input=zero_input, device=study.config.device)
+    result = read_study_json(path, what="evaluation")
+    kept = {k: result[k] for k in _KEEP if k in result}
+    kept["zero_input"] = zero_input
+    kept["split"] = study.split
+    return kept
+
+
+def fit_baseline(study: Study, unit: Unit, feature_cache: dict) -> dict:
+    """The MFCC + LR baseline of a unit (read back from ``baseline.json`` when present)."""
+    unit_dir = study.out / "runs" / unit.key
+    path = unit_dir / "baseline.json"
+    if path.is_file():
+        return read_study_json(path, what="study baseline")
+    study.log(f"baseline {unit.key}")
+    train_records, val_records = study.split_records(unit)
+    eval_records = study.test_records if study.has_test else val_records
+    started = time.perf_counter()
+    # Trained on all training clips but the validation part, exactly the networks' clips.
+    result = run_baseline(
+        train_records,
+        eval_records,
+        study.index.labels,
+        sample_rate=study.preset.sample_rate,
+        seed=unit.seed,
+        feature_cache=feature_cache,
+    )
+    result.pop("probabilities")
+    result.pop("clip_ids")
+    result["wall_s"] = round(time.perf_counter() - started, 2)
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    write_study_json(path, result)
+    return result
