@@ -9,12 +9,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="write a run's model as an ONNX file (waveform in, logits out)",
-        description="Export the best checkpoint of a run (cnn-audio, cnn-spec or cnn-comb) as one "
-        "ONNX graph from waveform (batch, samples) to logits (batch, classes), with the log-mel "
-        "front end inside, a dynamic batch and number of samples, and the labels, sample rate, "
-        "input length and front-end settings in its metadata. The graph is checked against "
-        "PyTorch with onnxruntime before it is written. `wavemel predict model.onnx ...` tags "
-        "with it. Needs the ONNX extra: pip install 'wavemel[onnx]'.",
+        description="Export the best checkpoint of a run (any model: cnn-audio, cnn-spec, "
+        "cnn-comb, cnn14) as one ONNX graph from waveform (batch, samples) to logits (batch, "
+        "classes), with the log-mel front end inside, a dynamic batch and number of samples, "
+        "and the labels, sample rate, input length and front-end settings in its metadata. The "
+        "graph is checked against PyTorch with onnxruntime before it is written. "
+        "`wavemel predict model.onnx ...` tags with it. Needs the ONNX extra: "
+        "pip install 'wavemel[onnx]'.",
     )
     parser.add_argument("run", metavar="RUN", help="run folder, or a checkpoint .json")
     parser.add_argument(
