@@ -19,6 +19,7 @@ from typing import Any
 
 import librosa
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _POWER_OF_TWO_ROUNDING = ("up", "nearest")
@@ -133,6 +134,27 @@ def power_to_db(
     return db
 
 
+def dft_basis(window: torch.Tensor) -> torch.Tensor:
+    """Windowed one-sided DFT as ``conv1d`` weights, so a strided convolution computes the STFT.
+
+    Args:
+        window: ``(n_fft,)`` analysis window.
+
+    Returns:
+        ``(2 * (n_fft // 2 + 1), 1, n_fft)`` in the window's dtype: rows ``k`` hold
+        ``window * cos(2 pi k t / n_fft)`` (the real part of bin ``k``), the rows after them
+        ``-window * sin(2 pi k t / n_fft)`` (the imaginary part). Computed in float64.
+    """
+    n_fft = window.shape[0]
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+    # (k * t) mod n_fft keeps the angles small, so float64 cos/sin stay exact to rounding.
+    phase = (bins * torch.arange(n_fft, dtype=torch.float64)) % n_fft
+    angle = (2 * math.pi / n_fft) * phase
+    weighted = window.to(torch.float64)
+    basis = torch.cat([torch.cos(angle) * weighted, -torch.sin(angle) * weighted])
+    return basis.unsqueeze(1).to(window.dtype)
+
+
 class LogMel(nn.Module):
     """Log-scaled mel spectrogram of a waveform batch, computed with ``torch.stft``.
 
@@ -142,6 +164,10 @@ class LogMel(nn.Module):
 
     Under autocast the module runs in float32 (FFTs in half precision lose too much accuracy and
     cuFFT only supports power-of-two sizes in half); float64 input stays float64.
+
+    :meth:`set_dft` switches the STFT from ``torch.stft`` (``"fft"``, the default) to a strided
+    convolution with :func:`dft_basis` (``"conv"``): the same numbers to float32 rounding, and a
+    plain ``Conv`` in an ONNX export, which onnxruntime runs faster than its ``STFT`` operator.
 
     Args:
         sample_rate: sample rate of the input waveform in Hz.
@@ -216,6 +242,8 @@ class LogMel(nn.Module):
         )
         self.register_buffer("window", window.float(), persistent=False)
         self.register_buffer("mel_basis", torch.from_numpy(mel).float(), persistent=False)
+        self.dft = "fft"
+        self.register_buffer("dft_weight", None, persistent=False)
 
     def config(self) -> dict[str, Any]:
         """JSON-able settings; ``LogMel(**cfg)`` rebuilds an identical module."""
@@ -230,6 +258,22 @@ class LogMel(nn.Module):
             "amin": self.amin,
             "pad_mode": self.pad_mode,
         }
+
+    def set_dft(self, method: str) -> LogMel:
+        """Compute the STFT with ``torch.stft`` (``"fft"``) or a DFT convolution (``"conv"``).
+
+        The convolution costs ``n_fft / log2(n_fft)`` times the FFT's arithmetic, but exports to
+        ONNX as one ``Conv`` (see :mod:`wavemel.export`). Not part of :meth:`config`: both give
+        the same features.
+
+        Returns:
+            ``self``.
+        """
+        if method not in ("fft", "conv"):
+            raise ValueError(f"dft must be 'fft' or 'conv', got {method!r}")
+        self.dft = method
+        self.dft_weight = dft_basis(self.window) if method == "conv" else None
+        return self
 
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for an input of ``num_samples`` samples (centred framing)."""
@@ -259,17 +303,29 @@ class LogMel(nn.Module):
             )
         dtype = waveform.dtype if waveform.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            x = waveform.to(dtype)
-            stft = torch.stft(
-                x,
-                n_fft=self.n_fft,
-                hop_length=self.hop_length,
-                window=self.window.to(dtype),
-                center=True,
-                pad_mode=self.pad_mode,
-                return_complex=True,
-            )
-            power = stft.real.square() + stft.imag.square()  # (B, n_fft // 2 + 1, frames)
+            power = self._power(waveform.to(dtype))  # (B, n_fft // 2 + 1, frames)
             mel = torch.matmul(self.mel_basis.to(dtype), power)  # (B, n_mels, frames)
             db = power_to_db(mel, amin=self.amin, top_db=self.top_db)
         return db.unsqueeze(1)
+
+    def _power(self, x: torch.Tensor) -> torch.Tensor:
+        """``|STFT|**2`` of centred frames: ``(B, T) -> (B, n_fft // 2 + 1, 1 + T // hop)``."""
+        if self.dft == "conv":
+            half = self.n_fft // 2
+            padded = F.pad(x.unsqueeze(1), (half, half), mode=self.pad_mode)
+            weight = self.dft_weight
+            if weight.dtype != x.dtype:  # float64 input: a float32 basis would cost its precision
+                weight = dft_basis(self.window.to(x.dtype))
+            parts = F.conv1d(padded, weight, stride=self.hop_length)
+            real, imag = parts.chunk(2, dim=1)
+            return real.square() + imag.square()
+        stft = torch.stft(
+            x,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            window=self.window.to(x.dtype),
+            center=True,
+            pad_mode=self.pad_mode,
+            return_complex=True,
+        )
+        return stft.real.square() + stft.imag.square()

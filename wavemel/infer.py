@@ -759,3 +759,57 @@ class Tagger:
             else:
                 errors[str(path)] = error
         return results, errors
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        hop_seconds: float | None = None,
+        aggregate: str = "mean",
+        batch_size: int = 64,
+        fill: str | None = None,
+        threads: int | None = None,
+    ) -> Tagger:
+        """Load a model written by ``wavemel export`` and run it with onnxruntime on the CPU.
+
+        Windowing, aggregation and the empty-clip answer are those of the checkpoint it was
+        exported from (its metadata carries the labels, rate, input length, fill and prior), so
+        the tags equal :meth:`from_checkpoint`'s up to float32 rounding.
+
+        Args:
+            path: The ``.onnx`` file.
+            device: ``"auto"`` or ``"cpu"``: onnxruntime runs here on the CPU.
+            hop_seconds: Window hop; default the training input length (no overlap).
+            aggregate: ``"mean"`` or ``"geometric"``.
+            batch_size: Windows per session run.
+            fill: Short-clip filling; default the exported checkpoint's.
+            threads: onnxruntime intra-op threads (default ``torch.get_num_threads()``).
+
+        Raises:
+            WavemelError: onnxruntime is missing, or ``device`` is not the CPU.
+            CheckpointError: The file is missing, corrupt or lacks wavemel's metadata.
+        """
+        # lazy: the brief allowed only this classmethod in infer.py; may move to the top imports
+        from wavemel.onnx_backend import load_onnx
+
+        if str(device) not in ("auto", "cpu"):
+            raise WavemelError(f"--device {device}: .onnx models run on the CPU (use auto or cpu)")
+        model, meta = load_onnx(path, threads=threads)
+        sample_rate = int(meta["sample_rate"])
+        hop_samples = None if hop_seconds is None else int(round(hop_seconds * sample_rate))
+        if hop_samples is not None and hop_samples < 1:
+            raise WavemelError(f"hop {hop_seconds:g} s is under one sample at {sample_rate} Hz")
+        return cls(
+            model,
+            meta["labels"],
+            sample_rate=sample_rate,
+            input_samples=int(meta["input_samples"]),
+            hop_samples=hop_samples,
+            aggregate=aggregate,
+            fill=fill or meta["fill"],
+            batch_size=batch_size,
+            device="cpu",
+            prior=meta["prior"],
+            meta=meta,
+        )

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or above its decision threshold. Files that cannot be decoded are listed at "
         "the end and make the exit status 1; every other file is still tagged.",
     )
-    parser.add_argument("run", metavar="RUN", help="run folder, or a checkpoint .json")
+    parser.add_argument("run", metavar="RUN", help="run folder, checkpoint .json or exported .onnx")
     parser.add_argument("paths", metavar="PATH", nargs="+", help="audio files or folders")
     parser.add_argument("--top-k", type=int, default=3, metavar="K", help="labels per file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -214,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
     # Checked before any tagging: a clash found after an hour of work would waste it.
     names = dict(zip(files, _submission_names(files))) if submission is not None else {}
     _check_timeline_options(args, files)
-    tagger = Tagger.from_checkpoint(args.run, **inference_kwargs(args))
+    load = Tagger.from_onnx if str(args.run).endswith(".onnx") else Tagger.from_checkpoint
+    tagger = load(args.run, **inference_kwargs(args))
     top_k = min(args.top_k, len(tagger.labels))
     results: list[tuple[Path, list[tuple[str, float]]]] = []
     tags: dict[Path, list[tuple[str, float]]] = {}  # multi-label: the labels above threshold
