@@ -1,7 +1,8 @@
 """Command-line options shared by the sub-commands that score clips (``evaluate``, ``predict``).
 
 Both load a checkpoint into a ``wavemel.infer.Tagger`` and score whole clips, so they take the
-same window hop, aggregation, batch size and device options with the same defaults.
+same window hop, aggregation, batch size, device and decoding-thread options with the same
+defaults.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ __all__ = ["add_inference_options", "inference_kwargs"]
 
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--hop-seconds``, ``--aggregate``, ``--batch-size`` and ``--device`` to ``parser``."""
+    """Add ``--hop-seconds``, ``--aggregate``, ``--batch-size``, ``--device`` and
+    ``--decode-workers`` to ``parser``."""
     parser.add_argument(
         "--hop-seconds",
         type=float,
@@ -27,13 +29,21 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="windows per pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        metavar="N",
+        help="threads decoding the next files while the model scores; 0 reads each file in "
+        "turn (default: up to 4, no more than the CPU cores)",
+    )
 
 
 def inference_kwargs(args: argparse.Namespace) -> dict:
     """The options above as keyword arguments of ``Tagger.from_checkpoint`` / ``evaluate_run``.
 
     Raises:
-        WavemelError: ``--batch-size`` or ``--hop-seconds`` is not positive.
+        WavemelError: ``--batch-size`` or ``--hop-seconds`` is not positive, or
+            ``--decode-workers`` is negative.
     """
     from wavemel.errors import WavemelError
 
@@ -41,9 +51,12 @@ def inference_kwargs(args: argparse.Namespace) -> dict:
         raise WavemelError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.hop_seconds is not None and args.hop_seconds <= 0:
         raise WavemelError(f"--hop-seconds must be positive, got {args.hop_seconds}")
+    if args.decode_workers is not None and args.decode_workers < 0:
+        raise WavemelError(f"--decode-workers must be 0 or more, got {args.decode_workers}")
     return {
         "device": args.device,
         "hop_seconds": args.hop_seconds,
         "aggregate": args.aggregate,
         "batch_size": args.batch_size,
+        "decode_workers": args.decode_workers,
     }
