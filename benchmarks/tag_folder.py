@@ -130,9 +130,9 @@ def measure(run: Path, files: list[Path], workers: int, batch_size: int, rounds:
     return {"seconds": best, "audio_seconds": audio_seconds, "identical": same}
 
 
-def cli_seconds(run: Path, folder: Path, workers: int) -> float:
-    """Wall time of a fresh ``wavemel predict FOLDER --json`` (start-up, loading and tagging)."""
-    command = [sys.executable, "-m", "wavemel", "predict", str(run), str(folder), "--json"]
+def cli_seconds(run: Path, target: Path, workers: int) -> float:
+    """Wall time of a fresh ``wavemel predict TARGET --json`` (start-up, loading and tagging)."""
+    command = [sys.executable, "-m", "wavemel", "predict", str(run), str(target), "--json"]
     command += ["--device", "cpu", "--decode-workers", str(workers)]
     seconds, done = _timed(lambda: subprocess.run(command, capture_output=True, check=False))
     if done.returncode not in (0, 1):  # 1: some files could not be tagged (reported)
@@ -186,7 +186,10 @@ def main() -> int:
                     flush=True,
                 )
             if not args.no_cli:
-                row["cli"] = {}
+                # One short file: what start-up (imports, checkpoint, first batch) costs alone.
+                startup = cli_seconds(run, files[0], 0)
+                print(f"| {model} | `wavemel predict` on one file (start-up) | {startup:.2f} |||")
+                row["cli"] = {"one file": startup}
                 for workers in (0, args.workers):
                     seconds = cli_seconds(run, args.folder, workers)
                     row["cli"][workers] = seconds
