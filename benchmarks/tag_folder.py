@@ -11,7 +11,8 @@ machine's load hits both alike:
 * ``decode only``: the tagger's reading path alone (blocks read and dropped), with 0 and N
   workers: what decoding costs and how much of it the threads take off the main thread;
 
-and, unless ``--no-cli``, the whole ``wavemel predict FOLDER --json`` command (start-up included)
+``--workers`` defaults to ``min(4, cores)``, not to the CLI's device-dependent default. And,
+unless ``--no-cli``, the whole ``wavemel predict FOLDER --json`` command (start-up included)
 with ``--decode-workers 0`` and ``N``, each in a fresh subprocess. The load average is printed
 before and after: on a shared machine it says what else was running.
 
@@ -70,7 +71,7 @@ def _timed(function) -> tuple[float, object]:
 
 
 def measure(run: Path, files: list[Path], workers: int, batch_size: int, rounds: int) -> dict:
-    """Best-of-``rounds`` seconds of the three in-process ways, run in alternation."""
+    """Median seconds over ``rounds`` of each in-process way (run in alternation), and all runs."""
     from wavemel.audio import load_audio
     from wavemel.errors import EmptyClipWarning
     from wavemel.infer import Tagger, predict_waveforms
@@ -115,19 +116,20 @@ def measure(run: Path, files: list[Path], workers: int, batch_size: int, rounds:
         "decode only, workers 0": decode(before),
         f"decode only, workers {workers}": decode(after),
     }
-    best = dict.fromkeys(ways, float("inf"))
+    runs: dict[str, list[float]] = {name: [] for name in ways}
     answers = {}
     model_only()  # warm-up: allocator growth and first-call costs are not charged to a way
     warnings.simplefilter("ignore", EmptyClipWarning)  # the folder's two empty files
     for _ in range(rounds):
         for name, way in ways.items():
             seconds, answers[name] = _timed(way)
-            best[name] = min(best[name], seconds)
+            runs[name].append(seconds)
     same = all(
         (a is None and b is None) or np.array_equal(a, b)
         for a, b in zip(answers["workers 0"], answers[f"workers {workers}"])
     )
-    return {"seconds": best, "audio_seconds": audio_seconds, "identical": same}
+    median = {name: float(np.median(times)) for name, times in runs.items()}
+    return {"seconds": median, "runs": runs, "audio_seconds": audio_seconds, "identical": same}
 
 
 def cli_seconds(run: Path, target: Path, workers: int) -> float:
@@ -144,16 +146,16 @@ def main() -> int:
     import torch
 
     from wavemel.data.files import find_audio_files
-    from wavemel.infer import default_decode_workers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
     parser.add_argument("--models", nargs="+", default=["cnn-spec", "cnn-comb"])
     parser.add_argument("--size", default="small")
-    parser.add_argument("--workers", type=int, default=default_decode_workers())
+    # Not default_decode_workers(): on the CPU that is often 0, the "before" column again.
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating repeats (best of)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating repeats (median)")
     parser.add_argument("--no-cli", action="store_true", help="skip the wavemel predict runs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -170,7 +172,7 @@ def main() -> int:
         f"{SAMPLE_RATE} Hz, {args.size} random-init; load average before "
         f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
-    print("| model | way | s | files/s | audio s/s | vs model only |")
+    print("| model | way | s (median) | files/s | audio s/s | vs model only |")
     print("|---|---|---:|---:|---:|---:|")
     report = []
     with tempfile.TemporaryDirectory(prefix="wavemel-tagfolder-") as tmp:

@@ -142,10 +142,16 @@ def test_a_failing_model_stops_the_decoding_threads(tmp_path):
     assert not [t for t in threading.enumerate() if t.name.startswith("wavemel-decode")]
 
 
-def test_decode_workers_default_and_validation():
+def test_decode_workers_default_and_validation(monkeypatch):
     tagger = Tagger(RecordingProbe(), LABELS, sample_rate=8000, input_samples=100)
-    assert tagger.decode_workers == infer.default_decode_workers()
-    assert 1 <= tagger.decode_workers <= 4
+    assert tagger.decode_workers == infer.default_decode_workers("cpu")
+    monkeypatch.setattr(infer.os, "sched_getaffinity", lambda _: set(range(8)), raising=False)
+    monkeypatch.setattr(infer.torch, "get_num_threads", lambda: 6)
+    # On the CPU only the cores torch's threads leave free; with an accelerator up to 4.
+    assert infer.default_decode_workers("cpu") == 2
+    assert infer.default_decode_workers(torch.device("cuda")) == 4
+    monkeypatch.setattr(infer.torch, "get_num_threads", lambda: 8)
+    assert infer.default_decode_workers("cpu") == 0
     with pytest.raises(ValueError, match="decode_workers"):
         Tagger(RecordingProbe(), LABELS, sample_rate=8000, input_samples=100, decode_workers=-1)
 

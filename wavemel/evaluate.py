@@ -362,7 +362,7 @@ def evaluate_run(
         aggregate: ``"mean"`` or ``"geometric"`` aggregation of window probabilities.
         batch_size: Windows per forward pass.
         decode_workers: Threads decoding the next clips while the model scores (``0``: none);
-            default :func:`wavemel.infer.default_decode_workers`.
+            default :func:`wavemel.infer.default_decode_workers` of the device.
         progress: Show a progress bar on stderr.
         **data_overrides: Replace recorded dataset/split settings (``format``, ``label_pattern``,
             ``group_field``, ``folds``, ``fold``, ``seed``, ``val_split``).

@@ -55,13 +55,21 @@ _PREFETCH_SECONDS = 30.0
 _PREFETCH_PER_WORKER = 2
 
 
-def default_decode_workers() -> int:
-    """Decoding threads used unless told otherwise: up to 4, no more than the usable cores."""
+def default_decode_workers(device: str | torch.device = "cpu") -> int:
+    """Decoding threads used unless told otherwise: up to 4, on cores the model leaves free.
+
+    On an accelerator the model waits for the CPU, so up to 4 threads (no more than the cores)
+    decode ahead. On the CPU, torch's own threads already use the cores (one each by default);
+    decoding threads on top of them would slow every parallel operator down to wait for the
+    thread that lost its core, so only the cores beyond torch's threads are used (often none).
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return min(4, cores)
+    if torch.device(device).type == "cpu":
+        cores -= torch.get_num_threads()
+    return max(0, min(4, cores))
 
 
 def window_starts(length: int, input_samples: int, hop_samples: int | None = None) -> list[int]:
@@ -486,7 +494,7 @@ class Tagger:
         input_samples: Window length in samples.
         hop_samples: Distance between windows in samples.
         decode_workers: Threads decoding the next files while the model scores (``0``: read
-            each file when its turn comes); default :func:`default_decode_workers`.
+            each file when its turn comes); default :func:`default_decode_workers` of the device.
         meta: The checkpoint's metadata (empty when built directly).
     """
 
@@ -525,7 +533,7 @@ class Tagger:
         self.batch_size = int(batch_size)
         self.block_frames = int(block_frames)
         if decode_workers is None:
-            decode_workers = default_decode_workers()
+            decode_workers = default_decode_workers(self.device)
         if decode_workers < 0:
             raise ValueError(f"decode_workers must be 0 or more, got {decode_workers}")
         self.decode_workers = int(decode_workers)
