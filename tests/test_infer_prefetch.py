@@ -190,3 +190,22 @@ def test_predict_decode_workers_option(tmp_path, capsys):
         assert main([command, str(tmp_path / "run"), *target, "--decode-workers", "-1"]) == 2
         err = capsys.readouterr().err
         assert "--decode-workers must be 0 or more" in err and "Traceback" not in err
+
+
+def test_evaluate_passes_decode_workers_to_the_tagger(tmp_path, capsys, monkeypatch):
+    import wavemel.evaluate
+    from wavemel.checkpoint import save_checkpoint
+    from wavemel.cli import main
+    from wavemel.errors import WavemelError
+    from wavemel.models import create_model
+
+    model = create_model("cnn-audio", 4, size="tiny", sample_rate=8000).eval()
+    meta = {"labels": LABELS, "sample_rate": 8000, "input_seconds": 0.5}
+    save_checkpoint(tmp_path / "run" / "best", model, meta)
+
+    def seen(*args, **kwargs):
+        raise WavemelError(f"seen decode_workers={kwargs.get('decode_workers')}")
+
+    monkeypatch.setattr(wavemel.evaluate.Tagger, "from_checkpoint", seen)
+    assert main(["evaluate", str(tmp_path / "run"), "--decode-workers", "3"]) == 2
+    assert "seen decode_workers=3" in capsys.readouterr().err
