@@ -70,14 +70,17 @@ def _timed(function) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def measure(run: Path, files: list[Path], workers: int, batch_size: int, rounds: int) -> dict:
+def measure(
+    run: Path, files: list[Path], workers: int, batch_size: int, rounds: int, device: str
+) -> dict:
     """Median seconds over ``rounds`` of each in-process way (run in alternation), and all runs."""
     from wavemel.audio import load_audio
     from wavemel.errors import EmptyClipWarning
     from wavemel.infer import Tagger, predict_waveforms
 
-    before = Tagger.from_checkpoint(run, device="cpu", batch_size=batch_size, decode_workers=0)
-    after = Tagger.from_checkpoint(run, device="cpu", batch_size=batch_size, decode_workers=workers)
+    options = {"device": device, "batch_size": batch_size}
+    before = Tagger.from_checkpoint(run, **options, decode_workers=0)
+    after = Tagger.from_checkpoint(run, **options, decode_workers=workers)
     waveforms = []
     for path in files:
         try:
@@ -132,10 +135,10 @@ def measure(run: Path, files: list[Path], workers: int, batch_size: int, rounds:
     return {"seconds": median, "runs": runs, "audio_seconds": audio_seconds, "identical": same}
 
 
-def cli_seconds(run: Path, target: Path, workers: int) -> float:
+def cli_seconds(run: Path, target: Path, workers: int, device: str) -> float:
     """Wall time of a fresh ``wavemel predict TARGET --json`` (start-up, loading and tagging)."""
     command = [sys.executable, "-m", "wavemel", "predict", str(run), str(target), "--json"]
-    command += ["--device", "cpu", "--decode-workers", str(workers)]
+    command += ["--device", device, "--decode-workers", str(workers)]
     seconds, done = _timed(lambda: subprocess.run(command, capture_output=True, check=False))
     if done.returncode not in (0, 1):  # 1: some files could not be tagged (reported)
         raise RuntimeError(done.stderr.decode(errors="replace")[-500:])
@@ -154,6 +157,7 @@ def main() -> int:
     # Not default_decode_workers(): on the CPU that is often 0, the "before" column again.
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating repeats (median)")
     parser.add_argument("--no-cli", action="store_true", help="skip the wavemel predict runs")
@@ -169,7 +173,7 @@ def main() -> int:
     print(
         f"# {len(files)} files in {args.folder}; {os.cpu_count()} CPUs, torch threads "
         f"{torch.get_num_threads()}, batch {args.batch_size}, {INPUT_SECONDS:g} s windows at "
-        f"{SAMPLE_RATE} Hz, {args.size} random-init; load average before "
+        f"{SAMPLE_RATE} Hz, {args.size} random-init, device {args.device}; load average before "
         f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
     print("| model | way | s (median) | files/s | audio s/s | vs model only |")
@@ -178,7 +182,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wavemel-tagfolder-") as tmp:
         for model in args.models:
             run = make_checkpoint(Path(tmp), model, args.size)
-            row = measure(run, files, args.workers, args.batch_size, args.rounds)
+            row = measure(run, files, args.workers, args.batch_size, args.rounds, args.device)
             ceiling = row["seconds"]["model only"]
             for way, seconds in row["seconds"].items():
                 share = "" if way.startswith("decode") else f"{ceiling / seconds:.0%}"
@@ -189,11 +193,11 @@ def main() -> int:
                 )
             if not args.no_cli:
                 # One short file: what start-up (imports, checkpoint, first batch) costs alone.
-                startup = cli_seconds(run, files[0], 0)
+                startup = cli_seconds(run, files[0], 0, args.device)
                 print(f"| {model} | `wavemel predict` on one file (start-up) | {startup:.2f} |||")
                 row["cli"] = {"one file": startup}
                 for workers in (0, args.workers):
-                    seconds = cli_seconds(run, args.folder, workers)
+                    seconds = cli_seconds(run, args.folder, workers, args.device)
                     row["cli"][workers] = seconds
                     print(
                         f"| {model} | `wavemel predict --decode-workers {workers}` (start-up "
