@@ -58,10 +58,11 @@ _PREFETCH_PER_WORKER = 2
 def default_decode_workers(device: str | torch.device = "cpu") -> int:
     """Decoding threads used unless told otherwise: up to 4, on cores the model leaves free.
 
-    On an accelerator the model waits for the CPU, so up to 4 threads (no more than the cores)
-    decode ahead. On the CPU, torch's own threads already use the cores (one each by default);
-    decoding threads on top of them would slow every parallel operator down to wait for the
-    thread that lost its core, so only the cores beyond torch's threads are used (often none).
+    With an accelerator the CPU mostly waits while the device computes, so up to 4 threads (no
+    more than the cores) decode ahead. On the CPU, torch's own threads already use the cores
+    (one each by default); decoding threads on top of them would make every parallel operator
+    wait for the thread that lost its core, so only the cores beyond torch's threads are used
+    (often none: measured in BENCHMARKS.md, "tag-folder").
     """
     try:
         cores = len(os.sched_getaffinity(0))
@@ -412,7 +413,7 @@ def _read_ahead(blocks: Iterable[np.ndarray], max_samples: int) -> _Decoded:
 class _Prefetcher:
     """Decodes the next files of a list in a thread pool and hands their blocks out in order.
 
-    At most ``ahead`` files are queued or decoded at once and each holds at most
+    At most ``2 * workers`` files are queued or decoded at once and each holds at most
     ``max_samples`` samples (plus a block), so memory does not grow with the list or the files.
     Streams that are not files (in-memory waveforms) are handed out untouched.
     """
@@ -627,7 +628,7 @@ class Tagger:
         streams, names = zip(*map(self._blocks, items)) if items else ((), ())
         is_file = [not isinstance(item, (np.ndarray, torch.Tensor)) for item in items]
         if self.decode_workers == 0 or sum(is_file) < 2:
-            return list(names), streams.__getitem__, lambda: None
+            return list(names), lambda index: streams[index], lambda: None
         prefetcher = _Prefetcher(
             streams,
             is_file,
