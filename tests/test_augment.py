@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,8 @@ from wavemel.augment import (
     TimeShift,
     WaveformAugment,
     crop,
+    eval_fill_for,
+    fill_short,
     fit,
     mixup,
     pad,
@@ -20,6 +23,8 @@ from wavemel.augment import (
     sample_beta,
     shift,
 )
+from wavemel.infer import fill_window
+from wavemel.train.loader import ClipItem, WindowDataset, collate_windows, shift_margin
 
 
 def _long(*values: int) -> torch.Tensor:
@@ -202,12 +207,66 @@ def test_waveform_augment_pad_only_and_replicate_only():
     assert torch.equal(repl(x, lengths).sum(dim=1), torch.full((50,), 12.0))
 
 
-def test_waveform_augment_with_shift_keeps_clip_content():
-    x = torch.arange(1, 11, dtype=torch.float32).repeat(64, 1)
-    module = WaveformAugment(10, generator=_gen(9))  # full-length clips: shift only
-    out = module(x, _long(*([10] * 64)))
-    assert torch.equal(out.sort(dim=1).values, x)  # a rotation of each clip
-    assert len({row[0] for row in out.tolist()}) > 3
+class _RampStore:
+    """A stand-in ClipStore whose clip i holds the samples 0, 1, 2, ... (a ramp)."""
+
+    def __init__(self, lengths: list[int]):
+        self.lengths = lengths
+
+    def length(self, index: int) -> int:
+        return self.lengths[index]
+
+    def read(self, index: int, start: int = 0, length: int | None = None):
+        stop = self.lengths[index] if length is None else start + length
+        return np.arange(start, stop, dtype=np.float32)
+
+
+@pytest.mark.parametrize("mode", ["roll", "zero"])
+def test_windows_cut_from_long_clips_are_contiguous(mode):
+    # Loader window + on-device augmentation, as the trainer chains them: every input cut from
+    # a clip longer than the input is a contiguous stretch of it (no wrap-around seam).
+    n = 40
+    lengths = [n, n + 3, 2 * n, 10 * n, 1000]
+    items = [ClipItem(i, np.ones(1, np.float32), 1.0, f"c{i}") for i in range(len(lengths))]
+    dataset = WindowDataset(_RampStore(lengths), items, n + shift_margin(n), seed=3)
+    module = WaveformAugment(n, shift_mode=mode, generator=_gen(33))
+    starts = set()
+    for epoch in range(40):
+        dataset.set_epoch(epoch)
+        waves, clip_lengths, _, _ = collate_windows([dataset[i] for i in range(len(items))])
+        for row in module(waves, clip_lengths).tolist():
+            assert all(b == a + 1 for a, b in zip(row, row[1:])), row
+            starts.add(row[0])
+    assert len(starts) > 20  # the window position still varies
+
+
+def test_short_clips_are_never_reordered_in_roll_mode():
+    # A padded short clip is never rolled (that would splice its end before its start); a
+    # replicated one may start anywhere but always continues cyclically.
+    n, length = 12, 5
+    x = torch.arange(1, length + 1, dtype=torch.float32).repeat(300, 1)
+    out = WaveformAugment(n, shift=0.9, generator=_gen(34))(x, _long(*([length] * 300)))
+    for row in out.tolist():
+        nonzero = [v for v in row if v != 0]
+        if len(nonzero) == length:  # padded
+            assert nonzero == list(range(1, length + 1))
+        else:
+            assert all(b == a % length + 1 for a, b in zip(row, row[1:]))
+
+
+def test_parts_are_the_single_source_of_draws():
+    lengths = torch.randint(0, 40, (64,), generator=_gen(35))
+    module = WaveformAugment(16, generator=_gen(36))
+    marks = {name: torch.full((64,), i + 100) for i, name in enumerate(("crop", "pad", "phase"))}
+    module.cropping.draw_starts = lambda _: marks["crop"]
+    module.padding.draw_offsets = lambda _: marks["pad"]
+    module.replication.draw_phases = lambda _: marks["phase"]
+    params = module.draw(lengths)
+    assert params.crop_start is marks["crop"] and params.pad_offset is marks["pad"]
+    assert params.phase is marks["phase"]
+    fresh = WaveformAugment(16, eval_crop="center").eval()
+    assert torch.equal(fresh.draw(lengths).crop_start, fresh.cropping.draw_starts(lengths))
+    assert not fresh.draw(lengths).shift.any() and not fresh.draw(lengths).pad_offset.any()
 
 
 def test_reproducible_with_seed():
@@ -262,7 +321,7 @@ def test_mixup_blends_exactly_and_targets_sum_to_one(shape):
     x = torch.randn(*shape, generator=_gen(13))
     y = _targets(32, 5, 14)
     lam, partner = Mixup(0.4, generator=_gen(15)).draw(y)
-    x_mixed, y_mixed = Mixup(0.4, generator=_gen(15))(x, y)
+    x_mixed, y_mixed = Mixup(0.4, level_aware=False, generator=_gen(15))(x, y)
     lam_x = lam.view(-1, *([1] * (x.dim() - 1)))
     assert torch.equal(x_mixed, lam_x * x + (1 - lam_x) * x[partner])
     assert torch.equal(y_mixed, lam[:, None] * y + (1 - lam[:, None]) * y[partner])
@@ -314,6 +373,85 @@ def test_sample_beta_moments(alpha):
     expected_var = 1 / (4 * (2 * alpha + 1))  # Beta(a, a): mean 1/2
     assert abs(draws.mean().item() - 0.5) < 0.01
     assert abs(draws.var().item() - expected_var) < 0.01
+
+
+def test_sample_beta_depends_on_the_generator_only():
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    first = sample_beta(0.4, 100, generator=_gen(37))
+    assert torch.equal(torch.random.get_rng_state(), before)  # global stream untouched
+    torch.manual_seed(1)
+    assert torch.equal(sample_beta(0.4, 100, generator=_gen(37)), first)
+    assert not torch.equal(sample_beta(0.4, 100, generator=_gen(38)), first)
+    tiny = sample_beta(0.01, 1000, generator=_gen(39))
+    assert not tiny.isnan().any() and ((tiny < 0.01) | (tiny > 0.99)).float().mean() > 0.8
+
+
+def _tone(freq: int, samples: int, db: float) -> torch.Tensor:
+    t = torch.arange(samples, dtype=torch.float64) / samples
+    return (10 ** (db / 20) * np.sqrt(2) * torch.sin(2 * np.pi * freq * t)).float()
+
+
+@pytest.mark.parametrize("lam", [0.5, 0.7, 0.9])
+def test_level_aware_mixup_energy_shares_follow_the_targets(lam):
+    # Two clips 20 dB apart (orthogonal tones): each one's share of the mixture's energy is its
+    # target weight, whichever of the two is louder. A plain blend gives the quiet clip a
+    # share of 0.07 at lam = 0.7.
+    samples = 4000
+    loud, quiet = _tone(50, samples, -10.0), _tone(83, samples, -30.0)
+    x = torch.stack([quiet, loud])
+    y = torch.eye(2)
+    lams = torch.tensor([lam, lam])
+    mixed, y_mixed = mixup(x, y, lams, _long(1, 0), level_aware=True)
+    basis = torch.stack([quiet, loud], dim=1).double()  # (T, 2)
+    for row, own in ((0, 0), (1, 1)):
+        coef = torch.linalg.lstsq(basis, mixed[row].double()[:, None]).solution[:, 0]
+        energy = coef**2 * basis.pow(2).sum(dim=0)
+        share = (energy[own] / energy.sum()).item()
+        assert share == pytest.approx(lam, abs=0.01)
+        assert y_mixed[row, own].item() == pytest.approx(lam)
+        # The mixture's level lies between the two, lam-weighted in dB.
+        level = 10 * torch.log10(mixed[row].double().pow(2).mean()).item()
+        own_db = (-30.0, -10.0)[own]
+        assert level == pytest.approx(lam * own_db + (1 - lam) * (-40.0 - own_db), abs=0.1)
+
+
+def test_level_aware_mixup_with_a_silent_partner_keeps_the_clip_level():
+    x = torch.stack([_tone(50, 1000, -20.0), torch.zeros(1000)])
+    mixed, _ = mixup(x, torch.eye(2), torch.tensor([0.6, 0.6]), _long(1, 0), level_aware=True)
+    assert torch.allclose(mixed[0], x[0], atol=1e-5)  # silence adds nothing, level kept
+    assert torch.allclose(mixed[1], x[0], atol=1e-5)  # and the silent row becomes the tone
+    assert not mixed.isnan().any()
+
+
+def test_mixup_mixes_loss_weights_like_targets():
+    x, y = torch.randn(16, 30), _targets(16, 4, 40)
+    weights = torch.tensor([1.0, 0.5] * 8)
+    lam, partner = Mixup(0.4, generator=_gen(41)).draw(y)
+    _, y_mixed, w_mixed = Mixup(0.4, generator=_gen(41))(x, y, weights)
+    assert torch.allclose(w_mixed, lam * weights + (1 - lam) * weights[partner])
+    assert torch.allclose(y_mixed, lam[:, None] * y + (1 - lam[:, None]) * y[partner])
+    assert Mixup().eval()(x, y, weights)[2] is weights
+    with pytest.raises(ValueError, match="loss weight"):
+        Mixup()(x, y, weights[:3])
+
+
+def test_eval_fill_follows_the_training_fill():
+    assert eval_fill_for(0.0) == "pad"
+    assert eval_fill_for(0.5) == "replicate" and eval_fill_for(1.0) == "replicate"
+    assert WaveformAugment(6, p_replicate=0.0).eval_fill == "pad"
+    assert WaveformAugment(6, p_replicate=0.3).eval_fill == "replicate"
+
+
+@pytest.mark.parametrize("fill", ["replicate", "pad"])
+def test_fill_short_matches_inference_and_eval_mode(fill):
+    x, lengths = _batch()
+    out = fill_short(x, lengths, 6, fill)
+    expected = WaveformAugment(6, eval_fill=fill).eval()(x, lengths)
+    assert torch.equal(out, expected)
+    clip = np.arange(1, 5, dtype=np.float32)
+    single = fill_short(torch.from_numpy(clip)[None], None, 7, fill)[0].numpy()
+    assert np.array_equal(single, fill_window(clip, 7, fill))
 
 
 # ---- validation, dtypes, devices ------------------------------------------------------------

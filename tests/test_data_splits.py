@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from wavemel.data import ClipRecord, DatasetIndex, kfold_assign, load_dataset, train_val_split
+from wavemel.data.splits import SplitSpec
 from wavemel.errors import DataError
 
 
@@ -128,3 +129,25 @@ def test_fsdd_speaker_folds(fsdd_root):
     assert len(val) == 500 and len({r.group for r in val}) == 1
     assert not {r.group for r in train} & {r.group for r in val}
     assert set(Counter(r.label for r in val).values()) == {50}
+
+
+def test_a_held_out_fold_neither_trains_nor_validates():
+    index = _index()
+    spec = SplitSpec(data="/x", folds=5, fold=1, test_fold=0, group_field="group", seed=0)
+    train, val = spec.split(index)
+    held = spec.heldout(index)
+    # The three parts are the five folds: disjoint, covering, whole groups in each.
+    paths = [{r.path for r in part} for part in (train, val, held)]
+    assert not paths[0] & paths[1] and not paths[0] & paths[2] and not paths[1] & paths[2]
+    assert sum(len(p) for p in paths) == 30
+    groups = [{r.group for r in part} for part in (train, val, held)]
+    assert not groups[0] & groups[1] and not groups[0] & groups[2] and not groups[1] & groups[2]
+    # The held-out fold is the fold 0 that a split without test_fold would validate on.
+    _, fold0 = train_val_split(index, folds=5, fold=0, group_field="group", seed=0)
+    assert {r.path for r in held} == {r.path for r in fold0}
+    with pytest.raises(DataError, match="cannot also validate"):
+        SplitSpec(data="/x", folds=5, fold=0, test_fold=0).split(index)
+    with pytest.raises(DataError, match="holds no fold out"):
+        SplitSpec(data="/x", folds=5, fold=0).heldout(index)
+    with pytest.raises(DataError, match="out of range"):
+        SplitSpec(data="/x", folds=5, fold=0, test_fold=7).split(index)

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from wavemel.frontend import LogMel, default_hop_length, default_n_fft, power_to_db
+from wavemel.frontend import (
+    LOG_MEL,
+    PANNS_LOG_MEL,
+    PREVIEW_LOG_MEL,
+    LogMel,
+    LogMelSettings,
+    power_to_db,
+)
 
 # Stated tolerances (dB) against librosa.feature.melspectrogram + power_to_db on non-silent
 # signals. Measured: ~3e-6 dB (float64 input) and ~1e-5 dB (float32 input).
@@ -140,9 +147,54 @@ def test_power_to_db_function():
 
 
 def test_sample_rate_defaults():
-    assert (default_n_fft(16000), default_hop_length(16000)) == (1024, 320)
-    assert (default_n_fft(8000), default_hop_length(8000)) == (512, 160)
-    assert (default_n_fft(22050), default_hop_length(22050)) == (2048, 441)
+    assert (LOG_MEL.n_fft(16000), LOG_MEL.hop_length(16000)) == (1024, 320)
+    assert (LOG_MEL.n_fft(8000), LOG_MEL.hop_length(8000)) == (512, 160)
+    assert (LOG_MEL.n_fft(22050), LOG_MEL.hop_length(22050)) == (2048, 441)
+
+
+@pytest.mark.parametrize(
+    "sample_rate, n_fft, hop_length, fmax", [(32000, 1024, 320, 14000.0), (16000, 512, 160, 8000.0)]
+)
+def test_panns_preset_gives_the_released_sizes(sample_rate, n_fft, hop_length, fmax):
+    # PANNs' 32 kHz and 16 kHz CNN14 releases (the 8 kHz one: 256/80).
+    assert PANNS_LOG_MEL.n_fft(sample_rate) == n_fft
+    assert PANNS_LOG_MEL.hop_length(sample_rate) == hop_length
+    assert PANNS_LOG_MEL.fmax_at(sample_rate) == fmax
+    assert (PANNS_LOG_MEL.n_fft(8000), PANNS_LOG_MEL.hop_length(8000)) == (256, 80)
+
+
+def test_preview_preset_is_finer_in_time():
+    assert (PREVIEW_LOG_MEL.n_fft(22050), PREVIEW_LOG_MEL.hop_length(22050)) == (1024, 220)
+    assert PREVIEW_LOG_MEL.fmax_at(22050) == 11025.0
+
+
+def test_log_mel_defaults_are_the_default_preset():
+    # One home: LogMel() at any rate is LOG_MEL's front end at that rate.
+    for rate in (8000, 16000, 22050):
+        assert LogMel(sample_rate=rate).config() == {
+            **LOG_MEL.log_mel(rate).config(),
+            "fmax": None,
+        }
+
+
+def test_settings_build_their_log_mel():
+    frontend = PANNS_LOG_MEL.log_mel(32000)
+    assert frontend.config() == {
+        "sample_rate": 32000,
+        "n_fft": 1024,
+        "hop_length": 320,
+        "n_mels": 64,
+        "fmin": 50.0,
+        "fmax": 14000.0,
+        "top_db": None,
+        "amin": 1e-10,
+        "pad_mode": "reflect",
+    }
+
+
+def test_settings_refuse_an_unknown_rounding():
+    with pytest.raises(ValueError, match="window_rounding"):
+        LogMelSettings(window_rounding="down")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from wavemel.models import (
+    Cnn14,
     CnnAudio,
     CnnComb,
     CnnSpec,
@@ -374,3 +376,23 @@ def test_comb_branches_cannot_be_combs():
     assert CnnComb.from_size(3, size="tiny").embedding_dim == 32
     with pytest.raises(ValueError, match="hidden must be in"):
         CnnComb(audio, create_model("cnn-spec", 3, size="tiny"), 3, hidden=10**6)
+
+
+def test_family_builders_use_the_family_defaults():
+    # ConfiguredModel gives every single-config family the same builders and round trip.
+    assert CnnSpec.from_size(3).config == dataclasses.replace(
+        CnnSpec.SIZES["small"], n_fft=1024, hop_length=320
+    )
+    assert CnnAudio.from_size(3, size="tiny").sample_rate == 16000
+    cnn14 = Cnn14.from_size(3, size="tiny")
+    assert cnn14.sample_rate == 32000
+    assert Cnn14.from_config(3, cnn14.config_dict()).config == cnn14.config
+
+
+@pytest.mark.parametrize("name", ["cnn-audio", "cnn-spec", "cnn14", "cnn-comb"])
+def test_every_model_names_itself_for_a_bad_waveform(name):
+    model = create_model(name, 3, size="tiny", sample_rate=16000)
+    with pytest.raises(ValueError, match=f"^{name} expects a \\(batch, samples\\) waveform"):
+        model(torch.zeros(2, 1, 16000))
+    with pytest.raises(ValueError, match=f"^{name} needs at least {model.min_samples} samples"):
+        model(torch.zeros(2, model.min_samples - 1))

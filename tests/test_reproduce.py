@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from wavemel.cli import main as cli_main
+from wavemel.data.splits import SplitSpec
+from wavemel.models.cnn_comb import SIZES as COMB_SIZES
 from wavemel.study import PRESETS, VARIANTS, StudyConfig, reproduce
 
 pytestmark = pytest.mark.slow
@@ -33,6 +35,35 @@ def _table_rows(report: str, heading: str) -> dict[tuple[str, str], list[str]]:
     return rows
 
 
+def _assert_selection_never_sees_scored_clips(out, results) -> None:
+    """For every run: the clips that chose its epochs and the clips it was scored on are
+    disjoint, and it was scored on exactly the clips the protocol says (rebuilt from config.json
+    with SplitSpec, compared by path)."""
+    runs = sorted(out.glob("runs/*/*/*/config.json"))
+    assert len(runs) == 3 * len(results["units"]) * len(results["preset"]["lengths"])
+    for config_path in runs:
+        run = config_path.parent
+        spec = SplitSpec.from_settings(json.loads(config_path.read_text()))
+        index = spec.load_index()
+        train, val = spec.split(index)
+        if results["evaluation_split"] == "test":
+            scored = [r for r in index.split("test") if r.labels]
+        else:
+            scored = spec.heldout(index)
+        val_paths = {str(r.path) for r in val}
+        scored_paths = {str(r.path) for r in scored}
+        train_paths = {str(r.path) for r in train}
+        assert scored_paths and val_paths, run
+        assert not val_paths & scored_paths, run
+        assert not train_paths & scored_paths, run
+        evaluation = json.loads(
+            (run / f"evaluation_{results['evaluation_split']}.json").read_text()
+        )
+        assert {c["path"] for c in evaluation["clips"]} == scored_paths, run
+        if spec.group_field:  # whole groups: no speaker both scored and selecting
+            assert not {r.group for r in val} & {r.group for r in scored}, run
+
+
 def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
     from wavemel.data.synthetic import generate
 
@@ -45,8 +76,17 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
     results = json.loads((out / "results.json").read_text())
     preset = PRESETS["tiny"]
     units = results["units"]
-    assert units == ["seed0-fold0", "seed0-fold1"]  # no test split: k folds
-    assert results["evaluation_split"] == "val" and not results["has_usage"]
+    assert units == ["seed0-fold0", "seed0-fold1", "seed0-fold2"]  # no test split: every fold
+    assert results["evaluation_split"] == "heldout" and not results["has_usage"]
+    _assert_selection_never_sees_scored_clips(out, results)
+    # The comb head has the preset size's width and dropout and stops by the preset's patience.
+    head = json.loads((out / "runs" / units[0] / "1s" / "cnn-comb" / "config.json").read_text())
+    size = COMB_SIZES[preset.size]
+    assert (head["hidden"], head["dropout"], head["patience"]) == (
+        size.hidden,
+        size.dropout,
+        preset.patience,
+    )
 
     # Table 1: every cell is a number that equals the mean/std of the per-run evaluation JSONs.
     rows = _table_rows(report, "## Table 1")
@@ -58,7 +98,9 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
             assert match, cells
             values = [
                 json.loads(
-                    (out / "runs" / u / f"{seconds:g}s" / model / "evaluation_val.json").read_text()
+                    (
+                        out / "runs" / u / f"{seconds:g}s" / model / "evaluation_heldout.json"
+                    ).read_text()
                 )["map3"]
                 for u in units
             ]
@@ -78,9 +120,24 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
 
     # The evaluation JSONs agree with what evaluate_run wrote into the run folder.
     run = out / "runs" / units[0] / "2s" / "cnn-comb"
-    ours = json.loads((run / "evaluation_val_zero-spec.json").read_text())
+    ours = json.loads((run / "evaluation_heldout_zero-spec.json").read_text())
     assert ours["zero_input"] == "spec"
     assert results["runs"][units[0]]["2s"]["cnn-comb spec_input=0"]["map3"] == ours["map3"]
+    mean = json.loads((run / "evaluation_heldout_mean-audio.json").read_text())
+    assert mean["mean_input"] == "audio"
+    assert results["runs"][units[0]]["2s"]["cnn-comb audio=mean"]["map3"] == mean["map3"]
+    ablation_rows = _table_rows(report, "cnn-comb with one branch ablated")
+    assert float(
+        _CELL.match(ablation_rows[("cnn-comb audio=mean", "2 s")][0]).group(1)
+    ) == pytest.approx(
+        np.mean([results["runs"][u]["2s"]["cnn-comb audio=mean"]["map3"] for u in units]),
+        abs=_HALF_ULP,
+    )
+    # The claims are decided run by run and say how many runs agree.
+    claims = _table_rows(report, "## Claims")
+    verdict = claims[("cnn-comb beats cnn-spec", "2 s")]
+    assert verdict[0] in ("win", "tie", "loss") and verdict[-1].endswith(f"of {len(units)}")
+    assert "last digits" not in report and "standard deviation of a Table 1 cell" in report
 
     # Figure 4: the per-class means and the observations come from the runs' per-class scores.
     fig4 = results["figure4"]
@@ -109,6 +166,7 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
     # The reader is told what the data are (not FSDKaggle2018), the seeds and how to regenerate.
     assert "not FSDKaggle2018" in report and "48 labelled training clips" in report
     assert "- Seeds: 0;" in report and "To regenerate" in report
+    assert "They use the mean-feature ablation" in report
 
     # A second invocation finds every run finished: nothing is retrained or re-scored.
     best = out / "runs" / units[1] / "1s" / "cnn-audio" / "best.safetensors"
@@ -123,7 +181,7 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
 
     # An interrupted study: one evaluation missing and one run never marked finished. Only
     # those are redone.
-    (run / "evaluation_val.json").unlink()
+    (run / "evaluation_heldout.json").unlink()
     key = f"runs/{units[1]}/2s/cnn-spec"
     (out / key / "finished.json").unlink()
     other = out / "runs" / units[0] / "1s" / "cnn-spec" / "best.safetensors"
@@ -131,12 +189,12 @@ def test_tiny_study_report_matches_runs_and_resumes(tmp_path):
     comb = out / "runs" / units[1] / "2s" / "cnn-comb"
     comb_stamp = (comb / "best.safetensors").stat().st_mtime_ns
     reproduce(StudyConfig(data=str(data), out=str(out), preset="tiny", progress=False))
-    assert (run / "evaluation_val.json").is_file()
+    assert (run / "evaluation_heldout.json").is_file()
     assert json.loads((out / "state.json").read_text())["runs"][key]["trained"] is True
     assert other.stat().st_mtime_ns == other_stamp
     # The head on top of a retrained branch is trained again and re-scored.
     assert (comb / "best.safetensors").stat().st_mtime_ns != comb_stamp
-    assert (comb / "evaluation_val.json").is_file()
+    assert (comb / "evaluation_heldout.json").is_file()
     # Called from Python, the report states the equivalent command, not this process's argv.
     assert (
         f"wavemel reproduce --data {data} --out {out} --preset tiny\n"
@@ -187,6 +245,7 @@ def test_test_split_study_reports_public_private_and_total(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["evaluation_split"] == "test" and results["has_usage"]
     assert results["units"] == ["seed0"]  # a test split: seeds are the units, no folds
+    _assert_selection_never_sees_scored_clips(out, results)
     assert "| Model | Input length | Public | Private | Total | Runs |" in report
     rows = _table_rows(report, "## Table 1")
     for model in ("cnn-audio", "cnn-spec", "cnn-comb"):

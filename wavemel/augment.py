@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Beta
 
 __all__ = [
     "FitParameters",
@@ -39,6 +40,8 @@ __all__ = [
     "TimeShift",
     "WaveformAugment",
     "crop",
+    "eval_fill_for",
+    "fill_short",
     "fit",
     "mixup",
     "pad",
@@ -126,49 +129,12 @@ def _rand(n: int, device: torch.device, generator: torch.Generator | None) -> Te
     return torch.rand(n, device=generator.device, generator=generator).to(device)
 
 
-def _randn(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
-    if generator is None:
-        return torch.randn(n, device=device)
-    return torch.randn(n, device=generator.device, generator=generator).to(device)
-
-
 def _uniform_int(low: Tensor, high: Tensor, generator: torch.Generator | None) -> Tensor:
     """One integer per example, uniform on ``[low, high]`` (inclusive; needs high >= low)."""
     span = (high - low + 1).to(torch.float32)
     draw = (_rand(low.shape[0], low.device, generator) * span).floor().long()
     # Float rounding can land exactly on ``span``; clamp back into the range.
     return torch.minimum(low + draw, high)
-
-
-def _log_standard_gamma(
-    concentration: float, n: int, device: torch.device, generator: torch.Generator | None
-) -> Tensor:
-    """``log`` of ``n`` Gamma(concentration, 1) samples, drawn with ``generator``.
-
-    ``torch.distributions`` cannot take a generator, so this is Marsaglia and Tsang's
-    squeeze-rejection method, vectorised with a fixed number of proposal rounds (each is
-    accepted with probability > 0.95, so 16 rounds fail with probability < 1e-20; a failure falls
-    back to the distribution's centre). Concentrations below 1 use Gamma(a) = Gamma(a + 1) *
-    U ** (1 / a), kept in log space because U ** (1 / a) underflows for small ``a``.
-    """
-    boost = concentration < 1.0
-    a = concentration + 1.0 if boost else concentration
-    d = a - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    rounds = 16
-    z = _randn(n * rounds, device, generator).view(rounds, n)
-    u = _rand(n * rounds, device, generator).view(rounds, n).clamp_min(1e-30)
-    v = (1.0 + c * z) ** 3
-    accept = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-    # Index of the first accepted round per example (argmax of a bool picks the first True).
-    first = accept.float().argmax(dim=0)
-    chosen = v.gather(0, first.unsqueeze(0)).squeeze(0)
-    chosen = torch.where(accept.any(dim=0), chosen, torch.ones_like(chosen))
-    log_gamma = math.log(d) + torch.log(chosen)
-    if boost:
-        u_boost = _rand(n, device, generator).clamp_min(1e-30)
-        log_gamma = log_gamma + torch.log(u_boost) / concentration
-    return log_gamma
 
 
 def sample_beta(
@@ -180,15 +146,15 @@ def sample_beta(
 ) -> Tensor:
     """Draws ``n`` samples of Beta(alpha, alpha) as float32, reproducibly with ``generator``.
 
-    Uses Beta = G1 / (G1 + G2) with G1, G2 ~ Gamma(alpha) computed in log space, i.e.
-    ``sigmoid(log G1 - log G2)``, which stays exact for small ``alpha`` where both gammas would
-    underflow to zero.
+    ``torch.distributions`` only draws from the global generator, so with ``generator`` one seed
+    is taken from it and the Beta draw runs on a forked CPU generator seeded with it: the result
+    depends on ``generator`` alone and the global random stream is left as it was.
 
     Args:
         alpha: Concentration (> 0) of both Beta parameters.
         n: Number of samples.
         device: Where the result lives.
-        generator: Optional generator; the draws happen on its device.
+        generator: Optional generator (any device); the draws then happen on the CPU.
 
     Returns:
         Samples in [0, 1], shape ``(n,)``.
@@ -196,9 +162,15 @@ def sample_beta(
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
     device = torch.device(device)
-    log_g1 = _log_standard_gamma(float(alpha), n, device, generator)
-    log_g2 = _log_standard_gamma(float(alpha), n, device, generator)
-    return torch.sigmoid(log_g1 - log_g2)
+    if generator is None:
+        concentration = torch.full((n,), float(alpha), device=device)
+        return Beta(concentration, concentration).sample()
+    seed = torch.randint(0, 2**62, (1,), device=generator.device, generator=generator)
+    concentration = torch.full((n,), float(alpha))
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed.item()))
+        draws = Beta(concentration, concentration).sample()
+    return draws.to(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,13 +560,60 @@ class Replicate(nn.Module):
         return f"input_samples={self.input_samples}, random_phase={self.random_phase}"
 
 
-class WaveformAugment(nn.Module):
-    """The trainer's waveform pipeline: shift, then crop long clips or fill short ones.
+def eval_fill_for(p_replicate: float) -> str:
+    """How evaluation fills a short clip for a model trained with this replication probability.
 
-    Training mode, per example: (1) a random circular time shift within the clip (see
-    :class:`TimeShift`); (2) a clip of length L >= N is cropped at a random start in
-    ``[0, L - N]``; a shorter one is replicated from a random phase with probability
-    ``p_replicate`` and otherwise placed at a random offset among zeros.
+    A model that never saw a replicated clip (``p_replicate == 0``) is scored on zero-padded
+    windows; any other gets replicated ones, the fill that keeps a short clip's level over the
+    whole window.
+    """
+    return "pad" if _check_probability("p_replicate", p_replicate) == 0.0 else "replicate"
+
+
+def fill_short(x: Tensor, lengths: Tensor | None, input_samples: int, fill: str) -> Tensor:
+    """Fills short clips to ``input_samples`` the one way evaluation does: from their start.
+
+    ``"replicate"`` tiles each clip from its first sample, ``"pad"`` left-aligns it among
+    zeros; clips of at least ``input_samples`` keep their first ``input_samples`` samples. This is
+    eval-mode :class:`WaveformAugment` without the crop choice, and the short-clip window of
+    whole-clip inference.
+
+    Args:
+        x: Waveform batch ``(B, T)`` or ``(B, C, T)``.
+        lengths: True lengths ``(B,)`` or None.
+        input_samples: Output length N.
+        fill: ``"replicate"`` or ``"pad"``.
+
+    Returns:
+        ``(B, N)`` or ``(B, C, N)``.
+    """
+    fill = _check_choice("fill", fill, _FILLS)
+    lengths = _prepare(x, lengths)
+    zeros = torch.zeros_like(lengths)
+    if fill == "pad":
+        return pad(x, lengths, zeros, input_samples)
+    # A long clip tiled from phase 0 is its first window, so one call covers both cases.
+    return replicate(
+        x, torch.where(lengths >= input_samples, input_samples, lengths), zeros, input_samples
+    )
+
+
+class WaveformAugment(nn.Module):
+    """The trainer's waveform pipeline: crop long clips, fill short ones, never splice content.
+
+    Training mode, per example: a clip of length L >= N is cropped at a random start in
+    ``[0, L - N]`` (:class:`RandomCrop`); that start, with the loader's random window start in
+    the whole clip, *is* its time shift, so it is never rolled: a roll would put a seam with
+    reordered content inside the window, which no inference window has. A shorter clip is
+    replicated from a random phase (:class:`Replicate`) with probability ``p_replicate`` and
+    otherwise placed at a random offset among zeros (:class:`RandomPad`). The time shift
+    (:class:`TimeShift`) applies to short clips only where it cannot splice: in ``"zero"`` mode
+    to every short clip (content may leave the window, nothing is reordered), in ``"roll"`` mode
+    only to replicated ones (rolling a tiled clip changes its phase, nothing else).
+
+    Each part draws its own parameters (``draw_starts``, ``draw_offsets``, ``draw_phases``), so
+    the composition and the single modules cannot disagree; they follow this module's
+    ``train()``/``eval()``.
 
     Eval mode is deterministic: no shift; long clips are cropped from their start
     (``eval_crop="start"``, the first inference window) or centre; short clips are replicated
@@ -605,15 +624,16 @@ class WaveformAugment(nn.Module):
 
     Args:
         input_samples: Output length N.
-        shift: ``True`` for the default maximum shift (half of each clip, circular),
-            ``False``/``0`` for none, or a ``max_shift`` as accepted by :class:`TimeShift`.
+        shift: ``True`` for the default maximum shift (half of each clip), ``False``/``0`` for
+            none, or a ``max_shift`` as accepted by :class:`TimeShift`.
         shift_mode: ``"roll"`` or ``"zero"``, see :class:`TimeShift`.
         pad_or_replicate: How short clips are filled in training: ``"random"`` (replicate with
             probability ``p_replicate``), ``"pad"`` or ``"replicate"``.
         p_replicate: Probability of replication for ``"random"``.
         eval_crop: ``"start"`` or ``"center"``.
-        eval_fill: ``"replicate"`` or ``"pad"``; by default ``"pad"`` when
-            ``pad_or_replicate="pad"``, else ``"replicate"`` (as whole-clip inference fills).
+        eval_fill: ``"replicate"`` or ``"pad"``; by default :func:`eval_fill_for` of the
+            training replication probability (``"pad"`` only for a model never shown a
+            replicated clip, as whole-clip inference fills).
         generator: Optional generator for reproducible draws.
 
     Shapes:
@@ -638,9 +658,8 @@ class WaveformAugment(nn.Module):
             "pad_or_replicate", pad_or_replicate, ("random", "pad", "replicate")
         )
         self.p_replicate = _check_probability("p_replicate", p_replicate)
-        self.eval_crop = _check_choice("eval_crop", eval_crop, _EVAL_CROPS)
         if eval_fill is None:
-            eval_fill = "pad" if pad_or_replicate == "pad" else "replicate"
+            eval_fill = eval_fill_for(self.replicate_probability)
         self.eval_fill = _check_choice("eval_fill", eval_fill, _FILLS)
         if shift is True:
             max_shift: int | float = 0.5  # half the clip either way: any onset position
@@ -649,34 +668,45 @@ class WaveformAugment(nn.Module):
         else:
             max_shift = shift
         self.time_shift = TimeShift(max_shift, shift_mode, generator=generator)
+        self.cropping = RandomCrop(input_samples, eval_crop=eval_crop, generator=generator)
+        self.padding = RandomPad(input_samples, generator=generator)
+        self.replication = Replicate(input_samples, random_phase=True, generator=generator)
         self.generator = generator
+
+    @property
+    def eval_crop(self) -> str:
+        return self.cropping.eval_crop
 
     @property
     def replicate_probability(self) -> float:
         """Chance that a short clip is replicated rather than padded in training."""
         return {"random": self.p_replicate, "pad": 0.0, "replicate": 1.0}[self.pad_or_replicate]
 
+    def draw_replicate(self, lengths: Tensor) -> Tensor:
+        """Bool ``(B,)``: whether a short clip is replicated (else padded)."""
+        if not self.training:
+            return torch.full_like(lengths, self.eval_fill == "replicate", dtype=torch.bool)
+        return _rand(lengths.shape[0], lengths.device, self.generator) < self.replicate_probability
+
+    def draw_shifts(self, lengths: Tensor, replicated: Tensor) -> Tensor:
+        """Shift per example ``(B,)``: zero wherever a shift would splice content (see above)."""
+        shift = self.time_shift
+        if not self.training or shift.max_shift == 0 or shift.p == 0.0:
+            return torch.zeros_like(lengths)
+        allowed = lengths < self.input_samples
+        if shift.mode == "roll":
+            allowed = allowed & replicated
+        return torch.where(allowed, shift.draw_offsets(lengths), 0)
+
     def draw(self, lengths: Tensor) -> FitParameters:
         """Per-example parameters for clips of the given lengths ``(B,)`` (fixed in eval mode)."""
-        n = self.input_samples
-        zeros = torch.zeros_like(lengths)
-        if not self.training:
-            room = (lengths - n).clamp_min(0)
-            return FitParameters(
-                shift=zeros,
-                crop_start=room // 2 if self.eval_crop == "center" else zeros,
-                pad_offset=zeros,
-                phase=zeros,
-                replicate=torch.full_like(lengths, self.eval_fill == "replicate", dtype=torch.bool),
-            )
-        no_shift = self.time_shift.max_shift == 0 or self.time_shift.p == 0.0
+        replicated = self.draw_replicate(lengths)
         return FitParameters(
-            shift=zeros if no_shift else self.time_shift.draw_offsets(lengths),
-            crop_start=_uniform_int(zeros, (lengths - n).clamp_min(0), self.generator),
-            pad_offset=_uniform_int(zeros, (n - lengths).clamp_min(0), self.generator),
-            phase=_uniform_int(zeros, (lengths - 1).clamp_min(0), self.generator),
-            replicate=_rand(lengths.shape[0], lengths.device, self.generator)
-            < self.replicate_probability,
+            shift=self.draw_shifts(lengths, replicated),
+            crop_start=self.cropping.draw_starts(lengths),
+            pad_offset=self.padding.draw_offsets(lengths),
+            phase=self.replication.draw_phases(lengths),
+            replicate=replicated,
         )
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -686,8 +716,7 @@ class WaveformAugment(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"input_samples={self.input_samples}, pad_or_replicate={self.pad_or_replicate!r}, "
-            f"p_replicate={self.p_replicate}, eval_crop={self.eval_crop!r}, "
-            f"eval_fill={self.eval_fill!r}"
+            f"p_replicate={self.p_replicate}, eval_fill={self.eval_fill!r}"
         )
 
 
@@ -695,8 +724,45 @@ class WaveformAugment(nn.Module):
 # Mixup
 # --------------------------------------------------------------------------------------------
 
+_SILENT_RMS = 1e-6  # about -120 dBFS: a window below this has no level to speak of
 
-def mixup(x: Tensor, y: Tensor, lam: Tensor, partner: Tensor) -> tuple[Tensor, Tensor]:
+
+def _blend(t: Tensor, lam: Tensor, partner: Tensor) -> Tensor:
+    """``lam * t + (1 - lam) * t[partner]`` along the batch dimension."""
+    lam_t = lam.to(device=t.device, dtype=t.dtype).view(-1, *([1] * (t.dim() - 1)))
+    return lam_t * t + (1 - lam_t) * t[partner.to(t.device)]
+
+
+def _blend_levels(x: Tensor, lam: Tensor, partner: Tensor) -> Tensor:
+    """Mixes so that each clip's share of the mixture's energy is its weight, whatever its level.
+
+    Both clips are brought to unit RMS and added with amplitudes ``sqrt(lam)`` and
+    ``sqrt(1 - lam)`` (uncorrelated signals' energies add, so the shares are ``lam`` and
+    ``1 - lam``); the mixture then gets the lam-weighted mean of the two levels in dB, so the
+    level distribution the network sees stays that of the training clips. A silent clip adds
+    nothing and the mixture keeps the other clip's level.
+    """
+    work = x.float()
+    dims = tuple(range(1, x.dim()))
+    rms = work.pow(2).mean(dim=dims, keepdim=True).sqrt()
+    audible = rms > _SILENT_RMS
+    unit = torch.where(audible, work / rms.clamp_min(_SILENT_RMS), 0.0)
+    lam_x = lam.to(device=x.device, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
+    mixed = lam_x.sqrt() * unit + (1 - lam_x).sqrt() * unit[partner]
+    weight_self = lam_x * audible
+    weight_other = (1 - lam_x) * audible[partner]
+    log_rms = rms.clamp_min(_SILENT_RMS).log()
+    total = (weight_self + weight_other).clamp_min(1e-12)
+    level = torch.exp((weight_self * log_rms + weight_other * log_rms[partner]) / total)
+    mixed_rms = mixed.pow(2).mean(dim=dims, keepdim=True).sqrt()
+    out = torch.where(mixed_rms > 0, mixed * (level / mixed_rms.clamp_min(1e-12)), 0.0)
+    # Unmixed rows (lam == 1) come back bit-exact rather than through a divide and multiply.
+    return torch.where(lam_x == 1, work, out).to(x.dtype)
+
+
+def mixup(
+    x: Tensor, y: Tensor, lam: Tensor, partner: Tensor, *, level_aware: bool = False
+) -> tuple[Tensor, Tensor]:
     """Blends each example with a partner: ``lam * a + (1 - lam) * a[partner]``.
 
     Args:
@@ -704,17 +770,17 @@ def mixup(x: Tensor, y: Tensor, lam: Tensor, partner: Tensor) -> tuple[Tensor, T
         y: Soft targets ``(B, C)``.
         lam: Weight of the example itself per example ``(B,)``.
         partner: Index of each example's partner ``(B,)`` (long).
+        level_aware: Mix ``x`` so that each clip's share of the mixture's energy is its weight,
+            at the lam-weighted mean level in dB (for waveforms; see :class:`Mixup`), instead
+            of the plain linear blend.
 
     Returns:
         ``(x_mixed, y_mixed)`` with the shapes and dtypes of ``x`` and ``y``; each row of
         ``y_mixed`` sums to 1 when the rows of ``y`` do.
     """
     partner = partner.to(device=x.device, dtype=torch.long)
-    lam_x = lam.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
-    lam_y = lam.to(device=y.device, dtype=y.dtype).view(-1, *([1] * (y.dim() - 1)))
-    x_mixed = lam_x * x + (1 - lam_x) * x[partner]
-    y_mixed = lam_y * y + (1 - lam_y) * y[partner.to(y.device)]
-    return x_mixed, y_mixed
+    x_mixed = _blend_levels(x, lam, partner) if level_aware else _blend(x, lam, partner)
+    return x_mixed, _blend(y, lam, partner)
 
 
 class Mixup(nn.Module):
@@ -732,14 +798,27 @@ class Mixup(nn.Module):
     at random among the other examples of that class in the batch; an example alone in its
     class is then paired with itself (unchanged).
 
+    Waveform batches ``(B, T)`` and ``(B, C, T)`` are mixed level-aware by default: training
+    clips span about 30 dB of level, so a plain blend gives the louder clip most of the
+    mixture's energy whatever ``lam`` says (and cnn-audio standardises the mixture, so it
+    dominates the gradient too). Each clip is instead brought to the same level and weighted so
+    that its share of the mixture's energy is its target weight; the mixture gets the
+    lam-weighted mean level in dB. Spectrogram batches (4-D, log-mels already in dB) are blended
+    linearly.
+
+    Per-clip loss weights, when given, are mixed like the targets: the mixture of a verified
+    and an unverified clip counts by how much of each it holds.
+
     Args:
         alpha: Beta concentration (> 0); small values keep most mixtures close to one clip.
         same_class_prob: Probability of a same-class partner, or None (never forced).
         p: Probability that an example is mixed at all (otherwise ``lam = 1``).
+        level_aware: Mix waveforms by energy share (see above); ``False`` blends linearly.
         generator: Optional generator for reproducible draws.
 
     Shapes:
-        ``forward(x: (B, ...), y: (B, C)) -> (x_mixed: (B, ...), y_mixed: (B, C))``.
+        ``forward(x: (B, ...), y: (B, C)) -> (x_mixed: (B, ...), y_mixed: (B, C))``;
+        ``forward(x, y, weights: (B,)) -> (x_mixed, y_mixed, weights_mixed: (B,))``.
     """
 
     def __init__(
@@ -748,6 +827,7 @@ class Mixup(nn.Module):
         *,
         same_class_prob: float | None = None,
         p: float = 1.0,
+        level_aware: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -762,6 +842,7 @@ class Mixup(nn.Module):
             else _check_probability("same_class_prob", same_class_prob)
         )
         self.p = _check_probability("p", p)
+        self.level_aware = bool(level_aware)
         self.generator = generator
 
     def draw(self, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -795,16 +876,30 @@ class Mixup(nn.Module):
         partner[order] = order[next_rank]
         return partner
 
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, y: Tensor, weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         if y.dim() != 2 or y.shape[0] != x.shape[0] or not y.is_floating_point():
             raise ValueError(
                 f"Mixup needs soft targets of shape (B, C) as floats for a batch of {x.shape[0]},"
                 f" got {tuple(y.shape)} {y.dtype}"
             )
+        if weights is not None and weights.shape != (x.shape[0],):
+            raise ValueError(
+                f"Mixup needs one loss weight per example ({x.shape[0]},), "
+                f"got {tuple(weights.shape)}"
+            )
         if not self.training:
-            return x, y
+            return (x, y) if weights is None else (x, y, weights)
         lam, partner = self.draw(y)
-        return mixup(x, y, lam, partner)
+        waveform = x.dim() in (2, 3)
+        x_mixed, y_mixed = mixup(x, y, lam, partner, level_aware=self.level_aware and waveform)
+        if weights is None:
+            return x_mixed, y_mixed
+        return x_mixed, y_mixed, _blend(weights, lam, partner)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, same_class_prob={self.same_class_prob}, p={self.p}"
+        return (
+            f"alpha={self.alpha}, same_class_prob={self.same_class_prob}, p={self.p}, "
+            f"level_aware={self.level_aware}"
+        )

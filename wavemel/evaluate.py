@@ -56,16 +56,21 @@ __all__ = [
 
 #: Splits ``evaluate_run`` understands: the dataset's labelled test clips, or the run's
 #: validation fold (recomputed from ``RUN/config.json``).
-SPLITS = ("test", "val")
+#: "heldout" is the fold a k-fold run held out of training and validation (``test_fold``).
+SPLITS = ("test", "val", "heldout")
 _ZERO_INPUTS = ("audio", "spec")
 #: FSDKaggle2018's scored test clips (Kaggle's Public and Private leaderboards).
 FSDKAGGLE2018_USAGE = {"public": 301, "private": 1299}
 
 
-def evaluation_name(split: str, zero_input: str | None = None) -> str:
+def evaluation_name(
+    split: str, zero_input: str | None = None, mean_input: str | None = None
+) -> str:
     """The one naming scheme of evaluation files: ``evaluation_<name>.json`` and
-    ``confusion_<name>.png`` with ``<name>`` = ``test``, ``val``, ``test_zero-audio``, ..."""
-    return split + (f"_zero-{zero_input}" if zero_input else "")
+    ``confusion_<name>.png`` with ``<name>`` = ``test``, ``val``, ``test_zero-audio``,
+    ``heldout_mean-spec``, ..."""
+    name = split + (f"_zero-{zero_input}" if zero_input else "")
+    return name + (f"_mean-{mean_input}" if mean_input else "")
 
 
 def _run_folder(run: Path) -> Path:
@@ -93,6 +98,10 @@ def _split_records(
     if not settings.get("data"):
         raise DataError(f"{run_dir}: no data root in config.json; pass data (--data ROOT)")
     spec = dataclasses.replace(SplitSpec.from_settings(settings).with_data(data), **overrides)
+    if split == "heldout" or (split == "test" and spec.test_fold is not None):
+        # The trainer's own index (missing files left out), so the folds are the trainer's folds.
+        index = spec.load_index()
+        return index, spec.heldout(index)
     if split == "test":
         # Listed test files that are missing stay in: they count as misses, not as absent.
         index = spec.load_index(check_files=False)
@@ -111,26 +120,37 @@ def _nan_to_none(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _check_request(split: str, zero_input: str | None, overrides: dict[str, Any]) -> None:
+def _check_request(
+    split: str, zero_input: str | None, mean_input: str | None, overrides: dict[str, Any]
+) -> None:
     if split not in SPLITS:
         raise WavemelError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if zero_input is not None and zero_input not in _ZERO_INPUTS:
         raise WavemelError(f"--zero-input must be audio or spec, got {zero_input!r}")
+    if mean_input is not None and mean_input not in _ZERO_INPUTS:
+        raise WavemelError(f"--mean-input must be audio or spec, got {mean_input!r}")
+    if zero_input is not None and mean_input is not None:
+        raise WavemelError("--zero-input and --mean-input are two ablations: choose one")
     unknown = sorted(set(overrides) - set(SPLIT_FIELDS) - {"data"})
     if unknown:
         raise TypeError(f"evaluate_run() got unexpected keyword(s) {', '.join(unknown)}")
 
 
 def _score(
-    tagger: Tagger, records: list[ClipRecord], zero_input: str | None, progress: bool
+    tagger: Tagger,
+    records: list[ClipRecord],
+    ablation: dict[str, str | None],
+    progress: bool,
 ) -> tuple[np.ndarray, dict[str, str], list[str]]:
     """``(N, C)`` probabilities (all-NaN rows for clips without an answer), reasons, empty clips."""
     model = tagger.model
     scores = np.full((len(records), len(tagger.labels)), np.nan)
     unscored: dict[str, str] = {}
-    previous = getattr(model, "zero_input", None)
-    if zero_input is not None:
-        model.zero_input = zero_input
+    # ``{"zero_input": ..., "mean_input": ...}``: cnn-comb's ablation switches, restored after.
+    switches = {name: value for name, value in ablation.items() if value is not None}
+    previous = {name: getattr(model, name) for name in switches}
+    for name, value in switches.items():
+        setattr(model, name, value)
     bar = tqdm(total=len(records), desc="evaluate", unit="clip", leave=False, disable=not progress)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -144,8 +164,8 @@ def _score(
                 bar.update(1)
     finally:
         bar.close()
-        if zero_input is not None:
-            model.zero_input = previous
+        for name, value in previous.items():
+            setattr(model, name, value)
     empty = []
     for warning in caught:
         if isinstance(warning.message, EmptyClipWarning):
@@ -186,6 +206,7 @@ def compute_evaluation(
     *,
     split: str = "test",
     zero_input: str | None = None,
+    mean_input: str | None = None,
     device: str = "auto",
     hop_seconds: float | None = None,
     aggregate: str = "mean",
@@ -212,7 +233,7 @@ def compute_evaluation(
         CheckpointError: Missing/corrupt checkpoint, or ``zero_input`` on a non-cnn-comb model.
         DataError: The dataset or the split cannot be rebuilt, or no clip could be scored.
     """
-    _check_request(split, zero_input, data_overrides)
+    _check_request(split, zero_input, mean_input, data_overrides)
     run = Path(run)
     run_dir = _run_folder(run)
     config = _read_run_config(run_dir)
@@ -230,6 +251,11 @@ def compute_evaluation(
         raise CheckpointError(
             f"{run}: --zero-input needs a cnn-comb checkpoint, this one is {tagger.model.name!r}"
         )
+    if mean_input is not None and not getattr(tagger.model, "has_feature_means", False):
+        raise CheckpointError(
+            f"{run}: --mean-input needs a cnn-comb checkpoint with its training feature means "
+            f"(combine it again with this version), this one is {tagger.model.name!r}"
+        )
     index, records = _split_records(run_dir, config, data, split, data_overrides)
     label_index = {label: i for i, label in enumerate(tagger.labels)}
     excluded: dict[str, str] = {}
@@ -242,7 +268,8 @@ def compute_evaluation(
             )
         else:
             kept.append(record)
-    scores, unscored, empty = _score(tagger, kept, zero_input, progress)
+    ablation = {"zero_input": zero_input, "mean_input": mean_input}
+    scores, unscored, empty = _score(tagger, kept, ablation, progress)
     for path in empty:
         warnings.warn(
             WavemelWarning(f"{path}: empty clip (0 samples); scored with the training prior"),
@@ -261,6 +288,7 @@ def compute_evaluation(
         model=tagger.model.name,
         split=split,
         zero_input=zero_input,
+        mean_input=mean_input,
         data=str(index.root),
         hop_seconds=tagger.hop_samples / tagger.sample_rate,
         aggregate=aggregate,
@@ -321,7 +349,7 @@ def write_evaluation(result: dict[str, Any], out_dir: str | os.PathLike) -> dict
         ``result`` with ``json_path`` and ``confusion_png`` added.
     """
     out = Path(out_dir)
-    name = evaluation_name(result["split"], result.get("zero_input"))
+    name = evaluation_name(result["split"], result.get("zero_input"), result.get("mean_input"))
     png = out / f"confusion_{name}.png"
     json_path = out / f"evaluation_{name}.json"
     title = f"{Path(result['run']).name} ({result['model']}) on {name}: MAP@3 {result['map3']:.3f}"
@@ -338,6 +366,7 @@ def evaluate_run(
     *,
     split: str = "test",
     zero_input: str | None = None,
+    mean_input: str | None = None,
     device: str = "auto",
     out_dir: str | os.PathLike | None = None,
     hop_seconds: float | None = None,
@@ -352,10 +381,13 @@ def evaluate_run(
     Args:
         run: Run folder (its ``best`` checkpoint) or a checkpoint file inside one.
         data: Dataset root; default the ``data`` recorded in ``RUN/config.json``.
-        split: ``"test"`` (the dataset's labelled test clips) or ``"val"`` (the run's validation
-            fold, recomputed from ``RUN/config.json``).
-        zero_input: For cnn-comb only: ``"audio"`` or ``"spec"`` zeroes that branch's input
-            (the poster's ablation).
+        split: ``"test"`` (the dataset's labelled test clips; for a run with a ``test_fold``,
+            that held-out fold), ``"val"`` (the run's validation fold, recomputed from
+            ``RUN/config.json``) or ``"heldout"`` (the run's ``test_fold``).
+        zero_input: For cnn-comb only: ``"audio"`` or ``"spec"`` zeroes that branch's *input*
+            (the poster's literal ablation; out of distribution for the branch).
+        mean_input: For cnn-comb only: ``"audio"`` or ``"spec"`` replaces that branch's
+            *features* by their mean over the training clips (the in-distribution ablation).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         out_dir: Where the JSON and PNG go; default the run folder.
         hop_seconds: Window hop for whole-clip scoring; default the run's, else the input length.
@@ -375,6 +407,7 @@ def evaluate_run(
         data,
         split=split,
         zero_input=zero_input,
+        mean_input=mean_input,
         device=device,
         hop_seconds=hop_seconds,
         aggregate=aggregate,

@@ -28,12 +28,12 @@ one-line error naming the file and never leaves half a PNG. matplotlib is import
 from __future__ import annotations
 
 import io
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import librosa
 import numpy as np
 import torch
 
@@ -41,7 +41,7 @@ from wavemel import augment
 from wavemel._io import atomic_write_bytes, os_error_reason
 from wavemel.audio import load_audio
 from wavemel.errors import AudioError, WavemelError
-from wavemel.frontend import LogMel
+from wavemel.frontend import PREVIEW_LOG_MEL
 
 __all__ = [
     "FIGURE_SUFFIXES",
@@ -65,9 +65,7 @@ PANEL_NAMES = (
     "Mixup",
 )
 
-# Augmentation display settings: a finer hop than training's (10 ms) makes short panels readable.
-_N_MELS = 80
-_FMIN = 20.0
+# Augmentation display settings (the spectrogram's own: frontend.PREVIEW_LOG_MEL).
 _DB_RANGE = 80.0
 _EXCERPT_FRACTION = 0.4  # of the input length, for the padding/replication panels
 
@@ -105,6 +103,8 @@ def check_figure_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
 
 def _pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend (no display needed, none opened)."""
+    # lazy: the backend must be chosen before pyplot is first imported, and only a figure
+    # writer needs matplotlib at all
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,8 +224,6 @@ def _loudest_window(signal: np.ndarray, length: int) -> int:
 
 def _hz_ticks(fmin: float, fmax: float, n_mels: int) -> tuple[list[float], list[str]]:
     """Positions (in mel-bin units) and labels of round frequencies for the y axis."""
-    import librosa
-
     low, high = librosa.hz_to_mel(fmin), librosa.hz_to_mel(fmax)
     positions, labels = [], []
     for hz in (100, 250, 500, 1000, 2000, 4000, 8000, 16000):
@@ -329,16 +327,8 @@ def _display_log_mels(
     signals: list[torch.Tensor], sample_rate: int
 ) -> tuple[list[np.ndarray], int]:
     """``(n_mels, frames)`` log-mel of each ``(1, N)`` signal, and the hop length in samples."""
-    hop_length = max(1, round(sample_rate * 0.01))
-    n_fft = 2 ** math.ceil(math.log2(sample_rate * 0.04))
-    frontend = LogMel(
-        sample_rate=sample_rate,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        n_mels=_N_MELS,
-        fmin=_FMIN,
-        fmax=sample_rate / 2,
-    )
+    frontend = PREVIEW_LOG_MEL.log_mel(sample_rate)
+    n_fft = frontend.n_fft
     spectrograms = []
     with torch.no_grad():
         for signal in signals:
@@ -346,7 +336,7 @@ def _display_log_mels(
             if signal.shape[1] < n_fft:
                 signal = torch.nn.functional.pad(signal, (0, n_fft - signal.shape[1]))
             spectrograms.append(frontend(signal)[0, 0].numpy())
-    return spectrograms, hop_length
+    return spectrograms, frontend.hop_length
 
 
 def _draw_spectrogram_grid(
@@ -362,7 +352,10 @@ def _draw_spectrogram_grid(
     # One colour scale for all panels (the original's peak down 80 dB) so levels compare.
     vmax = float(spectrograms[0].max())
     vmin = vmax - _DB_RANGE
-    tick_positions, tick_labels = _hz_ticks(_FMIN, sample_rate / 2, _N_MELS)
+    settings = PREVIEW_LOG_MEL
+    tick_positions, tick_labels = _hz_ticks(
+        settings.fmin, settings.fmax_at(sample_rate), settings.n_mels
+    )
     fig, axes = plt.subplots(3, 2, figsize=(12, 10), constrained_layout=True)
     for ax, title, spec in zip(axes.flat, titles, spectrograms):
         duration = spec.shape[1] * hop_length / sample_rate
@@ -373,7 +366,7 @@ def _draw_spectrogram_grid(
             cmap="magma",
             vmin=vmin,
             vmax=vmax,
-            extent=(0.0, duration, 0.0, float(_N_MELS)),
+            extent=(0.0, duration, 0.0, float(settings.n_mels)),
             interpolation="nearest",
         )
         ax.set_title(title, fontsize=11)

@@ -14,25 +14,102 @@ The math follows librosa's defaults so that features computed here match
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import librosa
 import torch
 from torch import nn
 
-#: Frame hop of the sample-rate-derived defaults (20 ms) and the analysis window (>= 64 ms).
-DEFAULT_HOP_SECONDS = 0.02
-DEFAULT_WINDOW_SECONDS = 0.064
+_POWER_OF_TWO_ROUNDING = ("up", "nearest")
 
 
-def default_hop_length(sample_rate: int) -> int:
-    """A 20 ms hop in samples (320 at 16 kHz, 160 at 8 kHz, 441 at 22.05 kHz)."""
-    return max(1, round(sample_rate * DEFAULT_HOP_SECONDS))
+@dataclass(frozen=True)
+class LogMelSettings:
+    """A log-mel front end's settings in seconds and Hz, so that one setting fits every rate.
+
+    The one home of the STFT settings: :class:`LogMel`'s defaults, cnn-spec
+    (:data:`LOG_MEL`), cnn14 (:data:`PANNS_LOG_MEL`) and the figures (:data:`PREVIEW_LOG_MEL`)
+    all derive their sizes in samples from one of these presets.
+
+    Attributes:
+        window_seconds: analysis window; the FFT size is a power of two near it.
+        window_rounding: ``"up"``: the smallest power of two covering ``window_seconds``;
+            ``"nearest"``: the power of two nearest to it (PANNs' rule).
+        hop_seconds: hop between frames.
+        n_mels: number of mel bands.
+        fmin: lowest filterbank frequency in Hz.
+        fmax: highest filterbank frequency in Hz, capped at the Nyquist frequency (``None``:
+            the Nyquist frequency itself).
+        top_db: if given, each example's values are floored at its maximum minus ``top_db``.
+        amin: power floor before the logarithm (``1e-10`` -> -100 dB for silence).
+        pad_mode: padding of the centred frames, ``"constant"`` (zeros) or ``"reflect"``.
+    """
+
+    window_seconds: float = 0.064
+    window_rounding: str = "up"
+    hop_seconds: float = 0.02
+    n_mels: int = 64
+    fmin: float = 20.0
+    fmax: float | None = None
+    top_db: float | None = None
+    amin: float = 1e-10
+    pad_mode: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.window_rounding not in _POWER_OF_TWO_ROUNDING:
+            raise ValueError(
+                f"window_rounding must be one of {_POWER_OF_TWO_ROUNDING}, "
+                f"got {self.window_rounding!r}"
+            )
+
+    def n_fft(self, sample_rate: int) -> int:
+        """FFT size at ``sample_rate`` (64 ms up: 1024 at 16 kHz, 2048 at 22.05 kHz)."""
+        # At least 2 samples: log2 of a smaller window is negative or undefined.
+        exponent = math.log2(max(2.0, sample_rate * self.window_seconds))
+        return 2 ** (math.ceil(exponent) if self.window_rounding == "up" else round(exponent))
+
+    def hop_length(self, sample_rate: int) -> int:
+        """Frame hop in samples at ``sample_rate`` (20 ms: 320 at 16 kHz, 441 at 22.05 kHz)."""
+        return max(1, round(sample_rate * self.hop_seconds))
+
+    def fmax_at(self, sample_rate: int) -> float:
+        """Highest filterbank frequency at ``sample_rate``: ``fmax`` capped at Nyquist."""
+        nyquist = sample_rate / 2
+        return nyquist if self.fmax is None else min(float(self.fmax), nyquist)
+
+    def log_mel(self, sample_rate: int) -> LogMel:
+        """The :class:`LogMel` of these settings at ``sample_rate``."""
+        return LogMel(
+            sample_rate=sample_rate,
+            n_fft=self.n_fft(sample_rate),
+            hop_length=self.hop_length(sample_rate),
+            n_mels=self.n_mels,
+            fmin=self.fmin,
+            fmax=self.fmax_at(sample_rate),
+            top_db=self.top_db,
+            amin=self.amin,
+            pad_mode=self.pad_mode,
+        )
 
 
-def default_n_fft(sample_rate: int) -> int:
-    """Smallest power of two covering 64 ms (1024 at 16 kHz, 512 at 8 kHz, 2048 at 22.05 kHz)."""
-    return 2 ** math.ceil(math.log2(max(2.0, sample_rate * DEFAULT_WINDOW_SECONDS)))
+#: cnn-spec's front end (and :class:`LogMel`'s defaults): a window of at least 64 ms and a
+#: 20 ms hop resolve 64 bands from 20 Hz to Nyquist at the poster's rates.
+LOG_MEL = LogMelSettings()
+#: PANNs' CNN14 analysis, as durations so that other rates get the matching sizes (its 32, 16
+#: and 8 kHz releases use 1024/320, 512/160 and 256/80 samples): 64 bands over 50 Hz-14 kHz,
+#: reflect-padded frames, no ``top_db``.
+PANNS_LOG_MEL = LogMelSettings(
+    window_seconds=0.032,
+    window_rounding="nearest",
+    hop_seconds=0.01,
+    fmin=50.0,
+    fmax=14000.0,
+    pad_mode="reflect",
+)
+#: The figures' spectrograms: finer in time (10 ms hop, 40 ms window) and 80 bands, drawn for the
+#: eye rather than fed to a network.
+PREVIEW_LOG_MEL = LogMelSettings(window_seconds=0.04, hop_seconds=0.01, n_mels=80)
 
 
 def power_to_db(
@@ -68,8 +145,9 @@ class LogMel(nn.Module):
 
     Args:
         sample_rate: sample rate of the input waveform in Hz.
-        n_fft: FFT size and window length in samples.
-        hop_length: hop between frames in samples.
+        n_fft: FFT size and window length in samples (``None``: :data:`LOG_MEL`'s, 1024 at
+            16 kHz).
+        hop_length: hop between frames in samples (``None``: :data:`LOG_MEL`'s, 320 at 16 kHz).
         n_mels: number of mel bands.
         fmin: lowest filterbank frequency in Hz.
         fmax: highest filterbank frequency in Hz (``None``: ``sample_rate / 2``).
@@ -82,18 +160,20 @@ class LogMel(nn.Module):
     def __init__(
         self,
         sample_rate: int = 16000,
-        n_fft: int = 1024,
-        hop_length: int = 320,
-        n_mels: int = 64,
-        fmin: float = 20.0,
-        fmax: float | None = None,
-        top_db: float | None = None,
-        amin: float = 1e-10,
-        pad_mode: str = "constant",
+        n_fft: int | None = None,
+        hop_length: int | None = None,
+        n_mels: int = LOG_MEL.n_mels,
+        fmin: float = LOG_MEL.fmin,
+        fmax: float | None = LOG_MEL.fmax,
+        top_db: float | None = LOG_MEL.top_db,
+        amin: float = LOG_MEL.amin,
+        pad_mode: str = LOG_MEL.pad_mode,
     ) -> None:
         super().__init__()
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        n_fft = LOG_MEL.n_fft(sample_rate) if n_fft is None else n_fft
+        hop_length = LOG_MEL.hop_length(sample_rate) if hop_length is None else hop_length
         if n_fft < 2 or hop_length < 1 or n_mels < 1:
             raise ValueError(
                 f"need n_fft >= 2, hop_length >= 1, n_mels >= 1; got n_fft={n_fft}, "

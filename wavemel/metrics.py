@@ -178,6 +178,8 @@ def average_precision_per_class(scores: np.ndarray, targets: np.ndarray) -> np.n
     Returns:
         ``(C,)`` float64; ``nan`` for classes without a positive clip (AP is undefined there).
     """
+    # lazy: scikit-learn takes ~0.7 s to import and only this function needs it; training and
+    # MAP@3 scoring import this module without it
     from sklearn.metrics import average_precision_score
 
     scores, hot = _check(scores, targets)

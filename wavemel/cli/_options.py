@@ -1,6 +1,7 @@
-"""Command-line options shared by the sub-commands that score clips (``evaluate``, ``predict``).
+"""Command-line options shared by the sub-commands that score clips (``evaluate``, ``predict``,
+``embed``).
 
-Both load a checkpoint into a ``wavemel.infer.Tagger`` and score whole clips, so they take the
+All load a checkpoint into a ``wavemel.infer.Tagger`` and score whole clips, so they take the
 same window hop, aggregation, batch size, device and decoding-thread options with the same
 defaults.
 """
@@ -8,25 +9,33 @@ defaults.
 from __future__ import annotations
 
 import argparse
+import math
+
+from wavemel.errors import WavemelError
 
 __all__ = ["add_inference_options", "inference_kwargs"]
 
 
-def add_inference_options(parser: argparse.ArgumentParser) -> None:
+def add_inference_options(parser: argparse.ArgumentParser, *, aggregate: bool = True) -> None:
     """Add ``--hop-seconds``, ``--aggregate``, ``--batch-size``, ``--device`` and
-    ``--decode-workers`` to ``parser``."""
+    ``--decode-workers`` to ``parser``.
+
+    ``aggregate=False`` leaves out ``--aggregate`` (``embed`` averages features, not
+    probabilities).
+    """
     parser.add_argument(
         "--hop-seconds",
         type=float,
         metavar="S",
         help="window hop for whole-clip scoring (default: the training input length, no overlap)",
     )
-    parser.add_argument(
-        "--aggregate",
-        choices=("mean", "geometric"),
-        default="mean",
-        help="how window probabilities are combined (default: mean)",
-    )
+    if aggregate:
+        parser.add_argument(
+            "--aggregate",
+            choices=("mean", "geometric"),
+            default="mean",
+            help="how window probabilities are combined (default: mean)",
+        )
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="windows per pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     parser.add_argument(
@@ -41,22 +50,27 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
 def inference_kwargs(args: argparse.Namespace) -> dict:
     """The options above as keyword arguments of ``Tagger.from_checkpoint`` / ``evaluate_run``.
 
+    ``aggregate`` is there only when the parser has ``--aggregate``.
+
     Raises:
         WavemelError: ``--batch-size`` or ``--hop-seconds`` is not positive, or
             ``--decode-workers`` is negative.
     """
-    from wavemel.errors import WavemelError
-
     if args.batch_size < 1:
         raise WavemelError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.hop_seconds is not None and args.hop_seconds <= 0:
-        raise WavemelError(f"--hop-seconds must be positive, got {args.hop_seconds}")
+    # "nan" and "inf" parse as floats; a NaN hop would otherwise pass "<= 0" and crash later.
+    if args.hop_seconds is not None and not 0 < args.hop_seconds < math.inf:
+        raise WavemelError(
+            f"--hop-seconds must be a positive number of seconds, got {args.hop_seconds}"
+        )
     if args.decode_workers is not None and args.decode_workers < 0:
         raise WavemelError(f"--decode-workers must be 0 or more, got {args.decode_workers}")
-    return {
+    kwargs = {
         "device": args.device,
         "hop_seconds": args.hop_seconds,
-        "aggregate": args.aggregate,
         "batch_size": args.batch_size,
         "decode_workers": args.decode_workers,
     }
+    if hasattr(args, "aggregate"):
+        kwargs["aggregate"] = args.aggregate
+    return kwargs

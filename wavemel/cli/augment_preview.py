@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wavemel.errors import WavemelError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -46,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wavemel.errors import WavemelError
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.figures import check_figure_path, render_augmentation_figure
 
     if args.sample_rate <= 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from wavemel.cli.train import S, add_runtime_flags
+from wavemel.cli.train import S, add_runtime_flags, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,10 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.train.combine import combine
-    from wavemel.train.config import CombineConfig, layer_config
+    from wavemel.train.config import CombineConfig
 
-    overrides = {k: v for k, v in vars(args).items() if k in CombineConfig.__dataclass_fields__}
-    config = layer_config(CombineConfig, args.config, overrides)
-    combine(config)
+    combine(config_from_args(CombineConfig, args))
     return 0

@@ -65,6 +65,7 @@ def _missing_action(parser: argparse.ArgumentParser) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    # lazy: the data package imports soundfile, which `wavemel --help` must not
     from wavemel.data.adapters import load_dataset
     from wavemel.data.inspect import format_report, inspect_dataset
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wavemel.errors import WavemelError
+
 # The registry keys of wavemel.data.download.SOURCES, repeated here so that ``wavemel --help``
 # does not import the data package (numpy, soundfile); tests check that the two agree.
 DATASETS = ("esc50", "fsdd", "fsdkaggle2018")
@@ -46,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: the data package imports soundfile, which `wavemel --help` must not
     from wavemel.data.download import SOURCES, download_dataset
-    from wavemel.errors import WavemelError
 
     if args.retries < 0:
         raise WavemelError(f"--retries must be 0 or more, got {args.retries}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from wavemel.cli._options import add_inference_options, inference_kwargs
 
@@ -23,14 +24,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--split",
-        choices=("test", "val"),
+        choices=("test", "val", "heldout"),
         default="test",
-        help="the dataset's labelled test clips, or the run's validation fold (default: test)",
+        help="the dataset's labelled test clips (a k-fold run's held-out fold when it has one), "
+        "the run's validation fold, or its held-out fold (default: test)",
     )
     parser.add_argument(
         "--zero-input",
         choices=("audio", "spec"),
-        help="cnn-comb ablation: zero that branch's features",
+        help="cnn-comb ablation: zero that branch's input (the poster's)",
+    )
+    parser.add_argument(
+        "--mean-input",
+        choices=("audio", "spec"),
+        help="cnn-comb ablation: replace that branch's features by their training mean",
     )
     add_inference_options(parser)
     parser.add_argument("--out-dir", metavar="DIR", help="where to write (default: RUN)")
@@ -41,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def format_table(result: dict) -> str:
     """Human-readable summary: headline metrics, then one row per class."""
     name = result["model"] + (f" zero-{result['zero_input']}" if result.get("zero_input") else "")
+    name += f" mean-{result['mean_input']}" if result.get("mean_input") else ""
     lines = [
         f"{result['run']} ({name}) on {result['split']}: {result['n_clips']} clips",
         "",
@@ -64,8 +72,7 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.evaluate import evaluate_run
 
     with warnings.catch_warnings(record=True) as caught:
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             args.data,
             split=args.split,
             zero_input=args.zero_input,
+            mean_input=args.mean_input,
             out_dir=args.out_dir,
             **inference_kwargs(args),
             progress=not args.json and sys.stderr.isatty(),

@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.convert import import_panns_cnn14
 
     out = import_panns_cnn14(

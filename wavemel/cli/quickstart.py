@@ -87,6 +87,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.data.inspect import format_report
     from wavemel.study.quickstart import (
         TourSettings,

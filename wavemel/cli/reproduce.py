@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset",
         choices=tuple(PRESETS),
         default="cpu",
-        help="tiny: seconds, for tests; cpu: small models, under an hour on 2 cores for "
-        "fsdk18-mini; paper: paper-size models and 3 seeds, for a GPU (default cpu)",
+        help="tiny: seconds, for tests; cpu: small models and 3 seeds (or every fold), about "
+        "26 min a seed on 2 idle cores for fsdk18-mini; paper: paper-size models and 3 seeds, "
+        "for a GPU (default cpu)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the preset's)")
     parser.add_argument(
@@ -53,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.study.grid import reproduce
 
     config = StudyConfig(
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
 def _command_line(config: StudyConfig, force: bool) -> str:
     """The command as it would be typed, rebuilt from the parsed options (also correct when
     ``main(argv)`` is called from Python, where ``sys.argv`` is someone else's)."""
+    # lazy: imports torch, which `wavemel --help` must not
     from wavemel.study.report import equivalent_command
 
     return equivalent_command(config) + (" --force" if force else "")

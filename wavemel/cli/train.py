@@ -8,6 +8,7 @@ the same command trains with DistributedDataParallel (``--batch-size`` is per pr
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 S = argparse.SUPPRESS  # only flags the user gives override the config file and the defaults
 
@@ -141,11 +142,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def config_from_args(config_cls: type, args: argparse.Namespace) -> Any:
+    """A ``config_cls`` from its defaults, then ``--config FILE``, then the flags given."""
+    # lazy: imports torch, which `wavemel --help` must not
+    from wavemel.train.config import layer_config
+
+    overrides = {k: v for k, v in vars(args).items() if k in config_cls.__dataclass_fields__}
+    return layer_config(config_cls, args.config, overrides)
+
+
 def run(args: argparse.Namespace) -> int:
-    from wavemel.train.config import TrainConfig, layer_config
+    # lazy: imports torch, which `wavemel --help` must not
+    from wavemel.train.config import TrainConfig
     from wavemel.train.loop import train
 
-    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    config = layer_config(TrainConfig, args.config, overrides)
-    train(config)
+    train(config_from_args(TrainConfig, args))
     return 0

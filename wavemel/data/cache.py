@@ -27,7 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from wavemel.audio import load_audio
 from wavemel.errors import AudioError
 
 __all__ = ["ClipStore", "default_cache_dir", "FORMAT_VERSION"]
@@ -58,8 +60,6 @@ def _digest(payload: object) -> str:
 
 
 def _decode(path: Path, sample_rate: int) -> tuple[np.ndarray, str | None]:
-    from wavemel.audio import load_audio
-
     try:
         return load_audio(path, sample_rate), None
     except AudioError as exc:
@@ -204,8 +204,6 @@ class ClipStore:
         progress: bool | None,
         workers: int | None,
     ) -> None:
-        from tqdm.auto import tqdm
-
         workers = workers or min(4, os.cpu_count() or 1)
         tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         data_tmp = index_path.with_name(f"{key}.f32{tag}")

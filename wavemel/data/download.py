@@ -31,7 +31,9 @@ valid archive. Pass ``md5=`` or ``sha256=`` to :func:`download_file` to verify a
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -48,7 +50,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from http.client import HTTPException, InvalidURL
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from tqdm import tqdm
 
 from wavemel._io import atomic_write_json, atomic_write_text, os_error_reason
 from wavemel.errors import DataError
@@ -161,9 +165,6 @@ def _write_esc50_manifest(folder: Path) -> None:
     """ESC-50 ships ``meta/esc50.csv`` (filename, fold, target, category, ...); write the
     ``manifest.csv`` (path, label, fold, group) that the ``csv`` adapter reads. The official
     5 folds are kept, and clips cut from the same Freesound recording share a group."""
-    import csv
-    import io
-
     meta = folder / "meta" / "esc50.csv"
     try:
         with open(meta, newline="", encoding="utf-8") as src:
@@ -601,8 +602,6 @@ def _receive(response, transfer: _Transfer, start: int, bar) -> int:
 
 
 def _progress_bar(label: str, total: int | None, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(
         total=total,
         initial=initial,
@@ -734,22 +733,36 @@ def _member_target(name: str, strip: int, dest: Path) -> Path | None:
     return target
 
 
+def _member(name: str, strip: int, dest: Path, **header: Any) -> _Member | None:
+    """Archive entry ``name`` placed under ``dest``, or None when ``strip`` removes its whole path.
+
+    Args:
+        name: the entry's name in the archive.
+        strip: leading path components to drop.
+        dest: the destination folder.
+        header: the other :class:`_Member` fields, read from the entry's header.
+
+    Raises:
+        ArchiveError: an unsafe name (absolute, ``..``, a drive).
+    """
+    target = _member_target(name, strip, dest)
+    return None if target is None else _Member(name=name, target=target, **header)
+
+
 def _zip_members(zf: zipfile.ZipFile, strip: int, dest: Path) -> list[_Member]:
-    members = []
-    for info in zf.infolist():
-        target = _member_target(info.filename, strip, dest)
-        if target is not None:
-            members.append(
-                _Member(
-                    name=info.filename,
-                    target=target,
-                    is_dir=info.is_dir(),
-                    size=info.file_size,
-                    packed_size=info.compress_size,
-                    open=lambda info=info: zf.open(info),
-                )
-            )
-    return members
+    members = [
+        _member(
+            info.filename,
+            strip,
+            dest,
+            is_dir=info.is_dir(),
+            size=info.file_size,
+            packed_size=info.compress_size,
+            open=lambda info=info: zf.open(info),
+        )
+        for info in zf.infolist()
+    ]
+    return [member for member in members if member is not None]
 
 
 def _tar_members(tf: tarfile.TarFile, strip: int, dest: Path, limits: UnpackLimits):
@@ -758,20 +771,19 @@ def _tar_members(tf: tarfile.TarFile, strip: int, dest: Path, limits: UnpackLimi
     for count, info in enumerate(tf, start=1):
         if count > limits.max_members:
             raise ArchiveError(f"more than {limits.max_members} entries")
-        target = _member_target(info.name, strip, dest)
+        member = _member(
+            info.name,
+            strip,
+            dest,
+            is_dir=info.isdir(),
+            size=info.size if info.isfile() else 0,
+            packed_size=None,
+            open=lambda info=info: tf.extractfile(info),
+        )
         if not (info.isfile() or info.isdir()):
             raise ArchiveError(f"unsafe entry {info.name} (a link or device file)")
-        if target is not None:
-            members.append(
-                _Member(
-                    name=info.name,
-                    target=target,
-                    is_dir=info.isdir(),
-                    size=info.size if info.isfile() else 0,
-                    packed_size=None,
-                    open=lambda info=info: tf.extractfile(info),
-                )
-            )
+        if member is not None:
+            members.append(member)
     return members
 
 

@@ -21,7 +21,7 @@ from wavemel.data.adapters import load_dataset
 from wavemel.data.records import ClipRecord, DatasetIndex
 from wavemel.errors import DataError
 
-__all__ = ["SPLIT_FIELDS", "SplitSpec", "kfold_assign", "train_val_split"]
+__all__ = ["SPLIT_FIELDS", "SplitSpec", "heldout_records", "kfold_assign", "train_val_split"]
 
 GroupKey = Callable[[ClipRecord], object] | str
 
@@ -146,6 +146,7 @@ def train_val_split(
     seed: int = 0,
     group_field: str | None = None,
     val_split: str | None = None,
+    test_fold: int | None = None,
 ) -> tuple[list[ClipRecord], list[ClipRecord]]:
     """The training and validation clips of one run.
 
@@ -157,6 +158,10 @@ def train_val_split(
       using ``record.group``), and fold ``fold`` validates.
     * ``folds=None``: the dataset's own ``fold`` column (``record.fold``) decides.
 
+    With ``test_fold`` (either fold mode), that fold is held out: it neither trains nor
+    validates, so it can be scored by a model whose epochs were chosen on ``fold`` (see
+    :func:`heldout_records`). Groups stay whole in all three parts, as the folds keep them.
+
     Args:
         index: The loaded dataset.
         folds: Number of folds, or ``None`` to use ``record.fold``.
@@ -165,6 +170,7 @@ def train_val_split(
         group_field: Keep groups together; the group is ``record.group`` (set by
             ``load_dataset(..., group_field=...)``), else ``record.fields[group_field]``.
         val_split: Validate on this split of the dataset instead of a fold.
+        test_fold: A fold held out from training and validation, or ``None``.
 
     Returns:
         ``(train_records, val_records)``, each in index order.
@@ -173,15 +179,56 @@ def train_val_split(
         DataError: No labelled training clips, an empty validation set, a bad fold number, or
             records without fold/group values.
     """
-    train_pool = [r for r in index.split("train") if r.labels]
-    if not train_pool:
-        raise DataError(f"{index.root}: no labelled clips in the 'train' split")
-    if val_split is not None:
+    train_pool, assigned = _assign(index, folds, fold, seed, group_field, val_split, test_fold)
+    if assigned is None:
         val = [r for r in index.split(val_split) if r.labels]
         if not val:
             raise DataError(f"{index.root}: split {val_split!r} has no labelled clips to validate")
         return train_pool, val
+    train = [r for r, f in zip(train_pool, assigned) if f not in (fold, test_fold)]
+    val = [r for r, f in zip(train_pool, assigned) if f == fold]
+    if not val or not train:
+        raise DataError(f"{index.root}: fold {fold} leaves an empty training or validation set")
+    return train, val
 
+
+def heldout_records(
+    index: DatasetIndex,
+    *,
+    folds: int | None = 5,
+    fold: int = 0,
+    seed: int = 0,
+    group_field: str | None = None,
+    val_split: str | None = None,
+    test_fold: int | None = None,
+) -> list[ClipRecord]:
+    """The clips of ``test_fold``: never trained on, never used to choose an epoch.
+
+    Args: as :func:`train_val_split`; ``test_fold`` must be set.
+
+    Raises:
+        DataError: No ``test_fold`` in the settings, or the fold is empty.
+    """
+    if test_fold is None:
+        raise DataError(f"{index.root}: the run holds no fold out (no test_fold in its settings)")
+    train_pool, assigned = _assign(index, folds, fold, seed, group_field, val_split, test_fold)
+    held = [r for r, f in zip(train_pool, assigned or []) if f == test_fold]
+    if not held:
+        raise DataError(f"{index.root}: held-out fold {test_fold} has no labelled clips")
+    return held
+
+
+def _assign(index, folds, fold, seed, group_field, val_split, test_fold):
+    """The labelled training pool and each record's fold (``None`` for a ``val_split``)."""
+    train_pool = [r for r in index.split("train") if r.labels]
+    if not train_pool:
+        raise DataError(f"{index.root}: no labelled clips in the 'train' split")
+    if val_split is not None:
+        if test_fold is not None:
+            raise DataError(f"{index.root}: test_fold and val_split exclude each other")
+        return train_pool, None
+    if test_fold is not None and test_fold == fold:
+        raise DataError(f"{index.root}: the held-out fold {test_fold} cannot also validate")
     if folds is None:
         if any(r.fold is None for r in train_pool):
             raise DataError(f"{index.root}: folds=None needs a fold value on every training clip")
@@ -193,11 +240,9 @@ def train_val_split(
             raise DataError(f"fold {fold} is out of range for {folds} folds (0..{folds - 1})")
         group_key = _group_getter(group_field) if group_field else None
         assigned = kfold_assign(train_pool, folds, seed=seed, group_key=group_key)
-    train = [r for r, f in zip(train_pool, assigned) if f != fold]
-    val = [r for r, f in zip(train_pool, assigned) if f == fold]
-    if not val or not train:
-        raise DataError(f"{index.root}: fold {fold} leaves an empty training or validation set")
-    return train, val
+        if test_fold is not None and not 0 <= test_fold < folds:
+            raise DataError(f"test_fold {test_fold} is out of range for {folds} folds")
+    return train_pool, assigned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +258,8 @@ class SplitSpec:
         fold: The validation fold.
         seed: Fold-assignment seed.
         val_split: Validate on this split of the dataset (e.g. ``"test"``) instead of a fold.
+        test_fold: A fold held out from training and validation (scored as split
+            ``"heldout"``), or ``None``.
     """
 
     data: str
@@ -223,6 +270,7 @@ class SplitSpec:
     fold: int = 0
     seed: int = 0
     val_split: str | None = None
+    test_fold: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | Any, **overrides: Any) -> SplitSpec:
@@ -273,6 +321,19 @@ class SplitSpec:
             seed=self.seed,
             group_field=self.group_field,
             val_split=self.val_split,
+            test_fold=self.test_fold,
+        )
+
+    def heldout(self, index: DatasetIndex) -> list[ClipRecord]:
+        """The held-out fold's records (see :func:`heldout_records`)."""
+        return heldout_records(
+            index,
+            folds=self.folds,
+            fold=self.fold,
+            seed=self.seed,
+            group_field=self.group_field,
+            val_split=self.val_split,
+            test_fold=self.test_fold,
         )
 
     @property

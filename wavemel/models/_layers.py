@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -182,3 +183,62 @@ def check_parameter_budget(model_name: str, parameters: int) -> None:
 def dense_head_parameter_count(in_dim: int, dense: int, num_classes: int) -> int:
     """Weights of :func:`dense_head` (Linear without bias, BatchNorm, classifier)."""
     return in_dim * dense + 2 * dense + dense * num_classes + num_classes
+
+
+def check_waveform(model_name: str, x: torch.Tensor, min_samples: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is a ``(batch, samples)`` waveform of ``min_samples``.
+
+    Args:
+        model_name: used in the message, e.g. ``"cnn-audio"``.
+        x: the model's input.
+        min_samples: the fewest samples the model accepts.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"{model_name} expects a (batch, samples) waveform, got {tuple(x.shape)}")
+    if x.shape[-1] < min_samples:
+        raise ValueError(f"{model_name} needs at least {min_samples} samples, got {x.shape[-1]}")
+
+
+class SpectrogramModel:
+    """The waveform entry points of a model with a log-mel front end (mixed into its module).
+
+    The family provides ``self.frontend`` (a :class:`wavemel.frontend.LogMel`), ``name``,
+    ``min_samples``, ``min_frames``, ``config.n_mels`` and the three spectrogram stages:
+    ``conv_features_from_spectrogram``, ``features_from_spectrogram`` and
+    ``forward_spectrogram``. The stages are public so that a trainer can mix spectrograms.
+    """
+
+    name: str
+    frontend: nn.Module
+    min_samples: int
+    min_frames: int
+    config: Any
+
+    def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-mel front end: ``(B, T)`` waveform -> ``(B, 1, n_mels, frames)`` in dB."""
+        check_waveform(self.name, x, self.min_samples)
+        return self.frontend(x)
+
+    def check_spectrogram(self, spec: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``spec`` is ``(B, 1, n_mels, frames >= min_frames)``."""
+        if spec.dim() != 4 or spec.shape[1] != 1 or spec.shape[2] != self.config.n_mels:
+            raise ValueError(
+                f"{self.name} expects a (batch, 1, {self.config.n_mels}, frames) spectrogram, "
+                f"got {tuple(spec.shape)}"
+            )
+        if spec.shape[-1] < self.min_frames:
+            raise ValueError(
+                f"{self.name} needs at least {self.min_frames} frames, got {spec.shape[-1]}"
+            )
+
+    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled conv-stack output (before the dense layer): ``(B, T) -> (B, conv_dim)``."""
+        return self.conv_features_from_spectrogram(self.spectrogram(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding after the dense layer: ``(B, T) -> (B, embedding_dim)``."""
+        return self.features_from_spectrogram(self.spectrogram(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: ``(B, T)`` waveform -> ``(B, num_classes)``."""
+        return self.forward_spectrogram(self.spectrogram(x))

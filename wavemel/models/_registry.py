@@ -16,7 +16,8 @@ def register_model(name: str):
     """Class decorator: register a model family under ``name``.
 
     The class must provide ``from_size(num_classes, size, sample_rate, **overrides)`` and
-    ``from_config(num_classes, config)`` class methods and a ``SIZES`` mapping.
+    ``from_config(num_classes, config)`` class methods and a ``SIZES`` mapping
+    (:class:`ConfiguredModel` gives the first two to a family with one config dataclass).
     """
 
     def decorator(cls: type) -> type:
@@ -54,6 +55,52 @@ def create_model(
 def model_from_config(name: str, num_classes: int, config: dict[str, Any]) -> nn.Module:
     """Rebuild a model from its ``config_dict()`` (as stored in a checkpoint's JSON)."""
     return _lookup(name).from_config(num_classes, config)
+
+
+class ConfiguredModel:
+    """The builders of a model family with one config dataclass (mixed into its ``nn.Module``).
+
+    The family sets ``Config`` (its config dataclass), ``SIZES`` (named configs),
+    ``default_size`` and ``default_sample_rate``, takes ``(num_classes, config)`` in
+    ``__init__`` and keeps the resolved config as ``self.config``.
+    """
+
+    Config: type
+    SIZES: dict[str, Any]
+    default_size = "small"
+    default_sample_rate = 16000
+    config: Any
+
+    @classmethod
+    def from_size(
+        cls,
+        num_classes: int,
+        size: str | None = None,
+        sample_rate: int | None = None,
+        **overrides: Any,
+    ) -> nn.Module:
+        """A freshly initialised model of a named size; ``overrides`` replace config fields.
+
+        ``size`` and ``sample_rate`` default to the family's ``default_size`` and
+        ``default_sample_rate``.
+        """
+        config = config_for_size(
+            cls.Config,
+            cls.SIZES,
+            size or cls.default_size,
+            sample_rate=sample_rate or cls.default_sample_rate,
+            **overrides,
+        )
+        return cls(num_classes, config)
+
+    @classmethod
+    def from_config(cls, num_classes: int, config: dict[str, Any]) -> nn.Module:
+        """Rebuild from :meth:`config_dict` (as stored in a checkpoint's JSON)."""
+        return cls(num_classes, config_from_dict(cls.Config, config))
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able config (tuples as lists, front-end sizes resolved)."""
+        return config_to_dict(self.config)
 
 
 def config_for_size(config_cls: type, sizes: dict[str, Any], size: str, **fields: Any) -> Any:

@@ -20,44 +20,28 @@ transposes the kernels.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from wavemel.frontend import LogMel
-from wavemel.models._registry import (
-    config_for_size,
-    config_from_dict,
-    config_to_dict,
-    register_model,
-)
+from wavemel.frontend import PANNS_LOG_MEL, LogMel
+from wavemel.models._layers import SpectrogramModel
+from wavemel.models._registry import ConfiguredModel, register_model
 
 #: Activations a model's logits can be meant for.
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
 
-# PANNs' analysis settings, as durations so that other sample rates get the matching sizes
-# (its 16 kHz and 8 kHz releases use 512/160 and 256/80 samples).
-_WINDOW_SECONDS = 0.032
-_HOP_SECONDS = 0.01
-_FMAX_HZ = 14000.0
 
-
-def cnn14_n_fft(sample_rate: int) -> int:
-    """The power-of-two window nearest 32 ms (1024 at 32 kHz, 512 at 16 kHz)."""
-    return 2 ** round(math.log2(sample_rate * _WINDOW_SECONDS))
-
-
+# The importer (wavemel.convert) resolves a PANNs release's settings through these two.
 def cnn14_hop_length(sample_rate: int) -> int:
-    """A 10 ms hop (320 at 32 kHz, 160 at 16 kHz)."""
-    return max(1, round(sample_rate * _HOP_SECONDS))
+    """PANNs' 10 ms hop (320 at 32 kHz, 160 at 16 kHz)."""
+    return PANNS_LOG_MEL.hop_length(sample_rate)
 
 
 def cnn14_fmax(sample_rate: int) -> float:
-    """14 kHz, or the Nyquist frequency below 28 kHz (8000 at 16 kHz)."""
-    return min(_FMAX_HZ, sample_rate / 2)
+    """PANNs' 14 kHz, or the Nyquist frequency below 28 kHz (8000 at 16 kHz)."""
+    return PANNS_LOG_MEL.fmax_at(sample_rate)
 
 
 @dataclass(frozen=True)
@@ -66,11 +50,12 @@ class Cnn14Config:
 
     Attributes:
         sample_rate: input sample rate in Hz (the AudioSet release: 32000).
-        n_fft: FFT size and window (``None``: :func:`cnn14_n_fft`).
-        hop_length: frame hop (``None``: :func:`cnn14_hop_length`).
+        n_fft: FFT size and window (``None``: :data:`~wavemel.frontend.PANNS_LOG_MEL`'s, the
+            power of two nearest 32 ms: 1024 at 32 kHz).
+        hop_length: frame hop (``None``: :data:`~wavemel.frontend.PANNS_LOG_MEL`'s, 10 ms).
         n_mels: mel bands.
         fmin: lowest mel frequency in Hz.
-        fmax: highest mel frequency in Hz (``None``: :func:`cnn14_fmax`).
+        fmax: highest mel frequency in Hz (``None``: 14 kHz, capped at Nyquist).
         amin: power floor before the log (1e-10 -> -100 dB).
         channels: output channels of each block; every block but the last halves both axes.
         dense: width of the dense layer (the embedding returned by ``features``).
@@ -82,10 +67,10 @@ class Cnn14Config:
     sample_rate: int = 32000
     n_fft: int | None = None
     hop_length: int | None = None
-    n_mels: int = 64
-    fmin: float = 50.0
+    n_mels: int = PANNS_LOG_MEL.n_mels
+    fmin: float = PANNS_LOG_MEL.fmin
     fmax: float | None = None
-    amin: float = 1e-10
+    amin: float = PANNS_LOG_MEL.amin
     channels: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
     dense: int = 2048
     block_dropout: float = 0.2
@@ -139,7 +124,7 @@ def _block(in_channels: int, out_channels: int, pool: bool, dropout: float) -> n
 
 
 @register_model("cnn14")
-class Cnn14(nn.Module):
+class Cnn14(SpectrogramModel, ConfiguredModel, nn.Module):
     """PANNs' CNN14 on the log-mel spectrogram, with the front end inside the model.
 
     Args:
@@ -147,10 +132,17 @@ class Cnn14(nn.Module):
         config: hyper-parameters (see :class:`Cnn14Config` and :data:`SIZES`); ``n_fft``,
             ``hop_length`` and ``fmax`` left at ``None`` are resolved from the sample rate and
             stored resolved in :attr:`config`.
+
+    The waveform entry points (``spectrogram``, ``conv_features``, ``features``, ``forward``)
+    come from :class:`~wavemel.models._layers.SpectrogramModel`; apply ``output_activation``
+    to the logits.
     """
 
     name = "cnn14"
+    Config = Cnn14Config
     SIZES = SIZES
+    default_size = "paper"
+    default_sample_rate = 32000
     #: Its 2-D convolutions run faster in NHWC on CUDA.
     prefers_channels_last = True
 
@@ -162,9 +154,9 @@ class Cnn14(nn.Module):
         rate = cfg.sample_rate
         cfg = dataclasses.replace(
             cfg,
-            n_fft=cfg.n_fft or cnn14_n_fft(rate),
-            hop_length=cfg.hop_length or cnn14_hop_length(rate),
-            fmax=cnn14_fmax(rate) if cfg.fmax is None else float(cfg.fmax),
+            n_fft=cfg.n_fft or PANNS_LOG_MEL.n_fft(rate),
+            hop_length=cfg.hop_length or PANNS_LOG_MEL.hop_length(rate),
+            fmax=PANNS_LOG_MEL.fmax_at(rate) if cfg.fmax is None else float(cfg.fmax),
         )
         self.config = cfg
         self.num_classes = int(num_classes)
@@ -179,9 +171,9 @@ class Cnn14(nn.Module):
             n_mels=cfg.n_mels,
             fmin=cfg.fmin,
             fmax=cfg.fmax,
-            top_db=None,
+            top_db=PANNS_LOG_MEL.top_db,
             amin=cfg.amin,
-            pad_mode="reflect",
+            pad_mode=PANNS_LOG_MEL.pad_mode,
         )
         # One learned normalisation per mel band (PANNs' "bn0").
         self.input_norm = nn.BatchNorm2d(cfg.n_mels)
@@ -214,23 +206,6 @@ class Cnn14(nn.Module):
                     nn.init.zeros_(module.bias)
 
     # -- construction helpers -----------------------------------------------------------------
-
-    @classmethod
-    def from_size(
-        cls, num_classes: int, size: str = "paper", sample_rate: int = 32000, **overrides: Any
-    ) -> Cnn14:
-        """A freshly initialised model of a named size; ``overrides`` replace config fields."""
-        config = config_for_size(Cnn14Config, SIZES, size, sample_rate=sample_rate, **overrides)
-        return cls(num_classes, config)
-
-    @classmethod
-    def from_config(cls, num_classes: int, config: dict[str, Any]) -> Cnn14:
-        """Rebuild from :meth:`config_dict`."""
-        return cls(num_classes, config_from_dict(Cnn14Config, config))
-
-    def config_dict(self) -> dict[str, Any]:
-        """JSON-able config (tuples as lists, front-end sizes resolved)."""
-        return config_to_dict(self.config)
 
     # -- fine-tuning ----------------------------------------------------------------------------
 
@@ -265,14 +240,6 @@ class Cnn14(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-mel front end: ``(B, T)`` waveform -> ``(B, 1, n_mels, frames)`` in dB."""
-        if x.dim() != 2:
-            raise ValueError(f"cnn14 expects a (batch, samples) waveform, got {tuple(x.shape)}")
-        if x.shape[-1] < self.min_samples:
-            raise ValueError(f"cnn14 needs at least {self.min_samples} samples, got {x.shape[-1]}")
-        return self.frontend(x)
-
     def conv_features_from_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
         """Pooled conv-stack output of a log-mel batch.
 
@@ -282,13 +249,7 @@ class Cnn14(nn.Module):
         Returns:
             ``(B, conv_dim)``: mean over frequency, then max plus mean over time.
         """
-        if spec.dim() != 4 or spec.shape[1] != 1 or spec.shape[2] != self.config.n_mels:
-            raise ValueError(
-                f"cnn14 expects a (batch, 1, {self.config.n_mels}, frames) spectrogram, "
-                f"got {tuple(spec.shape)}"
-            )
-        if spec.shape[-1] < self.min_frames:
-            raise ValueError(f"cnn14 needs at least {self.min_frames} frames, got {spec.shape[-1]}")
+        self.check_spectrogram(spec)
         # The bands become the channels for the per-band normalisation.
         h = self.input_norm(spec.transpose(1, 2)).transpose(1, 2)
         h = self.blocks(h).mean(dim=2)  # (B, C, frames')
@@ -301,15 +262,3 @@ class Cnn14(nn.Module):
     def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
         """Logits of a log-mel batch: ``(B, 1, n_mels, frames) -> (B, num_classes)``."""
         return self.classifier(self.features_from_spectrogram(spec))
-
-    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled conv-stack output (before the dense layer): ``(B, T) -> (B, conv_dim)``."""
-        return self.conv_features_from_spectrogram(self.spectrogram(x))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Embedding after the dense-ReLU layer: ``(B, T) -> (B, embedding_dim)``."""
-        return self.features_from_spectrogram(self.spectrogram(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits: ``(B, T)`` waveform -> ``(B, num_classes)`` (apply ``output_activation``)."""
-        return self.forward_spectrogram(self.spectrogram(x))

@@ -10,7 +10,6 @@ for every named size), so 1, 2 or 3 s training crops and longer inference window
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -21,18 +20,14 @@ from wavemel.models._layers import (
     check_num_classes,
     check_parameter_budget,
     check_vgg_config,
+    check_waveform,
     conv_bn_relu,
     dense_head,
     dense_head_parameter_count,
     vgg_blocks,
     vgg_parameter_count,
 )
-from wavemel.models._registry import (
-    config_for_size,
-    config_from_dict,
-    config_to_dict,
-    register_model,
-)
+from wavemel.models._registry import ConfiguredModel, register_model
 
 # Standardisation floor for the per-example standard deviation: about -80 dBFS, so digital
 # silence with a little dither is not blown up to unit variance.
@@ -110,7 +105,7 @@ SIZES: dict[str, CnnAudioConfig] = {
 
 
 @register_model("cnn-audio")
-class CnnAudio(nn.Module):
+class CnnAudio(ConfiguredModel, nn.Module):
     """VGG-like 1-D CNN on the raw waveform.
 
     Input normalisation: each example is standardised (zero mean, unit standard deviation, the
@@ -124,6 +119,7 @@ class CnnAudio(nn.Module):
     """
 
     name = "cnn-audio"
+    Config = CnnAudioConfig
     SIZES = SIZES
 
     def __init__(self, num_classes: int, config: CnnAudioConfig | None = None) -> None:
@@ -165,25 +161,6 @@ class CnnAudio(nn.Module):
         head = dense_head_parameter_count(2 * config.channels[-1], config.dense, num_classes)
         return stem + blocks + head
 
-    @classmethod
-    def from_size(
-        cls, num_classes: int, size: str = "small", sample_rate: int = 16000, **overrides: Any
-    ) -> CnnAudio:
-        """A freshly initialised model of a named size; ``overrides`` replace config fields."""
-        return cls(
-            num_classes,
-            config_for_size(CnnAudioConfig, SIZES, size, sample_rate=sample_rate, **overrides),
-        )
-
-    @classmethod
-    def from_config(cls, num_classes: int, config: dict[str, Any]) -> CnnAudio:
-        """Rebuild from :meth:`config_dict`."""
-        return cls(num_classes, config_from_dict(CnnAudioConfig, config))
-
-    def config_dict(self) -> dict[str, Any]:
-        """JSON-able config (tuples as lists), enough for ``model_from_config``."""
-        return config_to_dict(self.config)
-
     def _init_weights(self) -> None:
         for module in self.modules():
             if isinstance(module, nn.Conv1d):
@@ -224,12 +201,7 @@ class CnnAudio(nn.Module):
         Returns:
             ``(B, conv_dim)``: global max pooling over time concatenated with mean pooling.
         """
-        if x.dim() != 2:
-            raise ValueError(f"cnn-audio expects a (batch, samples) waveform, got {tuple(x.shape)}")
-        if x.shape[-1] < self.min_samples:
-            raise ValueError(
-                f"cnn-audio needs at least {self.min_samples} samples, got {x.shape[-1]}"
-            )
+        check_waveform(self.name, x, self.min_samples)
         h = self.blocks(self.stem(self.normalize(x).unsqueeze(1)))  # (B, C, frames)
         return torch.cat([h.amax(dim=-1), h.mean(dim=-1)], dim=1)
 

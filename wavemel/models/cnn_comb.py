@@ -7,7 +7,9 @@ Linear -> BatchNorm1d -> ReLU -> Dropout -> Linear. The branch weights are froze
 (``requires_grad=False``) and the branches stay in eval mode even in ``comb.train()``, so their
 BatchNorm running statistics never change.
 
-Ablation (the poster's Figure 4): ``comb.zero_input``
+Two ablations (the poster's Figure 4), each switched by an attribute:
+
+``comb.zero_input``, the poster's literal one:
 
 * ``"audio"``: the audio branch's *waveform* input is all zeros (after its per-example
   standardisation it is still all zeros);
@@ -16,12 +18,23 @@ Ablation (the poster's Figure 4): ``comb.zero_input``
   branch's input BatchNorm and conv stack. This mirrors feeding a zero spectrogram to a network
   whose input is the spectrogram. It is *not* a silent waveform: silence would give the log
   floor, -100 dB for ``amin=1e-10``, far outside the training distribution.
+
+Both are out of distribution: the branch's input normalisation expects about -38 dB, so a 0 dB
+log-mel is +2 sigma in every bin, and what the head then sees says little about how much it
+relies on that branch. ``comb.mean_input`` (``"audio"`` or ``"spec"``) instead replaces that
+branch's pooled conv *features* by their mean over the training clips' input windows: the head
+keeps an in-distribution input that carries no information about the clip. The means live in
+buffers (``audio_feature_mean``, ``spec_feature_mean``, ``feature_mean_windows``) when the comb
+is built with ``feature_means=True``, so they travel in the checkpoint; the branches are frozen,
+so the means computed once before the head trains (:meth:`CnnComb.record_feature_means`) are
+those of the trained comb too.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +45,7 @@ from wavemel.models._layers import (
     MAX_DENSE,
     check_num_classes,
     check_parameter_budget,
+    check_waveform,
     dense_head,
     dense_head_parameter_count,
 )
@@ -52,10 +66,13 @@ class CnnCombConfig:
     Attributes:
         hidden: width of the new dense layer (the comb's embedding).
         dropout: dropout between the dense layer and the classifier.
+        feature_means: the comb holds its branches' mean training features (buffers) for the
+            ``mean_input`` ablation; ``False`` for combs saved before they existed.
     """
 
     hidden: int = 512
     dropout: float = 0.5
+    feature_means: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int):
@@ -66,6 +83,8 @@ class CnnCombConfig:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.feature_means, bool):
+            raise ValueError(f"feature_means must be true or false, got {self.feature_means!r}")
 
 
 SIZES: dict[str, CnnCombConfig] = {
@@ -91,6 +110,9 @@ class CnnComb(nn.Module):
         hidden: width of the head's dense layer.
         dropout: dropout before the classifier.
         zero_input: ablation switch, ``None``, ``"audio"`` or ``"spec"`` (see module docs).
+        feature_means: hold buffers for the branches' mean training features (see module
+            docs); fill them with :meth:`record_feature_means`.
+        mean_input: ablation switch, ``None``, ``"audio"`` or ``"spec"`` (needs the means).
 
     Raises:
         ValueError: if the branches' sample rates differ or an argument is out of range.
@@ -107,6 +129,8 @@ class CnnComb(nn.Module):
         hidden: int = 512,
         dropout: float = 0.5,
         zero_input: str | None = None,
+        feature_means: bool = False,
+        mean_input: str | None = None,
     ) -> None:
         super().__init__()
         if audio_model.sample_rate != spec_model.sample_rate:
@@ -115,7 +139,9 @@ class CnnComb(nn.Module):
                 f"{audio_model.sample_rate} Hz, {spec_model.name} at {spec_model.sample_rate} Hz"
             )
         check_num_classes(num_classes)
-        self.head_config = CnnCombConfig(hidden=hidden, dropout=dropout)
+        self.head_config = CnnCombConfig(
+            hidden=hidden, dropout=dropout, feature_means=feature_means
+        )
         in_dim = audio_model.conv_dim + spec_model.conv_dim
         check_parameter_budget("cnn-comb", dense_head_parameter_count(in_dim, hidden, num_classes))
         self.num_classes = int(num_classes)
@@ -127,7 +153,14 @@ class CnnComb(nn.Module):
             in_dim, hidden, dropout, self.num_classes
         )
         self.embedding_dim = int(hidden)
+        if feature_means:
+            self.register_buffer("audio_feature_mean", torch.zeros(audio_model.conv_dim))
+            self.register_buffer("spec_feature_mean", torch.zeros(spec_model.conv_dim))
+            # How many windows the means average; 0 until they are recorded.
+            self.register_buffer("feature_mean_windows", torch.zeros(()))
+        self._zero_input = self._mean_input = None
         self.zero_input = zero_input
+        self.mean_input = mean_input
 
     @staticmethod
     def _strip_branch(model: nn.Module) -> nn.Module:
@@ -148,7 +181,66 @@ class CnnComb(nn.Module):
     def zero_input(self, value: str | None) -> None:
         if value not in ZERO_INPUTS:
             raise ValueError(f"zero_input must be None, 'audio' or 'spec', got {value!r}")
+        if value is not None and self._mean_input is not None:
+            raise ValueError("zero_input and mean_input are two ablations: set one at a time")
         self._zero_input = value
+
+    @property
+    def has_feature_means(self) -> bool:
+        """Whether the mean training features are recorded (``mean_input`` can be used)."""
+        return self.head_config.feature_means and float(self.feature_mean_windows) > 0
+
+    @property
+    def mean_input(self) -> str | None:
+        """Which branch's features are replaced by their training mean: ``None``, ``"audio"``,
+        ``"spec"``."""
+        return self._mean_input
+
+    @mean_input.setter
+    def mean_input(self, value: str | None) -> None:
+        if value not in ZERO_INPUTS:
+            raise ValueError(f"mean_input must be None, 'audio' or 'spec', got {value!r}")
+        if value is not None and not self.has_feature_means:
+            raise ValueError("mean_input needs the training feature means (record_feature_means)")
+        if value is not None and self._zero_input is not None:
+            raise ValueError("zero_input and mean_input are two ablations: set one at a time")
+        self._mean_input = value
+
+    @torch.no_grad()
+    def record_feature_means(self, windows: Iterable[torch.Tensor]) -> int:
+        """Averages both branches' pooled conv features over training windows into the buffers.
+
+        Args:
+            windows: Batches ``(B, T)`` of input-length training windows at
+                :attr:`sample_rate` (on the comb's device).
+
+        Returns:
+            The number of windows averaged.
+
+        Raises:
+            ValueError: The comb was built without ``feature_means`` or no window was given.
+        """
+        if not self.head_config.feature_means:
+            raise ValueError("this cnn-comb was built without feature_means buffers")
+        switches = (self._zero_input, self._mean_input)
+        self._zero_input = self._mean_input = None
+        audio_sum = torch.zeros_like(self.audio_feature_mean, dtype=torch.float64)
+        spec_sum = torch.zeros_like(self.spec_feature_mean, dtype=torch.float64)
+        count = 0
+        try:
+            for batch in windows:
+                audio, spec = self.branch_features(batch)
+                audio_sum += audio.double().sum(dim=0)
+                spec_sum += spec.double().sum(dim=0)
+                count += batch.shape[0]
+        finally:
+            self._zero_input, self._mean_input = switches
+        if count == 0:
+            raise ValueError("record_feature_means needs at least one training window")
+        self.audio_feature_mean.copy_(audio_sum / count)
+        self.spec_feature_mean.copy_(spec_sum / count)
+        self.feature_mean_windows.fill_(count)
+        return count
 
     def train(self, mode: bool = True) -> CnnComb:
         """Set the head's mode; the frozen branches always stay in eval mode."""
@@ -193,7 +285,14 @@ class CnnComb(nn.Module):
         audio = model_from_config(names[0], 1, branch_configs[0])
         spec = model_from_config(names[1], 1, branch_configs[1])
         head_cfg = config_for_size(CnnCombConfig, {"_": CnnCombConfig()}, "_", **head)
-        return cls(audio, spec, num_classes, hidden=head_cfg.hidden, dropout=head_cfg.dropout)
+        return cls(
+            audio,
+            spec,
+            num_classes,
+            hidden=head_cfg.hidden,
+            dropout=head_cfg.dropout,
+            feature_means=head_cfg.feature_means,
+        )
 
     def config_dict(self) -> dict[str, Any]:
         """JSON-able config: head fields plus each branch's name and config."""
@@ -215,25 +314,23 @@ class CnnComb(nn.Module):
         Returns:
             ``(audio_feats (B, audio.conv_dim), spec_feats (B, spec.conv_dim))``.
         """
-        if x.dim() != 2:
-            raise ValueError(f"cnn-comb expects a (batch, samples) waveform, got {tuple(x.shape)}")
+        check_waveform(self.name, x, self.min_samples)
         frozen = not any(p.requires_grad for p in self.audio.parameters()) and not any(
             p.requires_grad for p in self.spec.parameters()
         )
         # Frozen branches need no autograd graph: saves memory and time while the head trains.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             batch = x.shape[0]
-            if self.zero_input == "audio":
+            if self.mean_input == "audio":
+                audio = self.audio_feature_mean.to(x.dtype).expand(batch, -1)
+            elif self.zero_input == "audio":
                 # Branches are in eval mode, so every example of a zero batch gives the same vector.
                 audio = self.audio.conv_features(x.new_zeros(1, x.shape[-1])).expand(batch, -1)
             else:
                 audio = self.audio.conv_features(x)
-            if self.zero_input == "spec":
-                if x.shape[-1] < self.spec.min_samples:
-                    raise ValueError(
-                        f"cnn-comb needs at least {self.spec.min_samples} samples, "
-                        f"got {x.shape[-1]}"
-                    )
+            if self.mean_input == "spec":
+                spec = self.spec_feature_mean.to(x.dtype).expand(batch, -1)
+            elif self.zero_input == "spec":
                 frames = self.spec.frontend.num_frames(x.shape[-1])
                 zeros = x.new_zeros(1, 1, self.spec.config.n_mels, frames, dtype=torch.float32)
                 spec = self.spec.conv_features_from_spectrogram(zeros).expand(batch, -1)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from wavemel.frontend import LogMel, default_hop_length, default_n_fft
+from wavemel.frontend import LOG_MEL, LogMel
 from wavemel.models._layers import (
+    SpectrogramModel,
     check_num_classes,
     check_parameter_budget,
     check_vgg_config,
@@ -29,12 +29,7 @@ from wavemel.models._layers import (
     vgg_blocks,
     vgg_parameter_count,
 )
-from wavemel.models._registry import (
-    config_for_size,
-    config_from_dict,
-    config_to_dict,
-    register_model,
-)
+from wavemel.models._registry import ConfiguredModel, register_model
 
 _MAX_N_FFT = 65536
 _MAX_N_MELS = 1024
@@ -46,8 +41,9 @@ class CnnSpecConfig:
 
     Attributes:
         sample_rate: input sample rate in Hz.
-        n_fft: FFT size (``None``: smallest power of two covering 64 ms at ``sample_rate``).
-        hop_length: frame hop (``None``: 20 ms at ``sample_rate``).
+        n_fft: FFT size (``None``: :data:`~wavemel.frontend.LOG_MEL`'s, the smallest power of
+            two covering 64 ms at ``sample_rate``).
+        hop_length: frame hop (``None``: :data:`~wavemel.frontend.LOG_MEL`'s, 20 ms).
         n_mels: mel bands.
         fmin: lowest mel frequency in Hz.
         fmax: highest mel frequency in Hz (``None``: ``sample_rate / 2``).
@@ -64,11 +60,11 @@ class CnnSpecConfig:
     sample_rate: int = 16000
     n_fft: int | None = None
     hop_length: int | None = None
-    n_mels: int = 64
-    fmin: float = 20.0
-    fmax: float | None = None
-    top_db: float | None = None
-    amin: float = 1e-10
+    n_mels: int = LOG_MEL.n_mels
+    fmin: float = LOG_MEL.fmin
+    fmax: float | None = LOG_MEL.fmax
+    top_db: float | None = LOG_MEL.top_db
+    amin: float = LOG_MEL.amin
     channels: tuple[int, ...] = (16, 32, 64, 128)
     convs_per_block: tuple[int, ...] = (2, 2, 2, 2)
     pools: tuple[int, ...] = (2, 2, 2, 2)
@@ -119,11 +115,12 @@ SIZES: dict[str, CnnSpecConfig] = {
 
 
 @register_model("cnn-spec")
-class CnnSpec(nn.Module):
+class CnnSpec(SpectrogramModel, ConfiguredModel, nn.Module):
     """VGG-like 2-D CNN on the log-mel spectrogram, with the front end inside the model.
 
     Works with ``channels_last`` memory format and under autocast (the front end itself runs
-    in float32).
+    in float32). The waveform entry points (``spectrogram``, ``conv_features``, ``features``,
+    ``forward``) come from :class:`~wavemel.models._layers.SpectrogramModel`.
 
     Args:
         num_classes: number of output classes.
@@ -133,6 +130,7 @@ class CnnSpec(nn.Module):
     """
 
     name = "cnn-spec"
+    Config = CnnSpecConfig
     SIZES = SIZES
     #: Its 2-D convolutions run faster in NHWC on CUDA (asked by the trainer, never by name).
     prefers_channels_last = True
@@ -143,8 +141,8 @@ class CnnSpec(nn.Module):
         cfg = config or CnnSpecConfig()
         cfg = dataclasses.replace(
             cfg,
-            n_fft=cfg.n_fft or default_n_fft(cfg.sample_rate),
-            hop_length=cfg.hop_length or default_hop_length(cfg.sample_rate),
+            n_fft=cfg.n_fft or LOG_MEL.n_fft(cfg.sample_rate),
+            hop_length=cfg.hop_length or LOG_MEL.hop_length(cfg.sample_rate),
         )
         check_parameter_budget("cnn-spec", self.parameter_count(cfg, num_classes))
         self.config = cfg
@@ -160,6 +158,7 @@ class CnnSpec(nn.Module):
             fmax=cfg.fmax,
             top_db=cfg.top_db,
             amin=cfg.amin,
+            pad_mode=LOG_MEL.pad_mode,
         )
         # Learned normalisation of the dB values (their scale depends on the recording level).
         self.input_norm = nn.BatchNorm2d(1)
@@ -198,34 +197,7 @@ class CnnSpec(nn.Module):
         head = dense_head_parameter_count(2 * config.channels[-1], config.dense, num_classes)
         return frontend + blocks + head
 
-    @classmethod
-    def from_size(
-        cls, num_classes: int, size: str = "small", sample_rate: int = 16000, **overrides: Any
-    ) -> CnnSpec:
-        """A freshly initialised model of a named size; ``overrides`` replace config fields."""
-        config = config_for_size(CnnSpecConfig, SIZES, size, sample_rate=sample_rate, **overrides)
-        return cls(num_classes, config)
-
-    @classmethod
-    def from_config(cls, num_classes: int, config: dict[str, Any]) -> CnnSpec:
-        """Rebuild from :meth:`config_dict`."""
-        return cls(num_classes, config_from_dict(CnnSpecConfig, config))
-
-    def config_dict(self) -> dict[str, Any]:
-        """JSON-able config (tuples as lists, front-end sizes resolved)."""
-        return config_to_dict(self.config)
-
     # -- forward --------------------------------------------------------------------------------
-
-    def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-mel front end: ``(B, T)`` waveform -> ``(B, 1, n_mels, frames)`` in dB."""
-        if x.dim() != 2:
-            raise ValueError(f"cnn-spec expects a (batch, samples) waveform, got {tuple(x.shape)}")
-        if x.shape[-1] < self.min_samples:
-            raise ValueError(
-                f"cnn-spec needs at least {self.min_samples} samples, got {x.shape[-1]}"
-            )
-        return self.frontend(x)
 
     def conv_features_from_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
         """Pooled conv-stack output of a log-mel batch.
@@ -236,15 +208,7 @@ class CnnSpec(nn.Module):
         Returns:
             ``(B, conv_dim)``: mean over frequency, then max and mean over time, concatenated.
         """
-        if spec.dim() != 4 or spec.shape[1] != 1 or spec.shape[2] != self.config.n_mels:
-            raise ValueError(
-                f"cnn-spec expects a (batch, 1, {self.config.n_mels}, frames) spectrogram, "
-                f"got {tuple(spec.shape)}"
-            )
-        if spec.shape[-1] < self.min_frames:
-            raise ValueError(
-                f"cnn-spec needs at least {self.min_frames} frames, got {spec.shape[-1]}"
-            )
+        self.check_spectrogram(spec)
         h = self.blocks(self.input_norm(spec)).mean(dim=2)  # (B, C, frames')
         return torch.cat([h.amax(dim=-1), h.mean(dim=-1)], dim=1)
 
@@ -255,15 +219,3 @@ class CnnSpec(nn.Module):
     def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
         """Logits of a log-mel batch: ``(B, 1, n_mels, frames) -> (B, num_classes)``."""
         return self.classifier(self.dropout(self.features_from_spectrogram(spec)))
-
-    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled conv-stack output (before the dense layer): ``(B, T) -> (B, conv_dim)``."""
-        return self.conv_features_from_spectrogram(self.spectrogram(x))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Embedding after the dense-BN-ReLU layer: ``(B, T) -> (B, embedding_dim)``."""
-        return self.features_from_spectrogram(self.spectrogram(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits: ``(B, T)`` waveform -> ``(B, num_classes)``."""
-        return self.forward_spectrogram(self.spectrogram(x))

@@ -3,9 +3,10 @@
 For every input length (1, 2, 3 s) and every *unit* (a seed, or a seed and a fold) the study trains
 cnn-audio and cnn-spec (:func:`wavemel.train.train`), builds cnn-comb from the two branches of
 the same length and unit (:func:`wavemel.train.combine`), and scores all three, plus cnn-comb with
-its audio input and with its spectrogram input set to zero
-(:func:`wavemel.evaluate.evaluate_run`). The MFCC + logistic-regression baseline
-(:mod:`wavemel.study.baseline`) is fitted on the same training clips of each unit.
+each branch ablated two ways: its input set to zero (the poster's) and its features replaced by
+their mean over the training clips (:func:`wavemel.evaluate.evaluate_run`). The MFCC +
+logistic-regression baseline (:mod:`wavemel.study.baseline`) is fitted on the same training clips
+of each unit and scored on the same clips.
 
 Evaluation split:
 
@@ -13,9 +14,10 @@ Evaluation split:
   ``train`` split, pick their best epoch on a held-out 1/``val_folds`` of it, and are scored on
   ``test`` (Public / Private / total when the records carry ``usage``). Units are seeds.
 * Data without one (FSDD, the synthetic set): k folds of the training clips (whole groups per
-  fold with ``group_field``, e.g. one FSDD speaker per fold). The held-out fold is both the
-  trainer's validation set (best-epoch choice) and the scored set, so these numbers are slightly
-  optimistic; the report says so. Units are seed x fold.
+  fold with ``group_field``, e.g. one FSDD speaker per fold). Each unit holds one fold out
+  (``test_fold``) and scores it (split ``"heldout"``); the next fold chooses the epochs (best
+  epoch, early stopping, the head's epoch) and the remaining k - 2 train, so no scored clip
+  ever takes part in model selection. Units are seed x fold, every fold by default.
 
 Everything lands in ``OUT``: ``runs/<unit>/<length>/<model>/`` (run folders), ``state.json``
 (what is finished), ``results.json`` (every number), ``report.md`` and the figures. A run counts
@@ -105,8 +107,9 @@ def _open(config: StudyConfig) -> Study:
     test_records = [r for r in index.split("test") if r.labels]
     has_test = bool(test_records)
     has_usage = any((r.usage or "").lower() in ("public", "private") for r in test_records)
-    if not has_test and preset.folds < 2:
-        raise DataError(f"{config.data}: no labelled test split, so --folds must be at least 2")
+    if not has_test and preset.folds < 3:
+        # One fold is scored, one chooses the epochs, at least one trains.
+        raise DataError(f"{config.data}: no labelled test split, so --folds must be at least 3")
     state = open_study(out, _settings(config, preset, index), config.force)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
     return Study(config, preset, state, index, has_test, has_usage, cache_dir)
@@ -152,10 +155,7 @@ def _length_scores(study: Study, unit: Unit, seconds: float) -> dict[str, dict]:
         changed |= train_branch(study, unit, seconds, model)
     train_comb(study, unit, seconds, changed)
     length_dir = study.length_dir(unit, seconds)
-    return {
-        name: evaluate_variant(study, length_dir / run_name, zero_input)
-        for name, run_name, zero_input in VARIANTS
-    }
+    return {variant.name: evaluate_variant(study, length_dir, variant) for variant in VARIANTS}
 
 
 def _results(study: Study, units: list[Unit], evaluations: dict, baselines: dict) -> dict:
@@ -183,7 +183,9 @@ def _results(study: Study, units: list[Unit], evaluations: dict, baselines: dict
         "has_usage": study.has_usage,
         "units": [u.key for u in units],
         "table1": tables.table1(evaluations, baselines, preset.lengths, study.has_usage),
-        "zero_input_table": tables.zero_input_table(evaluations, preset.lengths, study.has_usage),
+        "ablation_table": tables.ablation_table(evaluations, preset.lengths, study.has_usage),
+        "claims": tables.claims(evaluations, preset.lengths),
+        "spread": tables.spread(evaluations, preset.lengths),
         "runs": evaluations,
         "baseline": baselines,
     }
@@ -196,8 +198,9 @@ def _held_out_groups(study: Study, units: list[Unit]) -> list[str]:
     held_out = []
     for unit in units:
         _, val_records = study.split_records(unit)
-        groups = sorted({str(r.group) for r in val_records})
-        held_out.append(f"{unit.key}: {', '.join(groups)}")
+        scored = sorted({str(r.group) for r in study.scored_records(unit)})
+        chooser = sorted({str(r.group) for r in val_records})
+        held_out.append(f"{unit.key}: {', '.join(scored)} (epochs chosen on {', '.join(chooser)})")
     return held_out
 
 
@@ -213,7 +216,13 @@ def _figure4(study: Study, evaluations: dict) -> dict:
         "input_length": fig_length,
         "png": _FIGURE4,
         "per_class": per_class,
-        "observations": tables.observations(per_class, overall),
+        # The observations use the mean-feature ablation (in distribution); the zero-input
+        # versions are kept beside them because they are the poster's.
+        "observations": tables.observations(per_class, overall, ablation="mean"),
+        "observations_zero_input": tables.observations(per_class, overall, ablation="zero"),
+        "observations_per_run": tables.observations_per_run(
+            evaluations, fig_length, study.index.labels
+        ),
     }
 
 

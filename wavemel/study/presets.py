@@ -8,6 +8,7 @@ shows :data:`TABLE_MODELS` and the :data:`BASELINE` row.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from wavemel.errors import DataError
 
@@ -17,26 +18,51 @@ __all__ = [
     "PRESETS",
     "TABLE_MODELS",
     "VARIANTS",
+    "ABLATION_VARIANTS",
     "ZERO_INPUT_VARIANTS",
+    "MEAN_INPUT_VARIANTS",
     "Preset",
     "StudyConfig",
     "Unit",
+    "Variant",
+    "inner_fold",
     "length_key",
     "split_fields",
     "study_units",
 ]
 
 BRANCHES = ("cnn-audio", "cnn-spec")
-#: Scored variants: (name in tables, run folder, zero_input given to evaluate_run).
-VARIANTS: tuple[tuple[str, str, str | None], ...] = (
-    ("cnn-audio", "cnn-audio", None),
-    ("cnn-spec", "cnn-spec", None),
-    ("cnn-comb audio_input=0", "cnn-comb", "audio"),
-    ("cnn-comb spec_input=0", "cnn-comb", "spec"),
-    ("cnn-comb", "cnn-comb", None),
+
+
+class Variant(NamedTuple):
+    """One scored variant.
+
+    Attributes:
+        name: its name in tables and figures.
+        run: the run folder it scores.
+        ablation: ``None``, or ``"zero-audio"``/``"zero-spec"`` (that branch's input set to zero,
+            the poster's ablation) or ``"mean-audio"``/``"mean-spec"`` (that branch's features
+            replaced by their training mean), as in the evaluation file names.
+    """
+
+    name: str
+    run: str
+    ablation: str | None = None
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("cnn-audio", "cnn-audio"),
+    Variant("cnn-spec", "cnn-spec"),
+    Variant("cnn-comb audio_input=0", "cnn-comb", "zero-audio"),
+    Variant("cnn-comb spec_input=0", "cnn-comb", "zero-spec"),
+    Variant("cnn-comb audio=mean", "cnn-comb", "mean-audio"),
+    Variant("cnn-comb spec=mean", "cnn-comb", "mean-spec"),
+    Variant("cnn-comb", "cnn-comb"),
 )
-#: The zero-input variants, shown in their own table under Table 1.
+#: The poster's zero-input variants and the mean-feature ones, shown under Table 1.
 ZERO_INPUT_VARIANTS = ("cnn-comb audio_input=0", "cnn-comb spec_input=0")
+MEAN_INPUT_VARIANTS = ("cnn-comb audio=mean", "cnn-comb spec=mean")
+ABLATION_VARIANTS = ZERO_INPUT_VARIANTS + MEAN_INPUT_VARIANTS
 TABLE_MODELS = ("cnn-audio", "cnn-spec", "cnn-comb")
 BASELINE = "baseline (MFCC + LR)"
 
@@ -49,14 +75,18 @@ class Preset:
         name: preset name.
         size: model size for cnn-audio and cnn-spec (``tiny``, ``small``, ``paper``).
         lengths: input lengths in seconds.
-        seeds: seeds (units on test-split data; multiplied with folds otherwise).
+        seeds: seeds (units on test-split data; multiplied with folds otherwise). At least 3
+            on test-split data so that every claim can be checked against the spread (the
+            ``tiny`` test preset excepted).
         epochs: branch training epochs.
         comb_epochs: cnn-comb head epochs.
         batch_size: batch size of all trainings.
         lr: peak learning rate of the branches (the head uses the same).
         sample_rate: model sample rate in Hz (clips are resampled once into the cache).
-        folds: k for data without a labelled test split.
-        max_folds: run only the first this-many folds (None: all k).
+        folds: k for data without a labelled test split (at least 3: per unit one fold is
+            scored, another chooses the epochs, the rest train).
+        max_folds: run only the first this-many folds (None: all k, the default of every
+            preset).
         val_folds: on test-split data, 1/val_folds of the training clips choose the best epoch.
         patience: early stopping patience in epochs (0: never stop early).
         workers: data-loader worker processes.
@@ -92,22 +122,23 @@ PRESETS: dict[str, Preset] = {
         batch_size=16,
         lr=1e-3,
         sample_rate=8000,
-        folds=2,
-        max_folds=2,
+        folds=3,
+        max_folds=None,
         val_folds=4,
         patience=0,
         workers=0,
     ),
-    # Two CPU cores, fsdk18-mini (1,173 train / 420 test clips): 6 branch runs + 3 heads, one
-    # seed. Measured on 2 cores at 16 kHz, one epoch (with validation) of a small branch costs
+    # Two CPU cores, fsdk18-mini (1,173 train / 420 test clips): per seed 6 branch runs + 3
+    # heads; three seeds, so every claim is checked against the spread. Measured on 2 cores at
+    # 16 kHz, one epoch (with validation) of a small branch costs
     # about 6 s (cnn-audio) and 3 s (cnn-spec) per second of input length, so an epoch of all six
     # branch runs is ~54 s: 24 epochs ~22 min, plus ~4 min for the heads, the evaluations, the
-    # baseline and the clip cache. About 26 min on idle cores; under an hour even at half speed.
+    # baseline and the clip cache. About 26 min per seed on idle cores (the cache is shared).
     "cpu": Preset(
         name="cpu",
         size="small",
         lengths=(1.0, 2.0, 3.0),
-        seeds=(0,),
+        seeds=(0, 1, 2),
         epochs=24,
         comb_epochs=6,
         batch_size=32,
@@ -216,9 +247,28 @@ def study_units(preset: Preset, has_test: bool) -> list[Unit]:
     return [Unit(seed, fold) for seed in preset.seeds for fold in range(n_folds)]
 
 
+def inner_fold(preset: Preset, scored_fold: int) -> int:
+    """The fold that chooses the epochs of a unit whose ``scored_fold`` is held out: the next one.
+
+    It comes from the same fold assignment, so whole groups (speakers) stay together and the
+    scored clips, the validation clips and the training clips never share a group.
+    """
+    return (scored_fold + 1) % preset.folds
+
+
 def split_fields(preset: Preset, unit: Unit, has_test: bool) -> dict:
-    """The TrainConfig split settings of a unit (the trainer re-derives the split from them)."""
+    """The TrainConfig split settings of a unit (the trainer re-derives the split from them).
+
+    No clip that is scored ever chooses an epoch: on test-split data fold 0 of ``val_folds``
+    of the training clips validates and the test split is scored; on k-fold data the unit's
+    fold is held out (``test_fold``, scored as split ``"heldout"``) and :func:`inner_fold`
+    validates.
+    """
     if has_test:
-        # Fold 0 of val_folds validates (best epoch); the test split is scored afterwards.
         return {"folds": preset.val_folds, "fold": 0, "seed": unit.seed}
-    return {"folds": preset.folds, "fold": unit.fold, "seed": unit.seed}
+    return {
+        "folds": preset.folds,
+        "fold": inner_fold(preset, unit.fold),
+        "test_fold": unit.fold,
+        "seed": unit.seed,
+    }

@@ -3,7 +3,7 @@
 A :class:`Study` bundles what every step needs (the invocation, its preset, the state, the data);
 the steps train a branch, train cnn-comb's head, score a variant and fit the baseline. A run
 counts as finished when its run folder says so (:mod:`wavemel.train.run_folder`); a score when
-the run's ``evaluation_<split>[_zero-<x>].json`` exists (written by ``evaluate``), so an
+the run's ``evaluation_<split>[_zero-<x>|_mean-<x>].json`` exists (written by ``evaluate``), so an
 interrupted study resumes where it stopped.
 """
 
@@ -17,8 +17,9 @@ from pathlib import Path
 from wavemel.data.records import ClipRecord, DatasetIndex
 from wavemel.data.splits import SplitSpec
 from wavemel.evaluate import evaluate_run, evaluation_name
+from wavemel.models.cnn_comb import SIZES as COMB_SIZES
 from wavemel.study.baseline import run_baseline
-from wavemel.study.presets import Preset, StudyConfig, Unit, length_key, split_fields
+from wavemel.study.presets import Preset, StudyConfig, Unit, Variant, length_key, split_fields
 from wavemel.study.state import StudyState, read_study_json, write_study_json
 from wavemel.train import CombineConfig, TrainConfig, combine, train
 from wavemel.train.run_folder import inspect_run_folder
@@ -57,8 +58,8 @@ class Study:
 
     @property
     def split(self) -> str:
-        """The split every network is scored on."""
-        return "test" if self.has_test else "val"
+        """The split every network is scored on: never one that chose an epoch."""
+        return "test" if self.has_test else "heldout"
 
     @property
     def test_records(self) -> list[ClipRecord]:
@@ -76,16 +77,25 @@ class Study:
     def length_dir(self, unit: Unit, seconds: float) -> Path:
         return self.out / "runs" / unit.key / length_key(seconds)
 
-    def split_records(self, unit: Unit) -> tuple[list[ClipRecord], list[ClipRecord]]:
-        """The training and validation clips of a unit, exactly as the trainer derives them."""
-        spec = SplitSpec(
+    def split_spec(self, unit: Unit) -> SplitSpec:
+        """The split of a unit's runs, as their ``config.json`` records it."""
+        return SplitSpec(
             data=str(self.config.data),
             format=self.config.format,
             label_pattern=self.config.label_pattern,
             group_field=self.config.group_field,
             **split_fields(self.preset, unit, self.has_test),
         )
-        return spec.split(self.index)
+
+    def split_records(self, unit: Unit) -> tuple[list[ClipRecord], list[ClipRecord]]:
+        """The training and validation clips of a unit, exactly as the trainer derives them."""
+        return self.split_spec(unit).split(self.index)
+
+    def scored_records(self, unit: Unit) -> list[ClipRecord]:
+        """The clips a unit is scored on: the test split, or the unit's held-out fold."""
+        if self.has_test:
+            return self.test_records
+        return self.split_spec(unit).heldout(self.index)
 
     def mark_trained(self, run_dir: Path, started: float) -> None:
         wall_s = round(time.perf_counter() - started, 2)
@@ -164,12 +174,17 @@ def train_comb(study: Study, unit: Unit, seconds: float, branches_changed: bool)
     _drop_evaluations(run_dir)
     started = time.perf_counter()
     preset = study.preset
+    # The head of the preset's size, stopped by the preset's patience, like its branches.
+    head = COMB_SIZES[preset.size]
     combine(
         CombineConfig(
             audio_run=str(length_dir / "cnn-audio"),
             spec_run=str(length_dir / "cnn-spec"),
             out=str(run_dir),
             epochs=preset.comb_epochs,
+            hidden=head.hidden,
+            dropout=head.dropout,
+            patience=preset.patience,
             batch_size=preset.batch_size,
             lr=preset.lr,
             mixup_alpha=preset.mixup_alpha,
@@ -182,19 +197,26 @@ def train_comb(study: Study, unit: Unit, seconds: float, branches_changed: bool)
     study.mark_trained(run_dir, started)
 
 
-def _evaluation_path(run_dir: Path, split: str, zero_input: str | None) -> Path:
-    return run_dir / f"evaluation_{evaluation_name(split, zero_input)}.json"
+def _ablation_switches(ablation: str | None) -> dict[str, str | None]:
+    """``"zero-audio"`` -> ``{"zero_input": "audio", "mean_input": None}``, as evaluate takes."""
+    switches: dict[str, str | None] = {"zero_input": None, "mean_input": None}
+    if ablation is not None:
+        kind, branch = ablation.split("-")
+        switches[f"{kind}_input"] = branch
+    return switches
 
 
-def evaluate_variant(study: Study, run_dir: Path, zero_input: str | None) -> dict:
+def evaluate_variant(study: Study, length_dir: Path, variant: Variant) -> dict:
     """The scores of one variant on the study's split (read back when already computed)."""
-    path = _evaluation_path(run_dir, study.split, zero_input)
+    run_dir = length_dir / variant.run
+    switches = _ablation_switches(variant.ablation)
+    path = run_dir / f"evaluation_{evaluation_name(study.split, **switches)}.json"
     if not path.is_file():
-        study.log(f"evaluate {study.run_key(run_dir)} zero_input={zero_input}")
-        evaluate_run(run_dir, split=study.split, zero_input=zero_input, device=study.config.device)
+        study.log(f"evaluate {study.run_key(run_dir)} {variant.ablation or ''}".rstrip())
+        evaluate_run(run_dir, split=study.split, device=study.config.device, **switches)
     result = read_study_json(path, what="evaluation")
     kept = {k: result[k] for k in _KEEP if k in result}
-    kept["zero_input"] = zero_input
+    kept.update(switches)
     kept["split"] = study.split
     return kept
 
@@ -206,10 +228,10 @@ def fit_baseline(study: Study, unit: Unit, feature_cache: dict) -> dict:
     if path.is_file():
         return read_study_json(path, what="study baseline")
     study.log(f"baseline {unit.key}")
-    train_records, val_records = study.split_records(unit)
-    eval_records = study.test_records if study.has_test else val_records
+    train_records, _ = study.split_records(unit)
+    eval_records = study.scored_records(unit)
     started = time.perf_counter()
-    # Trained on all training clips but the validation part, exactly the networks' clips.
+    # Trained on exactly the networks' training clips, scored on the networks' scored clips.
     result = run_baseline(
         train_records,
         eval_records,

@@ -11,15 +11,21 @@ never converted inside the comb, so the ``--audio`` branch is trained at that ra
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from wavemel.augment import eval_fill_for, fill_short
 from wavemel.checkpoint import load_checkpoint
 from wavemel.errors import CheckpointError
+from wavemel.infer import window_starts
 from wavemel.models.cnn_comb import CnnComb
 from wavemel.train.config import SPLIT_FIELDS, CombineConfig, TrainConfig, resume_config
 from wavemel.train.distributed import cleanup, init_distributed
-from wavemel.train.loader import prepare_data
+from wavemel.train.loader import PreparedData, prepare_data
 from wavemel.train.loop import fit, open_run, seed_everything, start_run
 from wavemel.train.run_folder import check_not_inside
 
@@ -123,6 +129,25 @@ def _loop_config(config: CombineConfig) -> TrainConfig:
     return TrainConfig(model="cnn-comb", size="custom", mixup_on="wave", **shared)
 
 
+def _training_windows(
+    data: PreparedData, input_samples: int, fill: str, batch_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Every input window of the training clips, as inference cuts them, in ``(B, N)`` batches."""
+    pending: list[torch.Tensor] = []
+    for item in data.train:
+        clip = torch.from_numpy(np.asarray(data.store.read(item.index), dtype=np.float32))
+        if clip.shape[0] < input_samples:
+            pending.append(fill_short(clip[None], None, input_samples, fill)[0])
+        else:
+            starts = window_starts(clip.shape[0], input_samples)
+            pending.extend(clip[start : start + input_samples] for start in starts)
+        while len(pending) >= batch_size:
+            yield torch.stack(pending[:batch_size]).to(device)
+            pending = pending[batch_size:]
+    if pending:
+        yield torch.stack(pending).to(device)
+
+
 def combine(config: CombineConfig) -> Path:
     """Train cnn-comb's head on the best checkpoints of ``config.audio_run`` and ``spec_run``.
 
@@ -165,6 +190,19 @@ def combine(config: CombineConfig) -> Path:
             spec_model,
             len(data.labels),
             **{k: v for k, v in head.items() if v is not None},
+            feature_means=True,
+        )
+        # The branches are frozen, so their mean training features (the mean-input ablation)
+        # are the same before and after the head trains: record them once, into the buffers.
+        model.to(ctx.device)
+        model.record_feature_means(
+            _training_windows(
+                data,
+                loop_config.input_samples,
+                eval_fill_for(loop_config.p_replicate),
+                max(loop_config.batch_size, 64),
+                ctx.device,
+            )
         )
         start_run(run, config, ctx)
         run_config = config.replace(force=False, resume=False).to_dict()

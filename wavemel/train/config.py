@@ -46,6 +46,8 @@ class _RunConfig:
         group_field: Record field whose value keeps clips together in one fold (e.g. speaker).
         val_split: Use the dataset's own labelled split of this name (e.g. "test") for validation
             instead of a fold.
+        test_fold: Hold this fold out of training and validation (k-fold data without a test
+            split): it is scored afterwards as split "heldout", while ``fold`` chooses the epoch.
         hop_seconds: Window hop for whole-clip validation; ``None`` uses the inference default.
         batch_size: Batch size per process under torchrun.
         lr, weight_decay: AdamW.
@@ -70,6 +72,7 @@ class _RunConfig:
     label_pattern: str | None = None
     group_field: str | None = None
     val_split: str | None = None
+    test_fold: int | None = None
     hop_seconds: float | None = None
     batch_size: int = 32
     lr: float = 1e-3

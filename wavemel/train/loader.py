@@ -3,7 +3,9 @@
 The loader only reads; everything random about the final input (shift, crop, pad, replicate,
 mixup) happens on the device in ``wavemel.augment``. Here each training clip contributes one
 window per epoch of at most ``input_samples + shift margin`` samples, read straight from the
-memory-mapped ``ClipStore`` (so a long clip never has to be decoded or copied whole). The window
+memory-mapped ``ClipStore`` (so a long clip never has to be decoded or copied whole). For a clip
+longer than the input, this window's random start and the on-device crop inside it together
+are its time shift: the content stays contiguous, never rolled around a seam. The window
 start is drawn from a generator seeded by (seed, epoch), so the data an epoch sees does not depend
 on worker scheduling or on whether the run was resumed.
 """
@@ -89,10 +91,10 @@ def soft_targets(labels: tuple[str, ...], label_to_index: dict[str, int]) -> np.
 
 
 def shift_margin(input_samples: int) -> int:
-    """Extra samples read around the input window so the on-device time shift has material.
+    """Extra samples read after the input window, the room of the on-device random crop.
 
-    A quarter of the input length keeps the read small while letting the shift move the window
-    by a musically meaningful amount (0.5 s of a 2 s input).
+    A quarter of the input length keeps the read small while letting the crop move the window
+    by a musically meaningful amount (0.5 s of a 2 s input) on top of the window's random start.
     """
     return input_samples // 4
 

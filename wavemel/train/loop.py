@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from wavemel._device import half_dtype
 from wavemel._io import atomic_write_text, os_error_reason
-from wavemel.augment import Mixup, WaveformAugment
+from wavemel.augment import Mixup, WaveformAugment, eval_fill_for
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
 from wavemel.infer import predict_waveforms
@@ -161,8 +161,12 @@ class TrainStep:
     channels_last: bool = False
     log_every: int = 10
 
-    def inputs(self, waves, lengths, targets):
-        """Augmented (and mixed) inputs and soft targets of one batch, on the device."""
+    def inputs(self, waves, lengths, targets, weights):
+        """Augmented (and mixed) inputs, soft targets and loss weights of one batch, on the device.
+
+        Mixup mixes the per-clip loss weights like the targets, so a blend of a verified and an
+        unverified clip counts by how much of each it holds.
+        """
         with torch.no_grad():
             x = self.augment(waves, lengths)
             if self.spectrogram is not None:
@@ -170,8 +174,8 @@ class TrainStep:
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
             if self.mixup is not None:
-                x, targets = self.mixup(x, targets)
-        return x, targets
+                x, targets, weights = self.mixup(x, targets, weights)
+        return x, targets, weights
 
 
 def train_one_epoch(
@@ -221,7 +225,7 @@ def train_one_epoch(
         waves, lengths, targets, weights = (
             t.to(device, non_blocking=True) for t in (waves, lengths, targets, weights)
         )
-        x, targets = step.inputs(waves, lengths, targets)
+        x, targets, weights = step.inputs(waves, lengths, targets, weights)
         with torch.autocast(
             device.type, dtype=step.amp_dtype or torch.float32, enabled=step.amp_dtype is not None
         ):
@@ -254,6 +258,7 @@ def validate(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     empty_distribution: np.ndarray | None = None,
+    fill: str = "replicate",
     ctx: DistContext | None = None,
 ) -> dict[str, float]:
     """Whole-clip validation: MAP@3, top-1 accuracy and cross-entropy of the clip predictions.
@@ -271,6 +276,7 @@ def validate(
         device: Where to run the model.
         amp_dtype: Autocast dtype on CUDA, or ``None``.
         empty_distribution: (C,) prediction for empty clips (default uniform).
+        fill: How a clip shorter than a window is filled (the checkpoint's ``eval_fill``).
         ctx: Distributed context.
 
     Returns:
@@ -293,6 +299,7 @@ def validate(
                 batch_size=batch_size,
                 device=device,
                 empty_distribution=empty_distribution,
+                fill=fill,
                 # predict_waveforms picks the same autocast dtype as training on CUDA.
                 amp=amp_dtype is not None,
             )
@@ -484,6 +491,7 @@ def fit(
         "frontend": _frontend_config(model),
         "train_config": run_config,
         "label_prior": prior.tolist(),
+        "eval_fill": eval_fill_for(config.p_replicate),
         **(extra_meta or {}),
     }
     if ctx.is_main and progress.epoch == 0:
@@ -523,6 +531,7 @@ def fit(
             device=device,
             amp_dtype=step.amp_dtype,
             empty_distribution=prior,
+            fill=base_meta["eval_fill"],
             ctx=ctx,
         )
         last_map3 = scores["val_map3"]
