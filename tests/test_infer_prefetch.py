@@ -145,11 +145,14 @@ def test_a_failing_model_stops_the_decoding_threads(tmp_path):
 def test_decode_workers_default_and_validation(monkeypatch):
     tagger = Tagger(RecordingProbe(), LABELS, sample_rate=8000, input_samples=100)
     assert tagger.decode_workers == infer.default_decode_workers("cpu")
-    monkeypatch.setattr(infer.os, "sched_getaffinity", lambda _: set(range(8)), raising=False)
-    monkeypatch.setattr(infer.torch, "get_num_threads", lambda: 6)
-    # On the CPU only the cores torch's threads leave free; with an accelerator up to 4.
-    assert infer.default_decode_workers("cpu") == 2
+    monkeypatch.setattr(infer, "_usable_cpus", lambda: 8)
+    monkeypatch.setattr(infer, "busy_cpus", lambda: 0.0)
+    monkeypatch.setattr(infer.torch, "get_num_threads", lambda: 5)
+    # On the CPU only the cores torch's threads and other processes leave free; else up to 4.
+    assert infer.default_decode_workers("cpu") == 3
     assert infer.default_decode_workers(torch.device("cuda")) == 4
+    monkeypatch.setattr(infer, "busy_cpus", lambda: 1.2)
+    assert infer.default_decode_workers("cpu") == 1
     monkeypatch.setattr(infer.torch, "get_num_threads", lambda: 8)
     assert infer.default_decode_workers("cpu") == 0
     with pytest.raises(ValueError, match="decode_workers"):

@@ -31,6 +31,7 @@ import torch
 
 from wavemel._device import autocast, model_device, resolve_device
 from wavemel._paths import display_path
+from wavemel._threads import _usable_cpus, busy_cpus
 from wavemel.audio import stream_audio
 from wavemel.checkpoint import load_model
 from wavemel.errors import AudioError, EmptyClipWarning, WavemelError
@@ -59,17 +60,17 @@ def default_decode_workers(device: str | torch.device = "cpu") -> int:
     """Decoding threads used unless told otherwise: up to 4, on cores the model leaves free.
 
     With an accelerator the CPU mostly waits while the device computes, so up to 4 threads (no
-    more than the cores) decode ahead. On the CPU, torch's own threads already use the cores
-    (one each by default); decoding threads on top of them would make every parallel operator
-    wait for the thread that lost its core, so only the cores beyond torch's threads are used
-    (often none: measured in BENCHMARKS.md, "tag-folder").
+    more than the usable cores) decode ahead. On the CPU, torch's own threads already use the
+    cores (one per free core, see :mod:`wavemel._threads`); decoding threads on top of them
+    would make every parallel operator wait for the thread that lost its core, so only cores
+    that neither torch's threads nor other processes use are taken (often none: measured in
+    BENCHMARKS.md, "tag-folder").
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = _usable_cpus()
     if torch.device(device).type == "cpu":
         cores -= torch.get_num_threads()
+        if cores > 0:  # only then is the run queue worth sampling (~20 ms)
+            cores -= math.ceil(busy_cpus())
     return max(0, min(4, cores))
 
 

@@ -43,7 +43,7 @@ def add_inference_options(parser: argparse.ArgumentParser, *, aggregate: bool = 
         type=int,
         metavar="N",
         help="threads decoding the next files while the model scores; 0 reads each file in "
-        "turn (default: up to 4 with a GPU; on the CPU only cores torch's threads leave free)",
+        "turn (default: up to 4 with a GPU; on the CPU only cores nothing else uses)",
     )
 
 
