@@ -219,6 +219,7 @@ def compute_evaluation(
     hop_seconds: float | None = None,
     aggregate: str = "mean",
     batch_size: int = 64,
+    decode_workers: int | None = None,
     progress: bool = False,
     **data_overrides: Any,
 ) -> dict[str, Any]:
@@ -250,7 +251,12 @@ def compute_evaluation(
     if hop_seconds is None:
         hop_seconds = config.get("hop_seconds")
     tagger = Tagger.from_checkpoint(
-        run, device=device, hop_seconds=hop_seconds, aggregate=aggregate, batch_size=batch_size
+        run,
+        device=device,
+        hop_seconds=hop_seconds,
+        aggregate=aggregate,
+        batch_size=batch_size,
+        decode_workers=decode_workers,
     )
     if zero_input is not None and not hasattr(tagger.model, "zero_input"):
         raise CheckpointError(
@@ -432,6 +438,7 @@ def evaluate_run(
     hop_seconds: float | None = None,
     aggregate: str = "mean",
     batch_size: int = 64,
+    decode_workers: int | None = None,
     progress: bool = False,
     **data_overrides: Any,
 ) -> dict[str, Any]:
@@ -452,6 +459,8 @@ def evaluate_run(
         hop_seconds: Window hop for whole-clip scoring; default the run's, else the input length.
         aggregate: ``"mean"`` or ``"geometric"`` aggregation of window probabilities.
         batch_size: Windows per forward pass.
+        decode_workers: Threads decoding the next clips while the model scores (``0``: none);
+            default :func:`wavemel.infer.default_decode_workers` of the device.
         progress: Show a progress bar on stderr.
         **data_overrides: Replace recorded dataset/split settings (``format``, ``label_pattern``,
             ``group_field``, ``folds``, ``fold``, ``seed``, ``val_split``).
@@ -469,6 +478,7 @@ def evaluate_run(
         hop_seconds=hop_seconds,
         aggregate=aggregate,
         batch_size=batch_size,
+        decode_workers=decode_workers,
         progress=progress,
         **data_overrides,
     )

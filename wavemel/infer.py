@@ -13,7 +13,9 @@ A multi-label model (``activation="sigmoid"``: the checkpoint says ``multi_label
 above its decision threshold (the checkpoint's ``thresholds``, chosen on validation clips).
 
 :class:`Tagger` scores files read in blocks (``soundfile`` + streaming soxr resampling), so memory
-stays bounded however long the file is; the result equals scoring the whole decoded clip.
+stays bounded however long the file is; the result equals scoring the whole decoded clip. With
+``decode_workers`` > 0 the next files are decoded ahead in worker threads (libsndfile and soxr
+release the GIL) while the model scores the current one; results are those of reading in order.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import itertools
 import math
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +36,21 @@ import torch
 from wavemel import timeline as _timeline
 from wavemel._device import autocast, model_device, resolve_device
 from wavemel._paths import display_path
+from wavemel._threads import _usable_cpus, busy_cpus
 from wavemel.audio import stream_audio
 from wavemel.checkpoint import CheckpointInfo, load_model
 from wavemel.errors import AudioError, CheckpointError, EmptyClipWarning, WavemelError
+from wavemel.onnx_backend import load_onnx
 from wavemel.timeline import WindowSeries
 
-__all__ = ["Tagger", "WindowSeries", "predict_waveforms", "window_starts", "fill_window"]
+__all__ = [
+    "Tagger",
+    "WindowSeries",
+    "default_decode_workers",
+    "fill_window",
+    "predict_waveforms",
+    "window_starts",
+]
 
 _AGGREGATES = ("mean", "geometric")
 #: How logits become probabilities: one label per clip (softmax) or each label alone (sigmoid).
@@ -46,6 +60,29 @@ _DEFAULT_THRESHOLD = 0.5
 _FILLS = ("replicate", "pad")
 # Frames read per block from a file: ~4 s at 44.1 kHz, small next to any model's activations.
 _BLOCK_FRAMES = 1 << 17
+# Decoding ahead holds at most this much audio per file in memory (FSDKaggle2018's longest clip);
+# the rest of a longer file is read by the main thread while it is scored, as without workers.
+_PREFETCH_SECONDS = 30.0
+# Files decoded ahead per worker: enough to cover a slow file without holding many in memory.
+_PREFETCH_PER_WORKER = 2
+
+
+def default_decode_workers(device: str | torch.device = "cpu") -> int:
+    """Decoding threads used unless told otherwise: up to 4, on cores the model leaves free.
+
+    With an accelerator the CPU mostly waits while the device computes, so up to 4 threads (no
+    more than the usable cores) decode ahead. On the CPU, torch's own threads already use the
+    cores (one per free core, see :mod:`wavemel._threads`); decoding threads on top of them
+    would make every parallel operator wait for the thread that lost its core, so only cores
+    that neither torch's threads nor other processes use are taken (often none: measured in
+    BENCHMARKS.md, "tag-folder").
+    """
+    cores = _usable_cpus()
+    if torch.device(device).type == "cpu":
+        cores -= torch.get_num_threads()
+        if cores > 0:  # only then is the run queue worth sampling (~20 ms)
+            cores -= math.ceil(busy_cpus())
+    return max(0, min(4, cores))
 
 
 def window_starts(length: int, input_samples: int, hop_samples: int | None = None) -> list[int]:
@@ -390,6 +427,102 @@ def predict_waveforms(
     return aggregator.result(np.asarray(empty_distribution, dtype=np.float64))
 
 
+@dataclass
+class _Decoded:
+    """What a decoding worker read of one file, handed to the main thread in input order.
+
+    Attributes:
+        blocks: The file's first blocks (all of it when it is short), as ``stream_audio`` gave.
+        rest: The same stream, positioned after ``blocks`` (``None`` when the file ended); the
+            main thread reads on from it, so a long file is never held whole.
+        error: Why decoding stopped early (``blocks`` are the samples before it), else ``None``.
+    """
+
+    blocks: list[np.ndarray]
+    rest: Iterator[np.ndarray] | None = None
+    error: Exception | None = None
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Every block in order: the ones read ahead, then the rest; the error where it was."""
+        yield from self.blocks
+        if self.rest is not None:
+            yield from self.rest
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        if self.rest is not None:
+            self.rest.close()
+
+
+def _read_ahead(blocks: Iterable[np.ndarray], max_samples: int) -> _Decoded:
+    """Read blocks of one stream until it ends, fails or holds more than ``max_samples``."""
+    stream = iter(blocks)
+    read: list[np.ndarray] = []
+    total = 0
+    try:
+        for block in stream:
+            read.append(block)
+            total += block.shape[0]
+            if total > max_samples:
+                return _Decoded(read, rest=stream)
+    except Exception as exc:  # noqa: BLE001 - raised again by the main thread at this file's turn
+        return _Decoded(read, error=exc)
+    return _Decoded(read)
+
+
+class _Prefetcher:
+    """Decodes the next files of a list in a thread pool and hands their blocks out in order.
+
+    At most ``2 * workers`` files are queued or decoded at once and each holds at most
+    ``max_samples`` samples (plus a block), so memory does not grow with the list or the files.
+    Streams that are not files (in-memory waveforms) are handed out untouched.
+    """
+
+    def __init__(
+        self,
+        streams: Sequence[Iterable[np.ndarray]],
+        is_file: Sequence[bool],
+        *,
+        workers: int,
+        max_samples: int,
+    ) -> None:
+        self._streams = streams
+        self._is_file = is_file
+        self._max_samples = max_samples
+        self._ahead = workers * _PREFETCH_PER_WORKER
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="wavemel-decode")
+        self._queue: deque[tuple[int, Future]] = deque()
+        self._next = 0  # the next stream to queue
+
+    def _fill(self) -> None:
+        while self._next < len(self._streams) and len(self._queue) < self._ahead:
+            if self._is_file[self._next]:
+                job = self._pool.submit(_read_ahead, self._streams[self._next], self._max_samples)
+                self._queue.append((self._next, job))
+            self._next += 1
+
+    def blocks(self, index: int) -> Iterable[np.ndarray]:
+        """The blocks of stream ``index``; streams must be taken in order, each once."""
+        if not self._is_file[index]:
+            return self._streams[index]
+        self._fill()
+        queued, job = self._queue.popleft()
+        if queued != index:
+            raise RuntimeError(f"stream {index} taken out of order (expected {queued})")
+        decoded = job.result()
+        self._fill()
+        return decoded.chunks()
+
+    def close(self) -> None:
+        """Stop queued work and close the streams of files read ahead but never taken."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for _, job in self._queue:
+            if not job.cancelled():
+                job.result().close()
+        self._queue.clear()
+
+
 class Tagger:
     """Tags audio files or waveforms with a trained model (the Python API).
 
@@ -407,6 +540,8 @@ class Tagger:
         activation: ``"softmax"`` or ``"sigmoid"`` (multi-label: each label scored alone).
         thresholds: ``(C,)`` decision thresholds of a sigmoid model (0.5 where the checkpoint
             chose none), ``None`` for softmax.
+        decode_workers: Threads decoding the next files while the model scores (``0``: read
+            each file when its turn comes); default :func:`default_decode_workers` of the device.
         meta: The checkpoint's metadata (empty when built directly).
     """
 
@@ -427,6 +562,7 @@ class Tagger:
         meta: dict | None = None,
         activation: str = "softmax",
         thresholds: Sequence[float] | None = None,
+        decode_workers: int | None = None,
     ) -> None:
         if len(labels) != int(model.num_classes):
             raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes")
@@ -445,6 +581,11 @@ class Tagger:
         self.fill = fill
         self.batch_size = int(batch_size)
         self.block_frames = int(block_frames)
+        if decode_workers is None:
+            decode_workers = default_decode_workers(self.device)
+        if decode_workers < 0:
+            raise ValueError(f"decode_workers must be 0 or more, got {decode_workers}")
+        self.decode_workers = int(decode_workers)
         self.meta = dict(meta or {})
         if prior is not None:
             prior = np.asarray(prior, dtype=np.float64)
@@ -477,6 +618,7 @@ class Tagger:
         aggregate: str = "mean",
         batch_size: int = 64,
         fill: str | None = None,
+        decode_workers: int | None = None,
     ) -> Tagger:
         """Load a checkpoint (run folder, ``.json``, ``.safetensors`` or stem) into a tagger.
 
@@ -487,6 +629,8 @@ class Tagger:
             aggregate: ``"mean"`` or ``"geometric"``.
             batch_size: Windows per forward pass.
             fill: Short-clip filling; default the checkpoint's ``eval_fill`` or ``"replicate"``.
+            decode_workers: Threads decoding files ahead (``0``: none); default
+                :func:`default_decode_workers`.
 
         Raises:
             CheckpointError: The checkpoint is missing, corrupt or lacks labels / rates.
@@ -511,6 +655,7 @@ class Tagger:
             meta=info.meta,
             activation=checkpoint_activation(info),
             thresholds=_checkpoint_thresholds(info),
+            decode_workers=decode_workers,
         )
 
     @property
@@ -537,6 +682,26 @@ class Tagger:
         path = Path(item)
         return stream_audio(path, self.sample_rate, self.block_frames), display_path(path)
 
+    def _reader(
+        self, items: Sequence[str | os.PathLike | np.ndarray]
+    ) -> tuple[list[str], Callable[[int], Iterable[np.ndarray]], Callable[[], None]]:
+        """Each item's name, a function giving item ``i``'s blocks (in order) and a closer.
+
+        With :attr:`decode_workers` and more than one file, files are decoded ahead by a
+        :class:`_Prefetcher`; the blocks, and the errors where they stop, are the same.
+        """
+        streams, names = zip(*map(self._blocks, items)) if items else ((), ())
+        is_file = [not isinstance(item, (np.ndarray, torch.Tensor)) for item in items]
+        if self.decode_workers == 0 or sum(is_file) < 2:
+            return list(names), lambda index: streams[index], lambda: None
+        prefetcher = _Prefetcher(
+            streams,
+            is_file,
+            workers=self.decode_workers,
+            max_samples=int(_PREFETCH_SECONDS * self.sample_rate),
+        )
+        return list(names), prefetcher.blocks, prefetcher.close
+
     def _stream_windows(
         self,
         items: Sequence[str | os.PathLike | np.ndarray],
@@ -553,21 +718,24 @@ class Tagger:
         failures: dict[int, AudioError] = {}
         empty: list[str] = []
         lengths: list[int] = []
-        for index, item in enumerate(items):
-            blocks, name = self._blocks(item)
-            stream = _WindowStream(self.input_samples, hop, self.fill)
-            try:
-                for block in blocks:
-                    runner.add(index, stream.push(block))
-            except AudioError as exc:
-                # Windows of this file already queued are scored into a row nobody reads.
-                failures[index] = exc
+        names, blocks_of, close = self._reader(items)
+        try:
+            for index, name in enumerate(names):
+                stream = _WindowStream(self.input_samples, hop, self.fill)
+                try:
+                    for block in blocks_of(index):
+                        runner.add(index, stream.push(block))
+                except AudioError as exc:
+                    # Windows of this file already queued are scored into a row nobody reads.
+                    failures[index] = exc
+                    lengths.append(stream.total)
+                    continue
+                runner.add(index, stream.finish())
                 lengths.append(stream.total)
-                continue
-            runner.add(index, stream.finish())
-            lengths.append(stream.total)
-            if stream.total == 0:
-                empty.append(name)
+                if stream.total == 0:
+                    empty.append(name)
+        finally:
+            close()
         runner.flush()
         return failures, empty, lengths
 
@@ -770,6 +938,7 @@ class Tagger:
         batch_size: int = 64,
         fill: str | None = None,
         threads: int | None = None,
+        decode_workers: int | None = None,
     ) -> Tagger:
         """Load a model written by ``wavemel export`` and run it with onnxruntime on the CPU.
 
@@ -785,14 +954,12 @@ class Tagger:
             batch_size: Windows per session run.
             fill: Short-clip filling; default the exported checkpoint's.
             threads: onnxruntime intra-op threads (default ``torch.get_num_threads()``).
+            decode_workers: Threads decoding files ahead (see :meth:`from_checkpoint`).
 
         Raises:
             WavemelError: onnxruntime is missing, or ``device`` is not the CPU.
             CheckpointError: The file is missing, corrupt or lacks wavemel's metadata.
         """
-        # lazy: the brief allowed only this classmethod in infer.py; may move to the top imports
-        from wavemel.onnx_backend import load_onnx
-
         if str(device) not in ("auto", "cpu"):
             raise WavemelError(f"--device {device}: .onnx models run on the CPU (use auto or cpu)")
         model, meta = load_onnx(path, threads=threads)
@@ -812,4 +979,5 @@ class Tagger:
             device="cpu",
             prior=meta["prior"],
             meta=meta,
+            decode_workers=decode_workers,
         )

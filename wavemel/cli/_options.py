@@ -2,7 +2,8 @@
 ``embed``).
 
 All load a checkpoint into a ``wavemel.infer.Tagger`` and score whole clips, so they take the
-same window hop, aggregation, batch size and device options with the same defaults.
+same window hop, aggregation, batch size, device and decoding-thread options with the same
+defaults.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ __all__ = ["add_inference_options", "inference_kwargs"]
 
 
 def add_inference_options(parser: argparse.ArgumentParser, *, aggregate: bool = True) -> None:
-    """Add ``--hop-seconds``, ``--aggregate``, ``--batch-size`` and ``--device`` to ``parser``.
+    """Add ``--hop-seconds``, ``--aggregate``, ``--batch-size``, ``--device`` and
+    ``--decode-workers`` to ``parser``.
 
     ``aggregate=False`` leaves out ``--aggregate`` (``embed`` averages features, not
     probabilities).
@@ -36,6 +38,13 @@ def add_inference_options(parser: argparse.ArgumentParser, *, aggregate: bool = 
         )
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="windows per pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        metavar="N",
+        help="threads decoding the next files while the model scores; 0 reads each file in "
+        "turn (default: up to 4 with a GPU; on the CPU only cores nothing else uses)",
+    )
 
 
 def inference_kwargs(args: argparse.Namespace) -> dict:
@@ -44,7 +53,8 @@ def inference_kwargs(args: argparse.Namespace) -> dict:
     ``aggregate`` is there only when the parser has ``--aggregate``.
 
     Raises:
-        WavemelError: ``--batch-size`` or ``--hop-seconds`` is not positive.
+        WavemelError: ``--batch-size`` or ``--hop-seconds`` is not positive, or
+            ``--decode-workers`` is negative.
     """
     if args.batch_size < 1:
         raise WavemelError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -53,7 +63,14 @@ def inference_kwargs(args: argparse.Namespace) -> dict:
         raise WavemelError(
             f"--hop-seconds must be a positive number of seconds, got {args.hop_seconds}"
         )
-    kwargs = {"device": args.device, "hop_seconds": args.hop_seconds, "batch_size": args.batch_size}
+    if args.decode_workers is not None and args.decode_workers < 0:
+        raise WavemelError(f"--decode-workers must be 0 or more, got {args.decode_workers}")
+    kwargs = {
+        "device": args.device,
+        "hop_seconds": args.hop_seconds,
+        "batch_size": args.batch_size,
+        "decode_workers": args.decode_workers,
+    }
     if hasattr(args, "aggregate"):
         kwargs["aggregate"] = args.aggregate
     return kwargs
