@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 _EVAL_CROPS = ("start", "center")
-_FILLS = ("pad", "replicate")
+#: How a clip shorter than the input is filled (the one list: training, inference, checkpoints).
+FILLS = ("replicate", "pad")
 _NO_WRAP = 1 << 48  # a modulus larger than any index: "do not wrap"
 
 
@@ -587,7 +588,7 @@ def fill_short(x: Tensor, lengths: Tensor | None, input_samples: int, fill: str)
     Returns:
         ``(B, N)`` or ``(B, C, N)``.
     """
-    fill = _check_choice("fill", fill, _FILLS)
+    fill = _check_choice("fill", fill, FILLS)
     lengths = _prepare(x, lengths)
     zeros = torch.zeros_like(lengths)
     if fill == "pad":
@@ -660,7 +661,7 @@ class WaveformAugment(nn.Module):
         self.p_replicate = _check_probability("p_replicate", p_replicate)
         if eval_fill is None:
             eval_fill = eval_fill_for(self.replicate_probability)
-        self.eval_fill = _check_choice("eval_fill", eval_fill, _FILLS)
+        self.eval_fill = _check_choice("eval_fill", eval_fill, FILLS)
         if shift is True:
             max_shift: int | float = 0.5  # half the clip either way: any onset position
         elif shift is False:

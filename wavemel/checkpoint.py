@@ -44,6 +44,7 @@ from safetensors.torch import save
 
 from wavemel._device import resolve_device
 from wavemel._io import json_default, os_error_reason, read_json, require_regular_file, temp_name
+from wavemel.augment import FILLS
 from wavemel.errors import CheckpointError
 from wavemel.models import model_from_config
 from wavemel.models._layers import MAX_CLASSES, SAMPLE_RATE_RANGE
@@ -68,7 +69,7 @@ FORMAT_VERSION = 1
 #: Longest input window a checkpoint may ask for; the poster uses 1-3 s.
 MAX_INPUT_SECONDS = 600.0
 #: How the loader fills clips shorter than the input window.
-EVAL_FILLS = ("replicate", "pad")
+EVAL_FILLS = FILLS  # how a short clip is filled for scoring (augment holds the list)
 
 _REQUIRED_KEYS = ("model", "model_config", "num_classes")
 # safetensors header of a file beyond its tensors' bytes: far below this.

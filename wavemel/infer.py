@@ -38,6 +38,7 @@ from wavemel._device import autocast, model_device, resolve_device
 from wavemel._paths import display_path
 from wavemel._threads import _usable_cpus, busy_cpus
 from wavemel.audio import stream_audio
+from wavemel.augment import FILLS, fill_short
 from wavemel.checkpoint import CheckpointInfo, load_model
 from wavemel.errors import AudioError, CheckpointError, EmptyClipWarning, WavemelError
 from wavemel.onnx_backend import load_onnx
@@ -57,7 +58,6 @@ _AGGREGATES = ("mean", "geometric")
 ACTIVATIONS = ("softmax", "sigmoid")
 # Decision threshold of a sigmoid output whose checkpoint chose none (e.g. imported weights).
 _DEFAULT_THRESHOLD = 0.5
-_FILLS = ("replicate", "pad")
 # Frames read per block from a file: ~4 s at 44.1 kHz, small next to any model's activations.
 _BLOCK_FRAMES = 1 << 17
 # Decoding ahead holds at most this much audio per file in memory (FSDKaggle2018's longest clip);
@@ -122,16 +122,14 @@ def fill_window(clip: np.ndarray, input_samples: int, fill: str = "replicate") -
     Returns:
         ``(input_samples,)`` float32.
     """
-    if fill not in _FILLS:
-        raise ValueError(f"fill must be one of {_FILLS}, got {fill!r}")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     clip = np.asarray(clip, dtype=np.float32)
     if not 0 < clip.shape[0] <= input_samples:
         raise ValueError(f"clip length {clip.shape[0]} not in (0, {input_samples}]")
-    if fill == "replicate":
-        return np.resize(clip, input_samples).astype(np.float32, copy=False)
-    out = np.zeros(input_samples, dtype=np.float32)
-    out[: clip.shape[0]] = clip
-    return out
+    # The one short-clip fill (training's evaluation mode uses the same function).
+    filled = fill_short(torch.from_numpy(clip)[None], None, input_samples, fill)
+    return filled[0].numpy()
 
 
 def _check_window(input_samples: int, hop: int) -> None:
@@ -397,8 +395,8 @@ def predict_waveforms(
     """
     hop = input_samples if hop_samples is None else hop_samples
     _check_window(input_samples, hop)
-    if fill not in _FILLS:
-        raise ValueError(f"fill must be one of {_FILLS}, got {fill!r}")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     num_classes = int(model.num_classes)
     output = probability_output(activation, aggregate)
     aggregator = _Aggregator(len(waveforms), num_classes, aggregate, activation == "softmax")
@@ -568,8 +566,8 @@ class Tagger:
             raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes")
         if aggregate not in _AGGREGATES:
             raise ValueError(f"aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
-        if fill not in _FILLS:
-            raise ValueError(f"fill must be one of {_FILLS}, got {fill!r}")
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
         self.hop_samples = input_samples if hop_samples is None else int(hop_samples)
         _check_window(input_samples, self.hop_samples)
         self.device = _resolve_device(device, model)

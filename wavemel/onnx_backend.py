@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from wavemel._io import require_regular_file
+from wavemel.augment import FILLS
 from wavemel.errors import CheckpointError, WavemelError
 
 __all__ = [
@@ -164,7 +165,7 @@ def _metadata_problem(meta: dict[str, Any]) -> str | None:
         return f"has {len(labels)} labels for {meta['num_classes']} classes"
     if meta["input_samples"] < meta["min_samples"]:
         return f"'input_samples' {meta['input_samples']} is under 'min_samples'"
-    if meta["fill"] not in ("replicate", "pad"):  # the fills wavemel.infer knows
+    if meta["fill"] not in FILLS:
         return f"'fill' must be 'replicate' or 'pad', got {meta['fill']!r}"
     prior = meta["prior"]
     if prior is not None and (not isinstance(prior, list) or len(prior) != len(labels)):
