@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from wavemel._paths import display_path
 from wavemel.errors import WavemelError
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "json_default",
+    "make_folder",
     "os_error_reason",
     "read_json",
     "require_regular_file",
@@ -49,6 +51,22 @@ def os_error_reason(exc: OSError) -> str:
     if exc.errno == errno.EROFS:
         return "read-only file system"
     return exc.strerror or type(exc).__name__
+
+
+def make_folder(path: str | os.PathLike, *, error: type = WavemelError) -> Path:
+    """Create ``path`` and its parents if needed.
+
+    Raises:
+        error: One line naming the folder (permissions, a file in the way, a full disk, ...).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(
+            f"{display_path(path)}: cannot create the folder ({os_error_reason(exc)})"
+        ) from None
+    return path
 
 
 def json_default(value: Any) -> Any:

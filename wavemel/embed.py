@@ -38,7 +38,13 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save
 
-from wavemel._io import atomic_write_bytes, atomic_write_json, atomic_write_text, os_error_reason
+from wavemel._io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    make_folder,
+    os_error_reason,
+)
 from wavemel._paths import display_path
 from wavemel.errors import AudioError, WavemelError
 from wavemel.infer import Tagger, WindowSeries
@@ -141,12 +147,7 @@ class EmbeddingFolder:
 
     def create(self) -> None:
         """Make the folder if needed; mark it when wavemel made it (or found it empty)."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WavemelError(
-                f"{display_path(self.path)}: cannot create ({os_error_reason(exc)})"
-            ) from None
+        make_folder(self.path)
         if self.new:
             atomic_write_json(self.path / MARKER, {"kind": "embeddings"})
 

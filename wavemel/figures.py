@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from wavemel import augment
-from wavemel._io import atomic_write_bytes, os_error_reason
+from wavemel._io import atomic_write_bytes, make_folder
 from wavemel.audio import audio_info, load_audio, stream_audio
 from wavemel.errors import AudioError, WavemelError
 from wavemel.frontend import PREVIEW_LOG_MEL
@@ -128,12 +128,7 @@ def _save(fig: Any, out: Path, dpi: int) -> None:
         fig.savefig(buffer, format=out.suffix.lower()[1:], dpi=dpi)
     finally:
         plt.close(fig)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WavemelError(
-            f"{out.parent}: cannot create the folder ({os_error_reason(exc)})"
-        ) from None
+    make_folder(out.parent)
     atomic_write_bytes(out, buffer.getvalue())
 
 

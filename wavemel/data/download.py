@@ -62,7 +62,7 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from wavemel._io import atomic_write_json, atomic_write_text, os_error_reason
+from wavemel._io import atomic_write_json, atomic_write_text, make_folder, os_error_reason
 from wavemel.errors import DataError
 
 BASE_URL_ENV = "WAVEMEL_DOWNLOAD_BASE_URL"
@@ -710,12 +710,7 @@ def download_file(
     if scheme not in ("http", "https"):
         raise DataError(f"{url}: not a valid download URL (http:// or https:// expected)")
     dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(
-            f"{dest.parent}: cannot create the folder ({os_error_reason(exc)})"
-        ) from None
+    make_folder(dest.parent, error=DataError)
     transfer = _Transfer(url, dest.with_name(dest.name + ".part"), dest.name, max_bytes, timeout)
     failure = _Retry("no attempt made")
     for attempt in range(retries + 1):

@@ -14,9 +14,17 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import librosa
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
 
+from wavemel.audio import load_audio
 from wavemel.data.records import ClipRecord
+from wavemel.errors import AudioError
+from wavemel.metrics import map_at_k, per_class_map_at_k, top_k_accuracy
 
 N_MFCC = 20
 # Mean and std of MFCC, delta and delta-delta.
@@ -34,8 +42,6 @@ def mfcc_statistics(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
         ``(FEATURE_DIM,)`` float32: mean and std over frames of 20 MFCCs, their deltas and
         delta-deltas. An empty clip gives zeros.
     """
-    import librosa
-
     if waveform.size == 0:
         return np.zeros(FEATURE_DIM, dtype=np.float32)
     # ~40 ms windows whatever the rate (512 samples at 8 kHz, 1024 at 16-22 kHz), 40 mel bands so
@@ -82,11 +88,6 @@ def extract_features(
         ``(features (N, FEATURE_DIM) float32, errors {path: message})``; files that fail to
         decode get zero features and an entry in ``errors``.
     """
-    from tqdm import tqdm
-
-    from wavemel.audio import load_audio
-    from wavemel.errors import AudioError
-
     cache = {} if cache is None else cache
     errors: dict[str, str] = {}
     rows = []
@@ -173,10 +174,6 @@ def _fit_and_predict(
     x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, n_classes: int, seed: int
 ) -> np.ndarray:
     """``(N_eval, n_classes)`` probabilities of a standardised logistic regression."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     model = make_pipeline(
         StandardScaler(),
         # C=0.1: a few hundred clips against 120 features overfit without a firm L2 penalty.
@@ -195,8 +192,6 @@ def _scores(
     probabilities: np.ndarray, records: Sequence[ClipRecord], labels: Sequence[str]
 ) -> dict:
     """MAP@3, top-1, per-class MAP@3 and Public / Private MAP@3 of ``(N, C)`` probabilities."""
-    from wavemel.metrics import map_at_k, per_class_map_at_k, top_k_accuracy
-
     targets = _targets(records, {label: i for i, label in enumerate(labels)})
     per_class = per_class_map_at_k(probabilities, targets, k=3)
     counts = targets.sum(axis=0)

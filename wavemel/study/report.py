@@ -11,8 +11,11 @@ import platform
 import shlex
 from pathlib import Path
 
+import librosa
 import numpy as np
+import torch
 
+import wavemel
 from wavemel._device import resolve_device
 from wavemel._io import atomic_write_text
 from wavemel.errors import DataError
@@ -37,11 +40,6 @@ def fmt(summary: dict | None) -> str:
 
 def environment(device: str) -> dict:
     """Versions and the device, for the report's provenance block."""
-    import librosa
-    import torch
-
-    import wavemel
-
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         description = f"{resolved} ({torch.cuda.get_device_name(resolved)})"

@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from wavemel._io import atomic_write_json, os_error_reason, read_json
+from wavemel._io import atomic_write_json, make_folder, os_error_reason, read_json
 from wavemel.errors import CheckpointError, WavemelError
 
 __all__ = [
@@ -253,10 +253,7 @@ class RunFolder:
         Call only after the settings, the data and the model have been validated. A resumed
         run keeps everything.
         """
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WavemelError(f"{self.path}: cannot create ({os_error_reason(exc)})") from None
+        make_folder(self.path)
         self._lock()
         if self.resume:
             return
