@@ -52,9 +52,13 @@ def test_quickstart_trains_combines_and_scores_the_three_networks(tmp_path, caps
     assert set(summary["results"]) == {"cnn-audio", "cnn-spec", "cnn-comb"}
     for model, result in summary["results"].items():
         # The printed table holds the scores of the evaluation files, not placeholders.
-        evaluation = json.loads((out / "runs" / model / "evaluation_val.json").read_text())
+        run = out / "runs" / model
+        evaluation = json.loads((run / "evaluation_heldout.json").read_text())
         assert result["map3"] == pytest.approx(evaluation["map3"])
         assert result["n_clips"] == 16  # fold 0 of 5 of 8 classes x 10 clips
+        # Leak-free: the scored clips never chose an epoch (validation is another fold).
+        config = json.loads((run / "config.json").read_text())
+        assert (config["test_fold"], config["fold"]) == (0, 1)
         assert f"{model:<10} {result['map3']:>7.3f}" in captured.out
     # A second call reuses the finished runs instead of training again.
     assert _quickstart(*argv) == 0

@@ -2,10 +2,11 @@
 
 1. generates the built-in synthetic sound-event dataset into ``OUT/data`` and prints its
    inspection report;
-2. trains cnn-audio and cnn-spec on four of its five folds (``OUT/runs/cnn-audio``,
-   ``OUT/runs/cnn-spec``);
+2. trains cnn-audio and cnn-spec on three of its five folds, choosing their epochs on a fourth
+   (``OUT/runs/cnn-audio``, ``OUT/runs/cnn-spec``);
 3. combines them into cnn-comb, training only the new head (``OUT/runs/cnn-comb``);
-4. scores the three networks on the held-out fold and prints a MAP@3 table
+4. scores the three networks on the fifth, held-out fold (never trained on, never used to
+   choose an epoch) and prints a MAP@3 table
    (``OUT/summary.json``).
 
 Finished runs are reused when the command is repeated with the same settings, an interrupted run
@@ -121,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     )
     results = train_and_score(data, args.out, settings, force=args.force)
     print()
-    print("Validation MAP@3 on the held-out fold (fold 0 of 5) of the built-in data:")
+    print(
+        "MAP@3 on the held-out fold (fold 0 of 5; epochs chosen on fold 1) of the built-in data:"
+    )
     print(format_table(results))
     summary = write_summary(args.out, results, time.perf_counter() - started)
     say(f"done in {summary['wall_seconds']:.0f} s; runs in {args.out / 'runs'}")
