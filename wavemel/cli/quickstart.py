@@ -122,9 +122,7 @@ def run(args: argparse.Namespace) -> int:
     )
     results = train_and_score(data, args.out, settings, force=args.force)
     print()
-    print(
-        "MAP@3 on the held-out fold (fold 0 of 5; epochs chosen on fold 1) of the built-in data:"
-    )
+    print("MAP@3 on the held-out fold (fold 0 of 5; epochs chosen on fold 1) of the built-in data:")
     print(format_table(results))
     summary = write_summary(args.out, results, time.perf_counter() - started)
     say(f"done in {summary['wall_seconds']:.0f} s; runs in {args.out / 'runs'}")
