@@ -217,3 +217,20 @@ def test_training_validation_counts_like_evaluate_val(tmp_path, capsys):
         r["split"] == "test" for r in rows
     )
     assert result["map3"] == pytest.approx(logged, abs=1e-9)
+
+
+def test_a_missing_test_file_counts_as_a_miss(run_dir, dataset, tmp_path):
+    # Kaggle scores a missing answer as 0: a partial download must not inflate MAP@3.
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(dataset, copy)
+    (copy / "beep_4.wav").unlink()
+    full = evaluate_run(run_dir, device="cpu", out_dir=tmp_path / "a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        partial = evaluate_run(run_dir, copy, device="cpu", out_dir=tmp_path / "b")
+    assert partial["n_clips"] == full["n_clips"] == 7
+    assert partial["n_unscored"] == 2 and any("beep_4.wav" in p for p in partial["unscored"])
+    assert (partial["n_public"], partial["n_private"]) == (full["n_public"], full["n_private"])
+    assert partial["map3"] <= full["map3"]  # the lost clip scores 0 instead of its AP
