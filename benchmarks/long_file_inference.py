@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _checkpoints import random_checkpoint  # benchmarks/ is on sys.path
 
 SAMPLE_RATE = 16000
 NUM_CLASSES = 41  # FSDKaggle2018
@@ -46,28 +47,6 @@ def write_long_file(path: Path, minutes: float, seed: int = 0) -> None:
             freq = rng.uniform(100, 4000)
             signal = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(n)
             handle.write(signal.astype(np.float32))
-
-
-def make_checkpoint(folder: Path, model: str, size: str) -> Path:
-    """Random-init checkpoint of one family and size (cnn-comb joins two branches of ``size``)."""
-    import torch
-
-    from wavemel.checkpoint import save_checkpoint
-    from wavemel.models import CnnComb, create_model
-
-    torch.manual_seed(0)
-    if model == "cnn-comb":
-        audio = create_model("cnn-audio", NUM_CLASSES, size=size, sample_rate=SAMPLE_RATE)
-        spec = create_model("cnn-spec", NUM_CLASSES, size=size, sample_rate=SAMPLE_RATE)
-        network = CnnComb(audio, spec, NUM_CLASSES)
-    else:
-        network = create_model(model, NUM_CLASSES, size=size, sample_rate=SAMPLE_RATE)
-    meta = {
-        "labels": [f"class_{i:02d}" for i in range(NUM_CLASSES)],
-        "sample_rate": SAMPLE_RATE,
-        "input_seconds": INPUT_SECONDS,
-    }
-    return save_checkpoint(folder / f"{model}-{size}", network.eval(), meta)
 
 
 def child(checkpoint: str, audio: str, threads: int, batch_size: int) -> None:
@@ -127,7 +106,9 @@ def main() -> int:
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for model in args.models:
             for size in args.sizes:
-                checkpoint = make_checkpoint(work, model, size)
+                checkpoint = random_checkpoint(
+                    work / f"{model}-{size}", model, size, input_seconds=INPUT_SECONDS
+                )
                 for minutes, path in files.items():
                     command = [
                         sys.executable,

@@ -27,26 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _checkpoints import random_checkpoint  # benchmarks/ is on sys.path
 
 SAMPLE_RATE = 16000
 NUM_CLASSES = 41  # FSDKaggle2018
 INPUT_SECONDS = 1.0
 CLIPS_PER_LENGTH = 4
-
-
-def make_checkpoint(folder: Path, model: str, size: str) -> Path:
-    """A randomly initialised run folder (``best.*``) of one family and size."""
-    import torch
-
-    from wavemel.checkpoint import save_checkpoint
-    from wavemel.models import create_model
-
-    torch.manual_seed(0)
-    network = create_model(model, NUM_CLASSES, size=size, sample_rate=SAMPLE_RATE).eval()
-    labels = [f"class-{i:02d}" for i in range(NUM_CLASSES)]
-    meta = {"labels": labels, "sample_rate": SAMPLE_RATE, "input_seconds": INPUT_SECONDS}
-    save_checkpoint(folder / "best", network, meta)
-    return folder
 
 
 def make_clip(seconds: float, seed: int) -> bytes:
@@ -145,7 +131,10 @@ def main() -> int:
     from wavemel.infer import Tagger
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = args.run or make_checkpoint(Path(tmp) / "run", args.model, args.size)
+        run = args.run
+        if run is None:
+            run = Path(tmp) / "run"
+            random_checkpoint(run / "best", args.model, args.size, input_seconds=INPUT_SECONDS)
         tagger = Tagger.from_checkpoint(run, device="cpu")
         port = free_port()
         service = start_service(run, port, args.threads)

@@ -33,35 +33,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _checkpoints import random_checkpoint  # benchmarks/ is on sys.path
 
 SAMPLE_RATE = 16000
 NUM_CLASSES = 41  # FSDKaggle2018
 INPUT_SECONDS = 2.0
 DEFAULT_FOLDER = Path("/work/shared/data/fsdk18-mini/FSDKaggle2018.audio_test")
-
-
-def make_checkpoint(folder: Path, model: str, size: str) -> Path:
-    """Random-init checkpoint (cnn-comb joins a cnn-audio and a cnn-spec branch of ``size``)."""
-    import torch
-
-    from wavemel.checkpoint import save_checkpoint
-    from wavemel.models import CnnComb, create_model
-
-    torch.manual_seed(0)
-    if model == "cnn-comb":
-        audio = create_model("cnn-audio", NUM_CLASSES, size=size, sample_rate=SAMPLE_RATE)
-        spec = create_model("cnn-spec", NUM_CLASSES, size=size, sample_rate=SAMPLE_RATE)
-        network = CnnComb(audio, spec, NUM_CLASSES)
-    else:
-        network = create_model(model, NUM_CLASSES, size=size, sample_rate=SAMPLE_RATE)
-    meta = {
-        "labels": [f"class_{i:02d}" for i in range(NUM_CLASSES)],
-        "sample_rate": SAMPLE_RATE,
-        "input_seconds": INPUT_SECONDS,
-    }
-    run = folder / f"{model}-{size}"
-    save_checkpoint(run / "best", network.eval(), meta)
-    return run
 
 
 def _timed(function) -> tuple[float, object]:
@@ -181,7 +158,8 @@ def main() -> int:
     report = []
     with tempfile.TemporaryDirectory(prefix="wavemel-tagfolder-") as tmp:
         for model in args.models:
-            run = make_checkpoint(Path(tmp), model, args.size)
+            run = Path(tmp) / f"{model}-{args.size}"
+            random_checkpoint(run / "best", model, args.size, input_seconds=INPUT_SECONDS)
             row = measure(run, files, args.workers, args.batch_size, args.rounds, args.device)
             ceiling = row["seconds"]["model only"]
             for way, seconds in row["seconds"].items():

@@ -523,6 +523,61 @@ def _use_channels_last(model: nn.Module, config: TrainConfig, device: torch.devi
     )
 
 
+def _checkpoint_meta(
+    model: nn.Module,
+    data: PreparedData,
+    config: TrainConfig,
+    run_config: dict[str, Any],
+    extra_meta: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What every checkpoint of a run records besides its weights and metrics."""
+    return {
+        "labels": list(data.labels),
+        "sample_rate": config.sample_rate,
+        "input_seconds": config.input_seconds,
+        "frontend": _frontend_config(model),
+        "train_config": run_config,
+        "label_prior": data.label_prior(),
+        "eval_fill": eval_fill_for(config.p_replicate),
+        # Only multi-label runs carry the key, so single-label checkpoints stay as they were.
+        **({"multi_label": True} if data.multi_label else {}),
+        **(extra_meta or {}),
+    }
+
+
+def _resume(
+    out: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: TrainStep,
+    config: TrainConfig,
+    ctx: DistContext,
+) -> Progress:
+    """Load the resume state of ``out``; the metrics log loses an unfinished epoch's line."""
+    progress = load_state(out, model, optimizer, scaler=step.scaler)
+    if ctx.is_main:
+        _truncate_metrics(out / "metrics.jsonl", progress.epoch)
+        print(f"resuming {out} after epoch {progress.epoch}/{config.epochs}", flush=True)
+    return progress
+
+
+def _save_epoch(
+    out: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: TrainStep,
+    progress: Progress,
+    meta: dict[str, Any],
+    improved: bool,
+) -> None:
+    """The epoch's ``last`` (and ``best``) checkpoints, then the resume state."""
+    save_checkpoint(out / "last", model, meta)
+    if improved:
+        save_checkpoint(out / "best", model, meta)
+    # Written last: a run interrupted before this line repeats the whole epoch.
+    save_state(out, model, optimizer, progress, scaler=step.scaler)
+
+
 def fit(
     model: nn.Module,
     data: PreparedData,
@@ -560,12 +615,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    progress = Progress()
-    if config.resume:
-        progress = load_state(out, model, optimizer, scaler=step.scaler)
-        if ctx.is_main:
-            _truncate_metrics(out / "metrics.jsonl", progress.epoch)
-            print(f"resuming {out} after epoch {progress.epoch}/{config.epochs}", flush=True)
+    progress = _resume(out, model, optimizer, step, config, ctx) if config.resume else Progress()
     hop_samples = None
     if config.hop_seconds is not None:
         hop_samples = int(round(config.hop_seconds * config.sample_rate))
@@ -573,18 +623,7 @@ def fit(
     if config.compile:
         train_module = torch.compile(train_module)
     prior = np.asarray(data.label_prior())
-    base_meta = {
-        "labels": list(data.labels),
-        "sample_rate": config.sample_rate,
-        "input_seconds": config.input_seconds,
-        "frontend": _frontend_config(model),
-        "train_config": run_config,
-        "label_prior": prior.tolist(),
-        "eval_fill": eval_fill_for(config.p_replicate),
-        # Only multi-label runs carry the key, so single-label checkpoints stay as they were.
-        **({"multi_label": True} if data.multi_label else {}),
-        **(extra_meta or {}),
-    }
+    base_meta = _checkpoint_meta(model, data, config, run_config, extra_meta)
     if ctx.is_main and progress.epoch == 0:
         print(
             f"training {config.model} on {len(data.train)} clips, validating on {len(data.val)} "
@@ -649,11 +688,7 @@ def fit(
             meta = {**base_meta, "metrics": metrics}
             if thresholds is not None:
                 meta["thresholds"] = thresholds
-            save_checkpoint(out / "last", model, meta)
-            if improved:
-                save_checkpoint(out / "best", model, meta)
-            # Written last: a run interrupted before this line repeats the whole epoch.
-            save_state(out, model, optimizer, progress, scaler=step.scaler)
+            _save_epoch(out, model, optimizer, step, progress, meta, improved)
             print(_epoch_line(config, record, improved, run_eta), flush=True)
         barrier(ctx)
     if ctx.is_main:
