@@ -132,6 +132,20 @@ def fill_window(clip: np.ndarray, input_samples: int, fill: str = "replicate") -
     return filled[0].numpy()
 
 
+def hop_to_samples(hop_seconds: float | None, sample_rate: int) -> int | None:
+    """A window hop in seconds as samples at ``sample_rate`` (``None`` stays ``None``).
+
+    Raises:
+        WavemelError: The hop rounds to less than one sample.
+    """
+    if hop_seconds is None:
+        return None
+    hop_samples = int(round(hop_seconds * sample_rate))
+    if hop_samples < 1:
+        raise WavemelError(f"hop {hop_seconds:g} s is under one sample at {sample_rate} Hz")
+    return hop_samples
+
+
 def _check_window(input_samples: int, hop: int) -> None:
     if input_samples < 1:
         raise ValueError(f"input_samples must be positive, got {input_samples}")
@@ -636,9 +650,7 @@ class Tagger:
         model, info = load_model(path, device=device)
         info.require("labels", "sample_rate", "input_seconds")
         sample_rate = info.sample_rate
-        hop_samples = None if hop_seconds is None else int(round(hop_seconds * sample_rate))
-        if hop_samples is not None and hop_samples < 1:
-            raise WavemelError(f"hop {hop_seconds:g} s is under one sample at {sample_rate} Hz")
+        hop_samples = hop_to_samples(hop_seconds, sample_rate)
         return cls(
             model,
             info.labels,
@@ -962,9 +974,7 @@ class Tagger:
             raise WavemelError(f"--device {device}: .onnx models run on the CPU (use auto or cpu)")
         model, meta = load_onnx(path, threads=threads)
         sample_rate = int(meta["sample_rate"])
-        hop_samples = None if hop_seconds is None else int(round(hop_seconds * sample_rate))
-        if hop_samples is not None and hop_samples < 1:
-            raise WavemelError(f"hop {hop_seconds:g} s is under one sample at {sample_rate} Hz")
+        hop_samples = hop_to_samples(hop_seconds, sample_rate)
         return cls(
             model,
             meta["labels"],

@@ -36,7 +36,7 @@ from wavemel._io import atomic_write_text, os_error_reason
 from wavemel.augment import Mixup, WaveformAugment, eval_fill_for
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
-from wavemel.infer import predict_waveforms
+from wavemel.infer import hop_to_samples, predict_waveforms
 from wavemel.metrics import (
     choose_thresholds,
     lwlrap,
@@ -616,9 +616,7 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     progress = _resume(out, model, optimizer, step, config, ctx) if config.resume else Progress()
-    hop_samples = None
-    if config.hop_seconds is not None:
-        hop_samples = int(round(config.hop_seconds * config.sample_rate))
+    hop_samples = hop_to_samples(config.hop_seconds, config.sample_rate)
     train_module = wrap_model(_SpectrogramInput(model) if step.spectrogram else model, ctx)
     if config.compile:
         train_module = torch.compile(train_module)
