@@ -55,6 +55,7 @@ _OWN_NAMES = {
     FINISHED,
     "config.json",
     "metrics.jsonl",
+    "noisy.jsonl",
     "best.json",
     "best.safetensors",
     "last.json",
