@@ -36,7 +36,7 @@ import torch
 from wavemel import timeline as _timeline
 from wavemel._device import autocast, model_device, resolve_device
 from wavemel._paths import display_path
-from wavemel._threads import _usable_cpus, busy_cpus
+from wavemel._threads import _usable_cpus, busy_cpus, retune_threads
 from wavemel.audio import stream_audio
 from wavemel.augment import FILLS, fill_short
 from wavemel.checkpoint import CheckpointInfo, load_model
@@ -363,6 +363,7 @@ class _WindowRunner:
         batch = torch.from_numpy(np.stack(self._windows)).to(self.device)
         owners, starts = np.asarray(self._owners), np.asarray(self._starts)
         self._windows, self._owners, self._starts = [], [], []
+        retune_threads()  # between batches: outside any parallel region
         with torch.inference_mode(), autocast(self.device, self.amp):
             rows = self.output(self.model, batch)
         self.sink(owners, starts, rows.double().cpu().numpy())

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from wavemel._device import half_dtype
 from wavemel._io import atomic_write_text, os_error_reason
+from wavemel._threads import retune_threads
 from wavemel.augment import Mixup, WaveformAugment, eval_fill_for
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
@@ -301,6 +302,7 @@ def train_one_epoch(
         file=sys.stderr,
     )
     for i, (waves, lengths, targets, weights) in enumerate(bar):
+        retune_threads()  # between steps: outside any parallel region
         lr = step.lr_schedule(progress.step)
         for group in optimizer.param_groups:
             group["lr"] = lr
