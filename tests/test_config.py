@@ -89,5 +89,6 @@ def test_shared_fields_have_one_definition_and_the_json_format_is_unchanged():
     # Fields added since then (fine-tuning, the held-out fold, multi-label) take their defaults;
     # the rest is unchanged.
     assert config.to_dict() == {
-        **old, "init": None, "freeze_blocks": 0, "test_fold": None, "multi_label": None
+        **old, "init": None, "freeze_blocks": 0, "test_fold": None, "multi_label": None,
+        "val_every": 1,
     }  # fmt: skip

@@ -51,6 +51,13 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
         default=S,
         help="window hop of the whole-clip validation (default: the input length)",
     )
+    parser.add_argument(
+        "--val-every",
+        dest="val_every",
+        type=int,
+        default=S,
+        help="validate every N epochs and after the last (default 1)",
+    )
     parser.add_argument("--device", default=S, help="auto (default), cpu or cuda")
     parser.add_argument("--workers", type=int, default=S, help="data-loading processes")
     parser.add_argument("--cache-dir", dest="cache_dir", default=S, help="decoded-clip cache")

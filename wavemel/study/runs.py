@@ -146,6 +146,7 @@ def train_branch(study: Study, unit: Unit, seconds: float, model: str) -> bool:
         lr=preset.lr,
         mixup_alpha=preset.mixup_alpha,
         patience=preset.patience,
+        val_every=preset.val_every,
         device=config.device,
         workers=preset.workers,
         cache_dir=str(study.cache_dir),

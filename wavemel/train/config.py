@@ -49,6 +49,9 @@ class _RunConfig:
         test_fold: Hold this fold out of training and validation (k-fold data without a test
             split): it is scored afterwards as split "heldout", while ``fold`` chooses the epoch.
         hop_seconds: Window hop for whole-clip validation; ``None`` uses the inference default.
+        val_every: Validate every this many epochs (and always after the last); the best epoch
+            is chosen among the validated ones and patience counts epochs. Validation is 5-10%
+            of a small CPU epoch (``benchmarks/profile_epoch.py``).
         batch_size: Batch size per process under torchrun.
         lr, weight_decay: AdamW.
         mixup_alpha: Beta(alpha, alpha) mixup; 0 disables it.
@@ -74,6 +77,7 @@ class _RunConfig:
     val_split: str | None = None
     test_fold: int | None = None
     hop_seconds: float | None = None
+    val_every: int = 1
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -220,6 +224,8 @@ def _check_common(cfg: TrainConfig | CombineConfig) -> None:
         raise WavemelError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
     if cfg.mixup_alpha < 0:
         raise WavemelError(f"--mixup-alpha must be >= 0 (0 disables mixup), got {cfg.mixup_alpha}")
+    if cfg.val_every < 1:
+        raise WavemelError(f"--val-every must be at least 1, got {cfg.val_every}")
     if cfg.patience < 0:
         raise WavemelError(
             f"--patience must be >= 0 (0 disables early stopping), got {cfg.patience}"

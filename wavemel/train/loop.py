@@ -465,16 +465,28 @@ def _epoch_line(config: TrainConfig, record: dict[str, Any], improved: bool, eta
     multi_label = "".join(
         f"  {key} {record[key]:.4f}" for key in ("val_map", "val_lwlrap") if key in record
     )
+    scores = (
+        f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}{multi_label}"
+        if "val_map3" in record
+        else "(not validated)"
+    )
     return (
         f"epoch {record['epoch']}/{config.epochs}  train_loss {record['train_loss']:.4f}  "
-        f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}{multi_label}"
-        f"{' *' if improved else '  '}  lr {record['lr']:.2e}  "
+        f"{scores}{' *' if improved else '  '}  lr {record['lr']:.2e}  "
         f"{record['seconds']:.1f}s  eta {eta}"
     )
 
 
-def _update_progress(progress: Progress, epoch: int, val_map3: float) -> bool:
-    """Count the finished epoch; returns whether it is the best so far."""
+def _validates(epoch: int, config: TrainConfig) -> bool:
+    """Whether 0-based ``epoch`` ends with a validation: every ``val_every``-th, and the last."""
+    return (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+
+
+def _update_progress(progress: Progress, epoch: int, val_map3: float, every: int = 1) -> bool:
+    """Count the finished, validated epoch; returns whether it is the best so far.
+
+    ``every`` epochs passed since the previous validation, so that many count towards patience.
+    """
     progress.epoch = epoch + 1
     improved = val_map3 > progress.best_map3
     if improved:
@@ -482,7 +494,7 @@ def _update_progress(progress: Progress, epoch: int, val_map3: float) -> bool:
         progress.best_epoch = epoch + 1
         progress.epochs_without_improvement = 0
     else:
-        progress.epochs_without_improvement += 1
+        progress.epochs_without_improvement += every
     return improved
 
 
@@ -651,23 +663,27 @@ def fit(
             postfix={"map3": f"{last_map3:.3f}", "run_eta": run_eta},
         )
         broadcast_buffers(model, ctx)
-        scores = validate(
-            model,
-            data.store,
-            data.val,
-            input_samples=config.input_samples,
-            hop_samples=hop_samples,
-            batch_size=max(config.batch_size, 64),
-            device=device,
-            amp_dtype=step.amp_dtype,
-            empty_distribution=prior,
-            fill=base_meta["eval_fill"],
-            ctx=ctx,
-            objective=objective,
-        )
-        thresholds = scores.pop("thresholds", None)
-        last_map3 = scores["val_map3"]
-        improved = _update_progress(progress, epoch, scores["val_map3"])
+        scores, thresholds, improved = {}, None, False
+        if _validates(epoch, config):
+            scores = validate(
+                model,
+                data.store,
+                data.val,
+                input_samples=config.input_samples,
+                hop_samples=hop_samples,
+                batch_size=max(config.batch_size, 64),
+                device=device,
+                amp_dtype=step.amp_dtype,
+                empty_distribution=prior,
+                fill=base_meta["eval_fill"],
+                ctx=ctx,
+                objective=objective,
+            )
+            thresholds = scores.pop("thresholds", None)
+            last_map3 = scores["val_map3"]
+            improved = _update_progress(progress, epoch, scores["val_map3"], config.val_every)
+        else:
+            progress.epoch = epoch + 1
         # Whole-run ETA from the mean epoch time so far (the bar's own ETA covers one epoch).
         per_epoch = (time.perf_counter() - run_started) / (progress.epoch - first_epoch)
         run_eta = _format_duration(per_epoch * (config.epochs - progress.epoch))
