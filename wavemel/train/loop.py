@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from wavemel._device import half_dtype
 from wavemel._io import atomic_write_text, os_error_reason
 from wavemel._threads import retune_threads
-from wavemel.augment import Mixup, WaveformAugment, eval_fill_for
+from wavemel.augment import Mixup, SpecMask, WaveformAugment, eval_fill_for
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
 from wavemel.infer import hop_to_samples, predict_waveforms
@@ -225,7 +225,11 @@ class TrainStep:
         lr_schedule: Step -> learning rate.
         scaler: GradScaler (float16 AMP; disabled otherwise).
         amp_dtype: Autocast dtype on CUDA, ``None`` for full precision.
-        spectrogram: When set, (B, N) -> (B, 1, F, frames) applied before mixup ("spec" mixup).
+        spectrogram: When set, the network takes log-mels: (B, N) -> (B, 1, F, frames) on the
+            device ("spec" mixup, or masking).
+        mix_waveforms: Mixup blends the waveforms before ``spectrogram`` ("wave" mixup with
+            masking) rather than the log-mels after it.
+        spec_mask: ``SpecMask`` applied to the log-mels last (needs ``spectrogram``), or ``None``.
         channels_last: Put spectrogram inputs in NHWC memory format.
         log_every: Refresh the bar's loss every this many steps (reading it syncs the GPU).
         objective: The loss (softmax cross-entropy, or sigmoid BCE for multi-label runs).
@@ -240,6 +244,8 @@ class TrainStep:
     )
     amp_dtype: torch.dtype | None = None
     spectrogram: Callable[[torch.Tensor], torch.Tensor] | None = None
+    mix_waveforms: bool = False
+    spec_mask: nn.Module | None = None
     channels_last: bool = False
     log_every: int = 10
     objective: Objective = Objective()
@@ -252,12 +258,18 @@ class TrainStep:
         """
         with torch.no_grad():
             x = self.augment(waves, lengths)
+            mix_spectrograms = self.spectrogram is not None and not self.mix_waveforms
+            if self.mixup is not None and not mix_spectrograms:
+                x, targets, weights = self.mixup(x, targets, weights)
             if self.spectrogram is not None:
                 x = self.spectrogram(x)
+                if self.mixup is not None and mix_spectrograms:
+                    x, targets, weights = self.mixup(x, targets, weights)
+                if self.spec_mask is not None:
+                    # Last, so that a mask hides what it covers of both clips of a mixture.
+                    x = self.spec_mask(x)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-            if self.mixup is not None:
-                x, targets, weights = self.mixup(x, targets, weights)
         return x, targets, weights
 
 
@@ -288,8 +300,9 @@ def train_one_epoch(
     device = step.device
     model.train()
     step.augment.train()
-    if step.mixup is not None:
-        step.mixup.train()
+    for part in (step.mixup, step.spec_mask):
+        if part is not None:
+            part.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     bar = tqdm(
@@ -513,6 +526,7 @@ def _build_step(
     warmup_steps = int(round(config.warmup_epochs * steps))
     mixup = Mixup(config.mixup_alpha) if config.mixup_alpha > 0 else None
     spec_mixup = config.mixup_on == "spec" and mixup is not None
+    spec_mask = _spec_mask_for(model, config)
     return TrainStep(
         augment=WaveformAugment(config.input_samples, p_replicate=config.p_replicate).to(device),
         mixup=mixup,
@@ -521,10 +535,39 @@ def _build_step(
         # Loss scaling is only needed for float16's narrow exponent range.
         scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
         amp_dtype=amp_dtype,
-        spectrogram=model.spectrogram if spec_mixup else None,
+        spectrogram=model.spectrogram if spec_mixup or spec_mask is not None else None,
+        mix_waveforms=not spec_mixup,
+        spec_mask=spec_mask,
         channels_last=_use_channels_last(model, config, device),
         log_every=config.log_every,
         objective=objective,
+    )
+
+
+def _spec_mask_for(model: nn.Module, config: TrainConfig) -> SpecMask | None:
+    """The run's log-mel masking (``config.spec_*``), or ``None`` when it masks nothing.
+
+    Raises:
+        WavemelError: Masking for a model without a log-mel front end, or frequency masks wider
+            than the model's mel bands.
+    """
+    if not config.spec_masking:
+        return None
+    if not hasattr(model, "forward_spectrogram"):
+        raise WavemelError(
+            f"--spec-freq-masks / --spec-time-masks need a model with a log-mel front end "
+            f"(cnn-spec or cnn14), not {config.model}"
+        )
+    n_mels = model.config.n_mels
+    if config.spec_freq_masks and config.spec_freq_width > n_mels:
+        raise WavemelError(
+            f"--spec-freq-width {config.spec_freq_width}: more than the model's {n_mels} mel bands"
+        )
+    return SpecMask(
+        config.spec_freq_masks,
+        config.spec_freq_width,
+        config.spec_time_masks,
+        config.spec_time_width,
     )
 
 
@@ -788,6 +831,7 @@ def train(config: TrainConfig) -> Path:
                 f"{min_samples} samples ({min_samples / config.sample_rate:.3f} s at "
                 f"{config.sample_rate} Hz)"
             )
+        _spec_mask_for(model, config)  # its errors come before the run folder is touched
         if config.multi_label is None and data.multi_label:
             # Switched on because a training clip has several labels: config.json says so. (A
             # single-label run keeps None, so its config is what it was before multi-label.)
