@@ -314,3 +314,18 @@ def test_ensemble_members_must_share_the_split(run_dir, dataset, tmp_path):
         evaluate_run([run_dir, other_fold], device="cpu")
     with pytest.raises(WavemelError, match="not an ensemble"):
         evaluate_run([run_dir, other_fold], zero_input="audio", device="cpu", out_dir=tmp_path)
+
+
+def test_a_fold_ensemble_scores_its_common_heldout_fold(dataset, tmp_path):
+    # Validation folds 1 and 2 of one 3-fold study: the held-out fold 0 is the same for both.
+    runs = [
+        _member_run(tmp_path / f"fold{fold}", dataset, seed=fold, folds=3, fold=fold, test_fold=0)
+        for fold in (1, 2)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = evaluate_run(runs[0], split="heldout", device="cpu", out_dir=tmp_path)
+        both = evaluate_run(runs, split="heldout", device="cpu", out_dir=tmp_path)
+    assert both["n_clips"] == alone["n_clips"] > 0
+    assert [clip["path"] for clip in both["clips"]] == [clip["path"] for clip in alone["clips"]]
+    assert both["clips"] != alone["clips"]  # the second run's probabilities count
