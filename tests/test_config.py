@@ -86,8 +86,9 @@ def test_shared_fields_have_one_definition_and_the_json_format_is_unchanged():
         "weight_decay": 0.01, "workers": 2,
     }  # fmt: skip
     config = TrainConfig.from_dict(old)
-    # Fields added since then (fine-tuning, the held-out fold, multi-label) take their defaults;
-    # the rest is unchanged.
+    # Fields added since then (fine-tuning, the held-out fold, multi-label, the weight EMA) take
+    # their defaults; the rest is unchanged.
     assert config.to_dict() == {
-        **old, "init": None, "freeze_blocks": 0, "test_fold": None, "multi_label": None
+        **old, "init": None, "freeze_blocks": 0, "test_fold": None, "multi_label": None,
+        "ema_decay": 0.0,
     }  # fmt: skip

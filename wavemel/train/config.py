@@ -21,6 +21,7 @@ from wavemel.checkpoint import MAX_INPUT_SECONDS
 from wavemel.data.splits import SPLIT_FIELDS
 from wavemel.errors import CheckpointError, WavemelError
 from wavemel.models._layers import SAMPLE_RATE_RANGE
+from wavemel.train.ema import check_ema_decay
 
 __all__ = [
     "TrainConfig",
@@ -259,6 +260,11 @@ class TrainConfig(_RunConfig):
             per-class decision thresholds chosen on the validation clips; ``None`` (the default)
             switches it on when any training clip has several labels. The run's ``config.json``
             records the resolved value.
+        ema_decay: Keep an exponential moving average of the weights (and BatchNorm statistics)
+            with this decay, warmed up as ``min(ema_decay, (1 + step) / (10 + step))``; the
+            validation, the best-epoch choice and the checkpoints then use the averaged weights
+            while training continues on the raw ones (see ``wavemel.train.ema``). Must be in
+            [0, 1); 0 (the default) keeps no average; 0.999 is typical.
     """
 
     model: str = "cnn-audio"
@@ -276,6 +282,7 @@ class TrainConfig(_RunConfig):
     init: str | None = None
     freeze_blocks: int = 0
     multi_label: bool | None = None
+    ema_decay: float = 0.0
 
     @property
     def input_samples(self) -> int:
@@ -314,6 +321,7 @@ class TrainConfig(_RunConfig):
             raise WavemelError(f"mixup_on must be 'wave' or 'spec', got {self.mixup_on!r}")
         if self.mixup_on == "spec" and self.model not in ("cnn-spec", "cnn14"):
             raise WavemelError("mixup_on 'spec' needs --model cnn-spec or cnn14")
+        check_ema_decay(self.ema_decay)
 
     def _check_init(self) -> None:
         if self.freeze_blocks < 0:
