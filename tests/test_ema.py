@@ -149,8 +149,7 @@ def _config(runs: dict[str, Path], name: str, **changes) -> TrainConfig:
         mixup_alpha=0.4,
         patience=0,
         cache_dir=str(runs["root"] / "cache"),
-        **changes,
-    )
+    ).replace(**changes)
 
 
 def _state_tensors(run: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -223,6 +222,59 @@ def test_decay_zero_keeps_no_ema_and_saves_the_raw_weights(runs):
     assert _equal(last, _state_tensors(run, "model"))
     if "ema" in runs:
         assert not _equal(last, load_file(str(runs["ema"] / "last.safetensors")))
+
+
+def test_the_average_keeps_channels_last_and_of_the_plain_module_under_compile():
+    from wavemel.models import create_model
+
+    model = create_model("cnn-spec", 3, size="tiny", sample_rate=SR)
+    model.to(memory_format=torch.channels_last)
+    compiled = torch.compile(model, backend="eager")
+    ema = ModelEma(compiled, 0.5)
+    assert not any("_orig_mod" in key for key in ema.state_dict())
+    convs = [p for p in ema.module.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    ema.update(1)  # d_1 = 2/11: the average moves 9/11 of the way
+    for name, parameter in ema.module.named_parameters():
+        torch.testing.assert_close(parameter, before[name] + 9 / 11, msg=name)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+
+def test_compiled_training_averages_the_same_weights(runs, monkeypatch):
+    real_compile = torch.compile
+    calls = []
+
+    def eager_compile(module, **kwargs):
+        # Dynamo without inductor's code generation (see test_train_paths): seconds, not minutes.
+        calls.append(module)
+        return real_compile(module, backend="eager")
+
+    eager = loop.train(_config(runs, "ema-eager", ema_decay=0.9, mixup_alpha=0.0, epochs=1))
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    compiled = loop.train(
+        _config(runs, "ema-compiled", ema_decay=0.9, mixup_alpha=0.0, epochs=1, compile=True)
+    )
+    assert calls
+    a = load_file(str(eager / "last.safetensors"))
+    b = load_file(str(compiled / "last.safetensors"))
+    assert a.keys() == b.keys() and _equal(b, _state_tensors(compiled, "ema"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_ema_with_amp_and_channels_last(runs):
+    run = loop.train(
+        _config(runs, "ema-cuda", model="cnn-spec", ema_decay=0.9, device="cuda", amp=True)
+    )
+    last = load_file(str(run / "last.safetensors"))
+    assert _equal(last, _state_tensors(run, "ema"))
+    assert not _equal(last, _state_tensors(run, "model"))
+    assert all(torch.isfinite(t).all() for t in last.values() if t.is_floating_point())
 
 
 def test_create_with_decay_zero_is_off():

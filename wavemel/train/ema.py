@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from wavemel.errors import WavemelError
+from wavemel.train.distributed import unwrap_model
 
 __all__ = ["ModelEma", "ema_decay_at", "check_ema_decay"]
 
@@ -55,8 +56,9 @@ class ModelEma:
     """The averaged copy of a model, its update after each optimizer step, and its resume state.
 
     Args:
-        model: The plain model being trained (already on its device and memory format: the copy
-            keeps both, so ``channels_last`` training validates in ``channels_last`` too).
+        model: The model being trained, already on its device and in its memory format (the copy
+            keeps both, so ``channels_last`` training validates in ``channels_last`` too). A DDP
+            or ``torch.compile`` wrapper is unwrapped: the average is of the plain module.
         decay: Target decay in (0, 1); see the module docstring for the ramp.
 
     Attributes:
@@ -68,6 +70,7 @@ class ModelEma:
         check_ema_decay(decay)
         if decay == 0.0:
             raise ValueError("ModelEma needs a decay in (0, 1); use ModelEma.create for 'off'")
+        model = unwrap_model(model)
         self.decay = float(decay)
         self.module = copy.deepcopy(model).eval()
         for parameter in self.module.parameters():
