@@ -277,5 +277,34 @@ def test_cuda_ema_with_amp_and_channels_last(runs):
     assert all(torch.isfinite(t).all() for t in last.values() if t.is_floating_point())
 
 
+def test_combine_uses_the_branches_ema_weights(runs):
+    from wavemel.checkpoint import load_checkpoint
+    from wavemel.train.combine import combine
+    from wavemel.train.config import CombineConfig
+
+    if "ema" not in runs:
+        runs["ema"] = loop.train(_config(runs, "ema", ema_decay=0.9, force=True))
+    spec = loop.train(_config(runs, "ema-spec", model="cnn-spec", ema_decay=0.9, epochs=1))
+    comb = combine(
+        CombineConfig(
+            audio_run=str(runs["ema"]),
+            spec_run=str(spec),
+            out=str(runs["root"] / "ema-comb"),
+            epochs=1,
+            batch_size=6,
+            hidden=8,
+            workers=0,
+            device="cpu",
+        )
+    )
+    comb_model, _meta = load_checkpoint(comb)
+    for branch, run in ((comb_model.audio, runs["ema"]), (comb_model.spec, spec)):
+        best = load_file(str(run / "best.safetensors"))
+        frozen = {k: v for k, v in branch.state_dict().items() if k in best}
+        assert frozen and all(torch.equal(best[k], v) for k, v in frozen.items())
+    # The head's own run keeps no average: combine has no ema_decay.
+    assert not _state_tensors(comb, "ema")
+
+
 def test_create_with_decay_zero_is_off():
     assert ModelEma.create(nn.Linear(1, 1), 0.0) is None
