@@ -94,4 +94,6 @@ def test_shared_fields_have_one_definition_and_the_json_format_is_unchanged():
     assert {k: loaded[k] for k in set(loaded) - set(old)} == {
         k: defaults[k] for k in set(loaded) - set(old)
     }
-    assert {"init", "freeze_blocks", "test_fold", "multi_label", "val_every"} <= set(loaded)
+    assert {"init", "freeze_blocks", "test_fold", "multi_label", "val_every", "ema_decay"} <= set(
+        loaded
+    )

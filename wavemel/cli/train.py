@@ -154,6 +154,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sigmoid outputs, binary cross-entropy and per-label thresholds (default: on when "
         "any training clip has several labels)",
     )
+    parser.add_argument(
+        "--ema-decay",
+        dest="ema_decay",
+        type=float,
+        default=S,
+        metavar="D",
+        help="validate and save an exponential moving average of the weights with this decay "
+        "(warmed up; 0 = off, the default; typical 0.999)",
+    )
     add_runtime_flags(parser)
     parser.set_defaults(func=run)
 

@@ -21,6 +21,7 @@ from wavemel.checkpoint import MAX_INPUT_SECONDS
 from wavemel.data.splits import SPLIT_FIELDS
 from wavemel.errors import CheckpointError, WavemelError
 from wavemel.models._layers import SAMPLE_RATE_RANGE
+from wavemel.train.ema import check_ema_decay
 
 __all__ = [
     "TrainConfig",
@@ -275,6 +276,11 @@ class TrainConfig(_RunConfig):
         spec_time_width: Largest width of a time mask as a fraction of the input's frames, in
             (0, 1]: a fraction rather than frames so that one setting means the same share of
             the input for cnn-spec (20 ms hop) and cnn14 (10 ms hop) at any input length.
+        ema_decay: Keep an exponential moving average of the weights (and BatchNorm statistics)
+            with this decay, warmed up as ``min(ema_decay, (1 + step) / (10 + step))``; the
+            validation, the best-epoch choice and the checkpoints then use the averaged weights
+            while training continues on the raw ones (see ``wavemel.train.ema``). Must be in
+            [0, 1); 0 (the default) keeps no average; 0.999 is typical.
     """
 
     model: str = "cnn-audio"
@@ -297,6 +303,7 @@ class TrainConfig(_RunConfig):
     spec_freq_width: int = 8
     spec_time_masks: int = 0
     spec_time_width: float = 0.1
+    ema_decay: float = 0.0
 
     @property
     def input_samples(self) -> int:
@@ -336,6 +343,7 @@ class TrainConfig(_RunConfig):
         if self.mixup_on == "spec" and self.model not in ("cnn-spec", "cnn14"):
             raise WavemelError("mixup_on 'spec' needs --model cnn-spec or cnn14")
         self._check_spec_masks()
+        check_ema_decay(self.ema_decay)
 
     @property
     def spec_masking(self) -> bool:

@@ -7,7 +7,9 @@ network gives logits, and the soft-target cross-entropy (weighted per clip; bina
 on the multi-hot label vectors for a multi-label run, see :class:`Objective`) is minimised with
 AdamW under a per-step linear warm-up + cosine schedule. After each epoch the validation clips are
 scored whole (``wavemel.infer.predict_waveforms``: input-length windows, mean probabilities) for
-MAP@3; the best and the last model are saved as checkpoints, the resume state after them.
+MAP@3; the best and the last model are saved as checkpoints, the resume state after them. With
+``ema_decay`` > 0 an exponential moving average of the weights (``ema.py``) follows every step and
+is what validation scores and the checkpoints hold; training continues on the raw weights.
 
 Under ``torchrun`` (see ``distributed.py``) the same code runs on every rank: DDP averages the
 gradients, each rank sees its shard of the epoch, losses and validation predictions are combined
@@ -57,6 +59,7 @@ from wavemel.train.distributed import (
     init_distributed,
     wrap_model,
 )
+from wavemel.train.ema import ModelEma
 from wavemel.train.finetune import build_model, resolve_init
 from wavemel.train.loader import (
     ClipItem,
@@ -283,6 +286,7 @@ def train_one_epoch(
     ctx: DistContext | None = None,
     desc: str = "train",
     postfix: dict[str, Any] | None = None,
+    ema: ModelEma | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss (over all ranks).
 
@@ -295,6 +299,8 @@ def train_one_epoch(
         ctx: Distributed context (only rank 0 shows a progress bar).
         desc: Progress-bar title.
         postfix: Extra fields for the bar (e.g. the last validation MAP@3).
+        ema: Weight average updated after every optimizer step (of the plain model inside
+            ``model``), or ``None``.
     """
     ctx = ctx or DistContext()
     device = step.device
@@ -333,6 +339,8 @@ def train_one_epoch(
         step.scaler.step(optimizer)
         step.scaler.update()
         progress.step += 1
+        if ema is not None:
+            ema.update(progress.step)
         loss_sum += loss.detach().double() * len(waves)
         count += len(waves)
         if i % step.log_every == 0 and not bar.disable:
@@ -609,9 +617,10 @@ def _resume(
     step: TrainStep,
     config: TrainConfig,
     ctx: DistContext,
+    ema: ModelEma | None = None,
 ) -> Progress:
     """Load the resume state of ``out``; the metrics log loses an unfinished epoch's line."""
-    progress = load_state(out, model, optimizer, scaler=step.scaler)
+    progress = load_state(out, model, optimizer, scaler=step.scaler, ema=ema)
     if ctx.is_main:
         _truncate_metrics(out / "metrics.jsonl", progress.epoch)
         print(f"resuming {out} after epoch {progress.epoch}/{config.epochs}", flush=True)
@@ -626,13 +635,19 @@ def _save_epoch(
     progress: Progress,
     meta: dict[str, Any],
     improved: bool,
+    ema: ModelEma | None = None,
 ) -> None:
-    """The epoch's ``last`` (and ``best``) checkpoints, then the resume state."""
-    save_checkpoint(out / "last", model, meta)
+    """The epoch's ``last`` (and ``best``) checkpoints, then the resume state.
+
+    With a weight EMA the checkpoints hold the averaged weights (what validation scored); the
+    resume state holds both, the raw ones to train on and the average.
+    """
+    scored = ema.module if ema is not None else model
+    save_checkpoint(out / "last", scored, meta)
     if improved:
-        save_checkpoint(out / "best", model, meta)
+        save_checkpoint(out / "best", scored, meta)
     # Written last: a run interrupted before this line repeats the whole epoch.
-    save_state(out, model, optimizer, progress, scaler=step.scaler)
+    save_state(out, model, optimizer, progress, scaler=step.scaler, ema=ema)
 
 
 def fit(
@@ -672,7 +687,11 @@ def fit(
         model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    progress = _resume(out, model, optimizer, step, config, ctx) if config.resume else Progress()
+    # Of the plain model, after its device and memory format are set (the copy keeps both).
+    ema = ModelEma.create(model, config.ema_decay)
+    progress = (
+        _resume(out, model, optimizer, step, config, ctx, ema) if config.resume else Progress()
+    )
     hop_samples = hop_to_samples(config.hop_seconds, config.sample_rate)
     train_module = wrap_model(_SpectrogramInput(model) if step.spectrogram else model, ctx)
     if config.compile:
@@ -704,12 +723,15 @@ def fit(
             ctx=ctx,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             postfix={"map3": f"{last_map3:.3f}", "run_eta": run_eta},
+            ema=ema,
         )
         broadcast_buffers(model, ctx)
         scores, thresholds, improved = {}, None, False
         if _validates(epoch, config):
+            if ema is not None:
+                broadcast_buffers(ema.module, ctx)
             scores = validate(
-                model,
+                ema.module if ema is not None else model,
                 data.store,
                 data.val,
                 input_samples=config.input_samples,
@@ -747,7 +769,7 @@ def fit(
             meta = {**base_meta, "metrics": metrics}
             if thresholds is not None:
                 meta["thresholds"] = thresholds
-            _save_epoch(out, model, optimizer, step, progress, meta, improved)
+            _save_epoch(out, model, optimizer, step, progress, meta, improved, ema)
             print(_epoch_line(config, record, improved, run_eta), flush=True)
         barrier(ctx)
     if ctx.is_main:
