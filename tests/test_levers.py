@@ -215,3 +215,12 @@ def test_tiny_study_resumes_and_invalidates_one_lever(tmp_path, monkeypatch):
     assert changed == [f"runs/{unit}/2s/spec-comb/cnn-comb", f"runs/{unit}/2s/spec-comb/cnn-spec"]
     lr = json.loads((out / changed[1] / "config.json").read_text())["lr"]
     assert lr == pytest.approx(3e-3)
+
+
+def test_cli_list_needs_no_data_and_missing_data_is_one_line(capsys):
+    assert cli_main(["levers", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in LEVERS)
+    assert cli_main(["levers", "--levers", "mixup-spec"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "wavemel: error: wavemel levers needs --data and --out (or --list)"

@@ -6,6 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from wavemel.errors import WavemelError
 from wavemel.study.presets import PRESETS, StudyConfig
 
 
@@ -19,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "kept only when its validation MAP@3 beats the baseline's on every seed. Rerunning the "
         "same command skips finished runs; editing a lever retrains only that lever's runs.",
     )
-    parser.add_argument("--data", required=True, help="dataset root (or CSV manifest)")
-    parser.add_argument("--out", required=True, type=Path, help="study folder")
+    # Not required by argparse: --list needs neither.
+    parser.add_argument("--data", help="dataset root (or CSV manifest)")
+    parser.add_argument("--out", type=Path, help="study folder")
     parser.add_argument(
         "--levers", nargs="+", metavar="NAME", help="levers to run (default: all registered)"
     )
@@ -55,13 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # lazy: imports torch, which `wavemel --help` must not
-    from wavemel.study.levers import LEVERS, run_levers, select_levers
+    from wavemel.study.levers import run_levers, select_levers
 
     if args.list:
         for lever in select_levers(None):
             overrides = ", ".join(f"{k}={v!r}" for k, v in lever.overrides.items()) or "-"
-            print(f"{lever.name:<14} {'+'.join(LEVERS[lever.name].models):<28} {overrides}")
+            print(f"{lever.name:<14} {'+'.join(lever.models):<28} {overrides}")
         return 0
+    if not args.data or not args.out:
+        raise WavemelError("wavemel levers needs --data and --out (or --list)")
     config = StudyConfig(
         data=args.data,
         out=str(args.out),
