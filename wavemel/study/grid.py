@@ -121,7 +121,7 @@ def open_data_study(config: StudyConfig, kind: str | None = None) -> Study:
         settings["study"] = kind
     state = open_study(out, settings, config.force)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
-    return Study(config, preset, state, index, has_test, has_usage, cache_dir)
+    return Study(config, preset, state, index, has_test, has_usage, cache_dir, kind or "reproduce")
 
 
 def _settings(config: StudyConfig, preset: Preset, index: DatasetIndex) -> dict:

@@ -367,7 +367,8 @@ def lever_table(runs: dict) -> list[dict]:
 
 
 def _signed(values: list[float]) -> str:
-    return " ".join(f"{v:+.3f}" for v in values) or "n/a"
+    # A difference that rounds to zero reads +0.000, never -0.000.
+    return " ".join(f"{v if abs(v) >= 5e-4 else 0.0:+.3f}" for v in values) or "n/a"
 
 
 def _table_lines(results: dict) -> list[str]:

@@ -50,6 +50,7 @@ class Study:
         has_test: whether the data have a labelled test split (scored), else folds are scored.
         has_usage: whether the test clips carry Public / Private (``usage``).
         cache_dir: the clip cache shared by all runs.
+        kind: the study's name in progress lines (``reproduce``, ``levers``).
     """
 
     config: StudyConfig
@@ -59,6 +60,7 @@ class Study:
     has_test: bool
     has_usage: bool
     cache_dir: Path
+    kind: str = "reproduce"
 
     @property
     def out(self) -> Path:
@@ -76,7 +78,7 @@ class Study:
 
     def log(self, message: str) -> None:
         if self.config.progress:
-            print(f"[reproduce] {message}", file=sys.stderr, flush=True)
+            print(f"[{self.kind}] {message}", file=sys.stderr, flush=True)
 
     def run_key(self, run_dir: Path) -> str:
         """A run's name in ``state.json``: its folder relative to OUT."""
