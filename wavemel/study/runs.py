@@ -179,6 +179,7 @@ def train_branch(
         lr=preset.lr,
         mixup_alpha=preset.mixup_alpha,
         patience=preset.patience,
+        val_every=preset.val_every,
         device=config.device,
         workers=preset.workers,
         cache_dir=str(study.cache_dir),

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from wavemel._device import half_dtype
 from wavemel._io import atomic_write_text, os_error_reason
-from wavemel.augment import Mixup, WaveformAugment, eval_fill_for
+from wavemel._threads import retune_threads
+from wavemel.augment import Mixup, SpecMask, WaveformAugment, eval_fill_for
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
 from wavemel.infer import hop_to_samples, predict_waveforms
@@ -224,7 +225,11 @@ class TrainStep:
         lr_schedule: Step -> learning rate.
         scaler: GradScaler (float16 AMP; disabled otherwise).
         amp_dtype: Autocast dtype on CUDA, ``None`` for full precision.
-        spectrogram: When set, (B, N) -> (B, 1, F, frames) applied before mixup ("spec" mixup).
+        spectrogram: When set, the network takes log-mels: (B, N) -> (B, 1, F, frames) on the
+            device ("spec" mixup, or masking).
+        mix_waveforms: Mixup blends the waveforms before ``spectrogram`` ("wave" mixup with
+            masking) rather than the log-mels after it.
+        spec_mask: ``SpecMask`` applied to the log-mels last (needs ``spectrogram``), or ``None``.
         channels_last: Put spectrogram inputs in NHWC memory format.
         log_every: Refresh the bar's loss every this many steps (reading it syncs the GPU).
         objective: The loss (softmax cross-entropy, or sigmoid BCE for multi-label runs).
@@ -239,6 +244,8 @@ class TrainStep:
     )
     amp_dtype: torch.dtype | None = None
     spectrogram: Callable[[torch.Tensor], torch.Tensor] | None = None
+    mix_waveforms: bool = False
+    spec_mask: nn.Module | None = None
     channels_last: bool = False
     log_every: int = 10
     objective: Objective = Objective()
@@ -251,12 +258,18 @@ class TrainStep:
         """
         with torch.no_grad():
             x = self.augment(waves, lengths)
+            mix_spectrograms = self.spectrogram is not None and not self.mix_waveforms
+            if self.mixup is not None and not mix_spectrograms:
+                x, targets, weights = self.mixup(x, targets, weights)
             if self.spectrogram is not None:
                 x = self.spectrogram(x)
+                if self.mixup is not None and mix_spectrograms:
+                    x, targets, weights = self.mixup(x, targets, weights)
+                if self.spec_mask is not None:
+                    # Last, so that a mask hides what it covers of both clips of a mixture.
+                    x = self.spec_mask(x)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-            if self.mixup is not None:
-                x, targets, weights = self.mixup(x, targets, weights)
         return x, targets, weights
 
 
@@ -287,8 +300,9 @@ def train_one_epoch(
     device = step.device
     model.train()
     step.augment.train()
-    if step.mixup is not None:
-        step.mixup.train()
+    for part in (step.mixup, step.spec_mask):
+        if part is not None:
+            part.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     bar = tqdm(
@@ -301,6 +315,7 @@ def train_one_epoch(
         file=sys.stderr,
     )
     for i, (waves, lengths, targets, weights) in enumerate(bar):
+        retune_threads()  # between steps: outside any parallel region
         lr = step.lr_schedule(progress.step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -463,16 +478,28 @@ def _epoch_line(config: TrainConfig, record: dict[str, Any], improved: bool, eta
     multi_label = "".join(
         f"  {key} {record[key]:.4f}" for key in ("val_map", "val_lwlrap") if key in record
     )
+    scores = (
+        f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}{multi_label}"
+        if "val_map3" in record
+        else "(not validated)"
+    )
     return (
         f"epoch {record['epoch']}/{config.epochs}  train_loss {record['train_loss']:.4f}  "
-        f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}{multi_label}"
-        f"{' *' if improved else '  '}  lr {record['lr']:.2e}  "
+        f"{scores}{' *' if improved else '  '}  lr {record['lr']:.2e}  "
         f"{record['seconds']:.1f}s  eta {eta}"
     )
 
 
-def _update_progress(progress: Progress, epoch: int, val_map3: float) -> bool:
-    """Count the finished epoch; returns whether it is the best so far."""
+def _validates(epoch: int, config: TrainConfig) -> bool:
+    """Whether 0-based ``epoch`` ends with a validation: every ``val_every``-th, and the last."""
+    return (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+
+
+def _update_progress(progress: Progress, epoch: int, val_map3: float, every: int = 1) -> bool:
+    """Count the finished, validated epoch; returns whether it is the best so far.
+
+    ``every`` epochs passed since the previous validation, so that many count towards patience.
+    """
     progress.epoch = epoch + 1
     improved = val_map3 > progress.best_map3
     if improved:
@@ -480,7 +507,7 @@ def _update_progress(progress: Progress, epoch: int, val_map3: float) -> bool:
         progress.best_epoch = epoch + 1
         progress.epochs_without_improvement = 0
     else:
-        progress.epochs_without_improvement += 1
+        progress.epochs_without_improvement += every
     return improved
 
 
@@ -499,6 +526,7 @@ def _build_step(
     warmup_steps = int(round(config.warmup_epochs * steps))
     mixup = Mixup(config.mixup_alpha) if config.mixup_alpha > 0 else None
     spec_mixup = config.mixup_on == "spec" and mixup is not None
+    spec_mask = _spec_mask_for(model, config)
     return TrainStep(
         augment=WaveformAugment(config.input_samples, p_replicate=config.p_replicate).to(device),
         mixup=mixup,
@@ -507,10 +535,39 @@ def _build_step(
         # Loss scaling is only needed for float16's narrow exponent range.
         scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
         amp_dtype=amp_dtype,
-        spectrogram=model.spectrogram if spec_mixup else None,
+        spectrogram=model.spectrogram if spec_mixup or spec_mask is not None else None,
+        mix_waveforms=not spec_mixup,
+        spec_mask=spec_mask,
         channels_last=_use_channels_last(model, config, device),
         log_every=config.log_every,
         objective=objective,
+    )
+
+
+def _spec_mask_for(model: nn.Module, config: TrainConfig) -> SpecMask | None:
+    """The run's log-mel masking (``config.spec_*``), or ``None`` when it masks nothing.
+
+    Raises:
+        WavemelError: Masking for a model without a log-mel front end, or frequency masks wider
+            than the model's mel bands.
+    """
+    if not config.spec_masking:
+        return None
+    if not hasattr(model, "forward_spectrogram"):
+        raise WavemelError(
+            f"--spec-freq-masks / --spec-time-masks need a model with a log-mel front end "
+            f"(cnn-spec or cnn14), not {config.model}"
+        )
+    n_mels = model.config.n_mels
+    if config.spec_freq_masks and config.spec_freq_width > n_mels:
+        raise WavemelError(
+            f"--spec-freq-width {config.spec_freq_width}: more than the model's {n_mels} mel bands"
+        )
+    return SpecMask(
+        config.spec_freq_masks,
+        config.spec_freq_width,
+        config.spec_time_masks,
+        config.spec_time_width,
     )
 
 
@@ -649,23 +706,27 @@ def fit(
             postfix={"map3": f"{last_map3:.3f}", "run_eta": run_eta},
         )
         broadcast_buffers(model, ctx)
-        scores = validate(
-            model,
-            data.store,
-            data.val,
-            input_samples=config.input_samples,
-            hop_samples=hop_samples,
-            batch_size=max(config.batch_size, 64),
-            device=device,
-            amp_dtype=step.amp_dtype,
-            empty_distribution=prior,
-            fill=base_meta["eval_fill"],
-            ctx=ctx,
-            objective=objective,
-        )
-        thresholds = scores.pop("thresholds", None)
-        last_map3 = scores["val_map3"]
-        improved = _update_progress(progress, epoch, scores["val_map3"])
+        scores, thresholds, improved = {}, None, False
+        if _validates(epoch, config):
+            scores = validate(
+                model,
+                data.store,
+                data.val,
+                input_samples=config.input_samples,
+                hop_samples=hop_samples,
+                batch_size=max(config.batch_size, 64),
+                device=device,
+                amp_dtype=step.amp_dtype,
+                empty_distribution=prior,
+                fill=base_meta["eval_fill"],
+                ctx=ctx,
+                objective=objective,
+            )
+            thresholds = scores.pop("thresholds", None)
+            last_map3 = scores["val_map3"]
+            improved = _update_progress(progress, epoch, scores["val_map3"], config.val_every)
+        else:
+            progress.epoch = epoch + 1
         # Whole-run ETA from the mean epoch time so far (the bar's own ETA covers one epoch).
         per_epoch = (time.perf_counter() - run_started) / (progress.epoch - first_epoch)
         run_eta = _format_duration(per_epoch * (config.epochs - progress.epoch))
@@ -770,6 +831,7 @@ def train(config: TrainConfig) -> Path:
                 f"{min_samples} samples ({min_samples / config.sample_rate:.3f} s at "
                 f"{config.sample_rate} Hz)"
             )
+        _spec_mask_for(model, config)  # its errors come before the run folder is touched
         if config.multi_label is None and data.multi_label:
             # Switched on because a training clip has several labels: config.json says so. (A
             # single-label run keeps None, so its config is what it was before multi-label.)
