@@ -116,6 +116,7 @@ LEVERS: dict[str, Lever] = _registry(
     # windows of the training length, no overlap), so 4 s crops are scored on whole clips in
     # 4 s windows (shorter clips filled to 4 s as in training); no new option is needed.
     Lever("long-crops", ("cnn-spec",), {"input_seconds": 4.0}, note="4 s training crops"),
+    Lever("specaug", ("cnn-spec",), {"spec_freq_masks": 2, "spec_time_masks": 2}, note="2+2 masks"),
 )
 
 
