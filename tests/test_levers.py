@@ -61,14 +61,10 @@ def test_table_has_one_row_per_lever_with_means_from_the_seeds(runs):
 def test_decision_uses_validation_only(runs):
     kept = {row["lever"]: row["kept"] for row in lever_table(runs)}
     assert kept == {BASELINE: None, "val-up": True, "test-up": False, "two-of-three": False}
-    # Swapping the test numbers of the two levers changes nothing.
-    runs["val-up"]["cnn-spec"], runs["test-up"]["cnn-spec"] = (
-        {
-            u: {**r, "test_map3": runs["test-up"]["cnn-spec"][u]["test_map3"]}
-            for u, r in runs["val-up"]["cnn-spec"].items()
-        },
-        {u: {**r, "test_map3": 0.0} for u, r in runs["test-up"]["cnn-spec"].items()},
-    )
+    # Other test numbers (val-up now best on test, test-up worst) decide nothing.
+    for lever, test_map3 in (("val-up", 0.95), ("test-up", 0.0)):
+        for record in runs[lever]["cnn-spec"].values():
+            record["test_map3"] = test_map3
     assert {row["lever"]: row["kept"] for row in lever_table(runs)} == kept
 
 
