@@ -116,7 +116,16 @@ LEVERS: dict[str, Lever] = _registry(
     # windows of the training length, no overlap), so 4 s crops are scored on whole clips in
     # 4 s windows (shorter clips filled to 4 s as in training); no new option is needed.
     Lever("long-crops", ("cnn-spec",), {"input_seconds": 4.0}, note="4 s training crops"),
-    Lever("specaug", ("cnn-spec",), {"spec_freq_masks": 2, "spec_time_masks": 2}, note="2+2 masks"),
+    Lever(
+        "specaug",
+        ("cnn-spec",),
+        {"spec_freq_masks": 2, "spec_time_masks": 2},
+        comb=True,
+        note="2+2 log-mel masks",
+    ),
+    # The decay warms up as (1 + step) / (10 + step): over the cpu preset's ~800 steps it averages
+    # roughly the last 100 of them.
+    Lever("ema", BRANCHES, {"ema_decay": 0.999}, comb=True, note="weight EMA, both branches"),
 )
 
 
