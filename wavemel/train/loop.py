@@ -66,6 +66,7 @@ from wavemel.train.loader import (
     shift_margin,
 )
 from wavemel.train.run_folder import RunFolder
+from wavemel.train.stages import Stage
 from wavemel.train.state import Progress, load_state, save_state
 
 __all__ = [
@@ -459,12 +460,12 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
         raise WavemelError(f"{path}: cannot write ({os_error_reason(exc)})") from None
 
 
-def _epoch_line(config: TrainConfig, record: dict[str, Any], improved: bool, eta: str) -> str:
+def _epoch_line(epochs: int, record: dict[str, Any], improved: bool, eta: str) -> str:
     multi_label = "".join(
         f"  {key} {record[key]:.4f}" for key in ("val_map", "val_lwlrap") if key in record
     )
     return (
-        f"epoch {record['epoch']}/{config.epochs}  train_loss {record['train_loss']:.4f}  "
+        f"epoch {record['epoch']}/{epochs}  train_loss {record['train_loss']:.4f}  "
         f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}{multi_label}"
         f"{' *' if improved else '  '}  lr {record['lr']:.2e}  "
         f"{record['seconds']:.1f}s  eta {eta}"
@@ -550,14 +551,14 @@ def _resume(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     step: TrainStep,
-    config: TrainConfig,
+    epochs: int,
     ctx: DistContext,
 ) -> Progress:
     """Load the resume state of ``out``; the metrics log loses an unfinished epoch's line."""
     progress = load_state(out, model, optimizer, scaler=step.scaler)
     if ctx.is_main:
         _truncate_metrics(out / "metrics.jsonl", progress.epoch)
-        print(f"resuming {out} after epoch {progress.epoch}/{config.epochs}", flush=True)
+        print(f"resuming {out} after epoch {progress.epoch}/{epochs}", flush=True)
     return progress
 
 
@@ -588,6 +589,7 @@ def fit(
     extra_meta: dict[str, Any] | None = None,
     ctx: DistContext | None = None,
     run: RunFolder | None = None,
+    stage: Stage | None = None,
 ) -> Path:
     """Train ``model``'s trainable parameters on ``data`` and write the run folder.
 
@@ -600,6 +602,8 @@ def fit(
         extra_meta: More checkpoint metadata (e.g. the branch runs of cnn-comb).
         ctx: Distributed context.
         run: Rank 0's run folder; ``finished.json`` is written through it at the end.
+        stage: Set when the run is trained in stages (see :mod:`wavemel.train.stages`):
+            ``config.epochs`` then counts this stage's epochs, after ``stage.start.epoch``.
 
     Returns:
         ``out``.
@@ -615,14 +619,19 @@ def fit(
         model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    progress = _resume(out, model, optimizer, step, config, ctx) if config.resume else Progress()
+    first = stage.start.epoch if stage is not None else 0
+    epochs = first + config.epochs
+    if config.resume:
+        progress = _resume(out, model, optimizer, step, epochs, ctx)
+    else:
+        progress = stage.first_progress() if stage is not None else Progress()
     hop_samples = hop_to_samples(config.hop_seconds, config.sample_rate)
     train_module = wrap_model(_SpectrogramInput(model) if step.spectrogram else model, ctx)
     if config.compile:
         train_module = torch.compile(train_module)
     prior = np.asarray(data.label_prior())
     base_meta = _checkpoint_meta(model, data, config, run_config, extra_meta)
-    if ctx.is_main and progress.epoch == 0:
+    if ctx.is_main and progress.epoch == 0 and first == 0:
         print(
             f"training {config.model} on {len(data.train)} clips, validating on {len(data.val)} "
             f"({len(data.labels)} classes, {len(loader)} steps/epoch, device {device}, "
@@ -631,7 +640,7 @@ def fit(
         )
     last_map3 = progress.best_map3 if progress.epoch else float("nan")
     run_started, first_epoch, run_eta = time.perf_counter(), progress.epoch, "?"
-    for epoch in range(progress.epoch, config.epochs):
+    for epoch in range(progress.epoch, epochs):
         if config.patience and progress.epochs_without_improvement >= config.patience:
             break
         started = time.perf_counter()
@@ -645,7 +654,7 @@ def fit(
             step,
             progress,
             ctx=ctx,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
+            desc=f"epoch {epoch + 1}/{epochs}",
             postfix={"map3": f"{last_map3:.3f}", "run_eta": run_eta},
         )
         broadcast_buffers(model, ctx)
@@ -668,9 +677,10 @@ def fit(
         improved = _update_progress(progress, epoch, scores["val_map3"])
         # Whole-run ETA from the mean epoch time so far (the bar's own ETA covers one epoch).
         per_epoch = (time.perf_counter() - run_started) / (progress.epoch - first_epoch)
-        run_eta = _format_duration(per_epoch * (config.epochs - progress.epoch))
+        run_eta = _format_duration(per_epoch * (epochs - progress.epoch))
         record = {
             "epoch": epoch + 1,
+            **({"stage": stage.name} if stage is not None else {}),
             "train_loss": train_loss,
             **scores,
             "lr": optimizer.param_groups[0]["lr"],
@@ -686,17 +696,21 @@ def fit(
             meta = {**base_meta, "metrics": metrics}
             if thresholds is not None:
                 meta["thresholds"] = thresholds
+            if stage is not None and stage.before_save is not None:
+                stage.before_save(model)
             _save_epoch(out, model, optimizer, step, progress, meta, improved)
-            print(_epoch_line(config, record, improved, run_eta), flush=True)
+            print(_epoch_line(epochs, record, improved, run_eta), flush=True)
         barrier(ctx)
     if ctx.is_main:
-        _report_end(config, progress, out, run)
+        _report_end(config, progress, out, run, epochs)
     return out
 
 
-def _report_end(config: TrainConfig, progress: Progress, out: Path, run: RunFolder | None) -> None:
+def _report_end(
+    config: TrainConfig, progress: Progress, out: Path, run: RunFolder | None, epochs: int
+) -> None:
     stopped = bool(config.patience) and progress.epochs_without_improvement >= config.patience
-    if stopped and progress.epoch < config.epochs:
+    if stopped and progress.epoch < epochs:
         print(f"early stop: no better val_map3 for {config.patience} epochs", flush=True)
     if run is not None:
         run.finish(
@@ -704,7 +718,7 @@ def _report_end(config: TrainConfig, progress: Progress, out: Path, run: RunFold
                 "epochs": progress.epoch,
                 "best_epoch": progress.best_epoch,
                 "best_val_map3": progress.best_map3,
-                "early_stop": stopped and progress.epoch < config.epochs,
+                "early_stop": stopped and progress.epoch < epochs,
             }
         )
     print(
