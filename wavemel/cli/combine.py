@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="finetune_epochs",
         type=int,
         default=S,
+        metavar="N",
         help="then train branches and head end to end for this many epochs (default 0: off)",
     )
     parser.add_argument(
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="finetune_lr",
         type=float,
         default=S,
+        metavar="LR",
         help="peak learning rate of the fine-tune, branches and head (default 1e-4)",
     )
     parser.add_argument(
