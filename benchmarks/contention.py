@@ -3,15 +3,18 @@
 Run from the repository root, on a machine nobody else is using (other load skews every row)::
 
     python benchmarks/contention.py                                   # all policies, 0/1/2 rivals
-    python benchmarks/contention.py --policies default wavemel --competitors 0 1 --budget 1
+    python benchmarks/contention.py --policies default wavemel --competitors 0 1 --budget 4
 
-Each row is one training-step timing (``benchmarks/models.py``'s ``bench_model``: forward +
-backward + SGD step, 16 kHz, batch 8, median step) in a fresh Python process, because OpenMP
-reads its wait policy once, when torch loads it. "Rivals" are single-threaded busy loops in
-their own processes, started just before the timing and stopped after it (each also ends itself
-after ``--rival-limit`` seconds, so none outlives a killed benchmark for long). The table gives
-clips/s, the share of the same policy's idle throughput and the share of the ``default`` policy's
-idle throughput (what torch gives without any setting).
+Each row times training steps (the step of ``benchmarks/models.py``'s table (b): forward +
+backward + SGD step, 16 kHz, batch 8) for ``--budget`` seconds in a fresh Python process, because
+OpenMP reads its wait policy once, when torch loads it; clips/s is all clips over all that time,
+so a slow start counts. "Rivals" are single-threaded busy loops in their own processes (each also
+ends itself after ``--rival-limit`` seconds, so none outlives a killed benchmark for long). With
+``--arrival start`` they run before the timed process starts (it sees them when it chooses its
+threads); with ``late`` the timed process starts on an idle machine and they start after its
+warm-up step, the case a thread count fixed at start-up gets wrong. The table gives clips/s, the
+share of the same policy's idle throughput and the share of the ``default`` policy's idle
+throughput (what torch gives without any setting).
 
 Policies (environment of the timed process; inherited OMP_* / GOMP_* / KMP_* settings removed):
 
@@ -19,7 +22,8 @@ Policies (environment of the timed process; inherited OMP_* / GOMP_* / KMP_* set
 - ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` (sleep at once).
 - ``spin-N``: ``GOMP_SPINCOUNT=N`` (spin N rounds, then sleep).
 - ``wavemel``: whatever ``wavemel._threads.configure_threads`` chooses, thread count included
-  unless ``--threads`` is given (what the ``wavemel`` command does).
+  unless ``--threads`` is given, and its governor re-fitting the count between steps
+  (``retune_threads``, as the training loop calls it): what the ``wavemel`` command does.
 - ``one-thread``: default policy, one thread (what a load-aware thread count falls back to).
 """
 
@@ -73,7 +77,9 @@ def stop_rivals(rivals: list[subprocess.Popen]) -> None:
         rival.wait()
 
 
-def time_config(args: argparse.Namespace, model: str, policy: str, rivals: int) -> dict:
+def time_config(
+    args: argparse.Namespace, model: str, policy: str, rivals: int, arrival: str = "start"
+) -> dict:
     """One timing in a fresh process beside ``rivals`` busy loops; returns the worker's JSON."""
     threads = 1 if policy == "one-thread" else args.threads
     if threads is None and policy != "wavemel":
@@ -81,13 +87,15 @@ def time_config(args: argparse.Namespace, model: str, policy: str, rivals: int) 
     command = [
         sys.executable, __file__, "--worker", "--policy", policy, "--models", model,
         "--size", args.size, "--seconds", str(args.seconds), "--batch", str(args.batch),
-        "--budget", str(args.budget),
+        "--budget", str(args.budget), "--rival-limit", str(args.rival_limit),
     ]  # fmt: skip
     if threads is not None:
         command += ["--threads", str(threads)]
-    running = start_rivals(rivals, args.rival_limit)
+    if arrival == "late":
+        command += ["--late-rivals", str(rivals)]
+    running = start_rivals(rivals if arrival == "start" else 0, args.rival_limit)
     try:
-        time.sleep(0.3 if rivals else 0.0)  # let the rivals get onto the cores first
+        time.sleep(0.3 if running else 0.0)  # let the rivals get onto the cores first
         done = subprocess.run(
             command,
             env=policy_env(policy),
@@ -108,23 +116,51 @@ def time_config(args: argparse.Namespace, model: str, policy: str, rivals: int) 
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Time the training step in this process and print one JSON line."""
+    """Time training steps in this process and print one JSON line."""
     plan = "set by the benchmark"
     if args.policy == "wavemel":
         # Must run before torch is imported, as the CLI entry point does.
         from wavemel._threads import configure_threads
 
         plan = configure_threads(args.threads).reason
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
-    from models import bench_model  # benchmarks/models.py: the same step as its table (b)
+    from torch import nn
+
+    from wavemel._threads import retune_threads
+    from wavemel.models import create_model
 
     if args.policy != "wavemel":
         torch.set_num_threads(args.threads)
-    result = bench_model(args.models[0], args.size, args.seconds, args.batch, args.budget)
-    result["threads"] = torch.get_num_threads()
-    result["plan"] = plan
-    result["env"] = {k: os.environ[k] for k in _CLEARED if k in os.environ}
+    sr = 16000
+    torch.manual_seed(0)
+    model = create_model(args.models[0], 10, size=args.size, sample_rate=sr).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = 0.1 * torch.randn(args.batch, int(sr * args.seconds))
+    y = torch.arange(args.batch) % 10
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    step()  # warm-up
+    rivals = start_rivals(args.late_rivals, args.rival_limit)
+    try:
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.budget:
+            retune_threads()  # a no-op unless wavemel's governor runs in this process
+            step()
+            steps += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        stop_rivals(rivals)
+    result = {
+        "steps": steps,
+        "clips_per_s": steps * args.batch / elapsed,
+        "threads": torch.get_num_threads(),
+        "plan": plan,
+        "env": {k: os.environ[k] for k in _CLEARED if k in os.environ},
+    }
     print(json.dumps(result))
 
 
@@ -141,11 +177,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--policies", nargs="+", default=POLICIES)
     parser.add_argument("--competitors", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--budget", type=float, default=3.0, help="timing seconds per row")
+    parser.add_argument(
+        "--arrival",
+        nargs="+",
+        choices=["start", "late"],
+        default=["start", "late"],
+        help="rivals running before the timed process starts, or starting after its warm-up",
+    )
+    parser.add_argument("--budget", type=float, default=8.0, help="timing seconds per row")
     parser.add_argument("--rival-limit", type=float, default=300.0, help="rivals' own deadline")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--policy", help=argparse.SUPPRESS)
+    parser.add_argument("--late-rivals", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
@@ -158,27 +202,33 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.size} models, {args.seconds:g} s clips, batch {args.batch}, "
         f"{len(os.sched_getaffinity(0))} usable CPU(s); load average before: {load}\n"
     )
-    print("| model | policy | rivals | threads | clips/s | / own idle | / default idle |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| model | policy | rivals | arrival | threads at end | clips/s | / own idle "
+        "| / default idle |"
+    )
+    print("|---|---|---:|---|---:|---:|---:|---:|")
     rows, idle = [], {}
     for model in args.models:
         for policy in args.policies:
             for rivals in args.competitors:
-                r = time_config(args, model, policy, rivals)
-                if rivals == 0:
-                    idle[model, policy] = r["clips_per_s"]
-                own = idle.get((model, policy))
-                base = idle.get((model, "default"))
-                row = {"model": model, "policy": policy, "rivals": rivals, **r}
-                row["share_of_idle"] = r["clips_per_s"] / own if own else None
-                row["share_of_default_idle"] = r["clips_per_s"] / base if base else None
-                rows.append(row)
-                print(
-                    f"| {model} | {policy} | {rivals} | {r['threads']} | {r['clips_per_s']:.1f} "
-                    f"| {_percent(row['share_of_idle'])} "
-                    f"| {_percent(row['share_of_default_idle'])} |",
-                    flush=True,
-                )
+                for arrival in args.arrival if rivals else ["start"]:
+                    r = time_config(args, model, policy, rivals, arrival)
+                    if rivals == 0:
+                        idle[model, policy] = r["clips_per_s"]
+                    own = idle.get((model, policy))
+                    base = idle.get((model, "default"))
+                    row = {"model": model, "policy": policy, "rivals": rivals, "arrival": arrival}
+                    row.update(r)
+                    row["share_of_idle"] = r["clips_per_s"] / own if own else None
+                    row["share_of_default_idle"] = r["clips_per_s"] / base if base else None
+                    rows.append(row)
+                    print(
+                        f"| {model} | {policy} | {rivals} | {arrival if rivals else '-'} "
+                        f"| {r['threads']} | {r['clips_per_s']:.1f} "
+                        f"| {_percent(row['share_of_idle'])} "
+                        f"| {_percent(row['share_of_default_idle'])} |",
+                        flush=True,
+                    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

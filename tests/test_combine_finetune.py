@@ -249,3 +249,11 @@ def test_unfrozen_branches_train_and_choose_their_batchnorm_mode(batchnorm_train
     assert stats and all(moved) is batchnorm_train and any(moved) is batchnorm_train
     comb.eval()
     assert not comb.audio.training and not comb.spec.training
+
+
+def test_val_every_counts_within_each_stage(branches, tmp_path):
+    out = combine(_config(branches, tmp_path / "comb", finetune_epochs=3, val_every=2))
+    validated = [(row["epoch"], row["stage"]) for row in _metrics(out) if "val_map3" in row]
+    # Every second epoch of a stage and the last of each: the head's best is known before the
+    # fine-tune starts from it.
+    assert validated == [(2, "head"), (4, "finetune"), (5, "finetune")]

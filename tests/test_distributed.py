@@ -110,3 +110,38 @@ def test_torchrun_two_processes_gloo(tmp_path):
     for name, tensor in trained_audio.state_dict().items():
         if name in comb_model.audio.state_dict():
             assert torch.equal(comb_model.audio.state_dict()[name], tensor), name
+
+
+def test_torchrun_two_processes_score_and_save_the_same_ema(tmp_path):
+    from wavemel.checkpoint import load_checkpoint
+    from wavemel.data.synthetic import generate
+    from wavemel.train.config import TrainConfig
+    from wavemel.train.loader import prepare_data
+    from wavemel.train.loop import validate
+
+    data = generate(tmp_path / "data", clips_per_class=4, sample_rate=SR, max_seconds=1.0)
+    out = tmp_path / "run"
+    args = [
+        "train", "--model", "cnn-audio", "--size", "tiny",
+        "--data", str(data), "--out", str(out), "--sample-rate", str(SR),
+        "--input-seconds", "0.5", "--epochs", "2", "--batch-size", "4", "--folds", "4",
+        "--mixup-alpha", "0", "--workers", "0", "--device", "cpu", "--ema-decay", "0.9",
+        "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    _torchrun(args, tmp_path)
+
+    # Each rank scored its half of the clips with its own EMA; one process scoring all of them
+    # with rank 0's saved EMA gives the same loss, so the ranks' averages (BatchNorm statistics
+    # included, which each rank updates from its own batches) were the same.
+    config = TrainConfig.load(out / "config.json")
+    prepared = prepare_data(config, progress=False)
+    model, meta = load_checkpoint(out / "last")
+    scores = validate(
+        model,
+        prepared.store,
+        prepared.val,
+        input_samples=config.input_samples,
+        empty_distribution=meta["label_prior"],
+    )
+    assert scores["val_loss"] == pytest.approx(meta["metrics"]["val_loss"], rel=1e-6)
+    assert scores["val_map3"] == pytest.approx(meta["metrics"]["val_map3"], abs=1e-9)

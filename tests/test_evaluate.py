@@ -14,7 +14,7 @@ import torch
 from wavemel.checkpoint import save_checkpoint
 from wavemel.cli import main
 from wavemel.data import load_dataset, train_val_split
-from wavemel.errors import CheckpointError, DataError
+from wavemel.errors import CheckpointError, DataError, WavemelError
 from wavemel.evaluate import evaluate_run
 from wavemel.infer import Tagger
 from wavemel.metrics import map_at_k, top_k_accuracy
@@ -234,3 +234,98 @@ def test_a_missing_test_file_counts_as_a_miss(run_dir, dataset, tmp_path):
     assert partial["n_unscored"] == 2 and any("beep_4.wav" in p for p in partial["unscored"])
     assert (partial["n_public"], partial["n_private"]) == (full["n_public"], full["n_private"])
     assert partial["map3"] <= full["map3"]  # the lost clip scores 0 instead of its AP
+
+
+def _member_run(run_dir, data_root, seed, labels=LABELS, input_seconds=0.5, **config):
+    torch.manual_seed(seed)
+    model = create_model("cnn-audio", len(labels), size="tiny", sample_rate=RATE).eval()
+    meta = {"labels": labels, "sample_rate": RATE, "input_seconds": input_seconds}
+    save_checkpoint(run_dir / "best", model, meta)
+    settings = {"data": str(data_root), "format": "csv", "folds": 2, "fold": 1, "seed": 3}
+    settings.update({"val_split": None, "label_pattern": None, "group_field": None, **config})
+    (run_dir / "config.json").write_text(json.dumps(settings))
+    return run_dir
+
+
+def test_ensemble_of_two_runs_scores_the_mean_of_their_probabilities(
+    run_dir, dataset, tmp_path, capsys
+):
+    # Another seed, input length and label order than run_dir: reordered, then averaged.
+    other = _member_run(tmp_path / "other", dataset, seed=5, labels=LABELS[::-1], input_seconds=0.3)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["evaluate", str(run_dir), str(other), "--out-dir", str(out), "--json"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+
+    records = [r for r in load_dataset(dataset, "csv").split("test") if r.path.name != "odd.wav"]
+    first = Tagger.from_checkpoint(run_dir, device="cpu")
+    second = Tagger.from_checkpoint(other, device="cpu")
+    rows = []
+    for record in records:
+        if record.path.name == "broken.wav":
+            rows.append(np.full(len(LABELS), np.nan))
+        else:
+            rows.append(
+                (first.predict_proba(record.path) + second.predict_proba(record.path)[::-1]) / 2
+            )
+    scores = np.stack(rows)
+    targets = np.array([LABELS.index(r.label) for r in records])
+    assert result["map3"] == pytest.approx(map_at_k(scores, targets), abs=1e-12)
+    assert result["n_clips"] == 7 and result["n_unscored"] == 1
+    for clip, row in zip(result["clips"], scores):
+        if clip["top3"] is None:
+            continue
+        for label, probability in clip["top3"]:
+            assert probability == pytest.approx(row[LABELS.index(label)], abs=1e-6)
+    assert [m["run"] for m in result["members"]] == [str(run_dir), str(other)]
+    assert [m["hop_seconds"] for m in result["members"]] == [0.5, 0.3]
+    assert result["hop_seconds"] is None and result["model"] == "ensemble of cnn-audio, cnn-audio"
+    saved = json.loads((out / "evaluation_test.json").read_text())
+    assert saved["members"] == result["members"]
+    # The undecodable clip is reported once, not once per member.
+    assert captured.err.count("broken.wav") == 1
+
+    # One run given as a list is today's evaluation.
+    alone = evaluate_run([run_dir], device="cpu", out_dir=tmp_path)
+    assert "members" not in alone
+    assert alone["map3"] == evaluate_run(run_dir, device="cpu", out_dir=tmp_path)["map3"]
+
+
+def test_ensemble_members_must_share_the_split(run_dir, dataset, tmp_path):
+    other_fold = _member_run(tmp_path / "fold0", dataset, seed=5, fold=0)
+    with pytest.raises(WavemelError) as caught:
+        evaluate_run([run_dir, other_fold], split="val", device="cpu", out_dir=tmp_path)
+    message = str(caught.value)
+    assert message == (
+        f"ensemble of {run_dir} and {other_fold}: --split val needs one split, but their fold "
+        "differs (1 vs 0)"
+    )
+    # The test split only needs the same data; another root is refused unless --data names one.
+    elsewhere = _member_run(tmp_path / "elsewhere", tmp_path / "copy", seed=5)
+    with pytest.raises(WavemelError, match="their data differs"):
+        evaluate_run([run_dir, elsewhere], device="cpu", out_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate_run([run_dir, other_fold], device="cpu", out_dir=tmp_path)
+    assert len(result["members"]) == 2
+    with pytest.raises(WavemelError, match="needs --out-dir"):
+        evaluate_run([run_dir, other_fold], device="cpu")
+    with pytest.raises(WavemelError, match="not an ensemble"):
+        evaluate_run([run_dir, other_fold], zero_input="audio", device="cpu", out_dir=tmp_path)
+
+
+def test_a_fold_ensemble_scores_its_common_heldout_fold(dataset, tmp_path):
+    # Validation folds 1 and 2 of one 3-fold study: the held-out fold 0 is the same for both.
+    runs = [
+        _member_run(tmp_path / f"fold{fold}", dataset, seed=fold, folds=3, fold=fold, test_fold=0)
+        for fold in (1, 2)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = evaluate_run(runs[0], split="heldout", device="cpu", out_dir=tmp_path)
+        both = evaluate_run(runs, split="heldout", device="cpu", out_dir=tmp_path)
+    assert both["n_clips"] == alone["n_clips"] > 0
+    assert [clip["path"] for clip in both["clips"]] == [clip["path"] for clip in alone["clips"]]
+    assert both["clips"] != alone["clips"]  # the second run's probabilities count

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from wavemel.cli import main
-from wavemel.figures import PANEL_NAMES, render_augmentation_figure
+from wavemel.figures import PANEL_NAMES, _augmentation_panels, render_augmentation_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,6 +66,20 @@ def test_figure_on_synthetic_clip_with_second_clip(tmp_path):
     assert "other.wav" in titles[-1]
     # A 0.7 s clip is shorter than the 1 s input: padded and replicated whole.
     assert "(clip at" in titles[3] and "(clip tiled" in titles[4]
+
+
+def test_time_shift_panel_moves_content_without_wrapping_it_round():
+    n = 1000
+    ramp = torch.arange(1, n + 1, dtype=torch.float32)[None]  # every sample tells its position
+    panels = _augmentation_panels(ramp, ramp.flip(1), "reversed", 2 * n, 1000, seed=0)
+    title, shifted = panels[1]
+    assert title.startswith("Time shift")
+    values = shifted[0]
+    moved = int((values == 0).sum())
+    assert n // 4 <= moved <= 3 * n // 4  # the drawn offset, filled with silence
+    assert torch.all(values[:moved] == 0)
+    # The rest is the clip's start, in order: no sample from its end comes before it.
+    assert torch.equal(values[moved:], ramp[0, : n - moved])
 
 
 def test_cli_writes_figure_and_reports_bad_audio(tmp_path, capsys):

@@ -267,3 +267,79 @@ def test_two_files_with_one_name_stop_a_submission_before_tagging(tmp_path, caps
     assert str(first) in line and str(second) in line
     assert main(args) == 0  # without a submission both are simply tagged
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def _member(run_dir, labels, seed, rate=RATE, input_seconds=1.0, multi_label=False):
+    torch.manual_seed(seed)
+    model = create_model("cnn-audio", len(labels), size="tiny", sample_rate=rate).eval()
+    meta = {"labels": labels, "sample_rate": rate, "input_seconds": input_seconds}
+    if multi_label:
+        meta["multi_label"] = True
+    save_checkpoint(run_dir / "best", model, meta)
+    return str(run_dir)
+
+
+def _scores(capsys, argv):
+    """``{file name: {label: probability}}`` of a ``predict --json`` run, and its stderr."""
+    status = main([*argv, "--json", "--top-k", "4", "--device", "cpu"])
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    scores = {
+        result["path"].rsplit("/", 1)[-1]: {tag["label"]: tag["score"] for tag in result["tags"]}
+        for result in payload["results"]
+    }
+    return status, scores, payload, captured.err
+
+
+def test_ensemble_scores_are_the_mean_of_its_runs_and_a_bad_file_is_reported_once(tmp_path, capsys):
+    labels = ["a", "b", "c", "d"]
+    one = _member(tmp_path / "one", labels, seed=1)
+    # Another seed, input length and label order: reordered to RUN's order, then averaged.
+    two = _member(tmp_path / "two", labels[::-1], seed=2, input_seconds=0.5)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, seconds in (("short.wav", 0.3), ("long.wav", 2.7)):
+        sf.write(folder / name, (0.2 * rng.standard_normal(int(seconds * RATE))), RATE)
+    (folder / "x.wav").write_text("definitely not a wav file\n" * 10)
+
+    _, alone_one, _, _ = _scores(capsys, ["predict", one, str(folder)])
+    _, alone_two, _, _ = _scores(capsys, ["predict", two, str(folder)])
+    status, both, payload, err = _scores(capsys, ["predict", one, str(folder), "--ensemble", two])
+    assert status == 1
+    assert payload["run"].endswith("one") and payload["ensemble"][0].endswith("two")
+    assert sorted(both) == ["long.wav", "short.wav"]
+    for name, scores in both.items():
+        for label in labels:
+            expected = (alone_one[name][label] + alone_two[name][label]) / 2
+            assert scores[label] == pytest.approx(expected, rel=0, abs=1e-12), (name, label)
+        assert alone_one[name] != alone_two[name]  # the two runs really differ
+    assert err.count("x.wav") == 1 and "1 file(s) could not be tagged" in err
+
+
+@pytest.mark.parametrize(
+    ("other", "difference"),
+    [
+        ({"labels": ["a", "b", "e"]}, "the labels differ (only"),
+        ({"rate": 16000}, "the sample rates differ (8000 vs 16000 Hz)"),
+        ({"multi_label": True}, "single-label (softmax)"),
+    ],
+)
+def test_ensemble_members_that_disagree_are_a_one_line_error(tmp_path, capsys, other, difference):
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(4000, dtype=np.float32), RATE)
+    one = _member(tmp_path / "one", ["a", "b", "c"], seed=1)
+    two = _member(tmp_path / "two", other.pop("labels", ["a", "b", "c"]), seed=2, **other)
+    assert main(["predict", one, str(clip), "--ensemble", two, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wavemel: error: ensemble of ") and difference in err
+    assert f"{one} and {two}" in err and err.count("\n") == 1
+
+
+def test_ensemble_refuses_timeline(tmp_path, capsys):
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(4000, dtype=np.float32), RATE)
+    one = _member(tmp_path / "one", ["a", "b"], seed=1)
+    argv = ["predict", one, str(clip), "--ensemble", one, "--timeline", str(tmp_path / "t.csv")]
+    assert main(argv) == 2
+    assert "not an --ensemble" in capsys.readouterr().err

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from wavemel._threads import SHORT_SPINCOUNT, busy_cpus, cgroup_cpu_quota, plan_threads
+from wavemel import _threads
+from wavemel._threads import (
+    SHORT_SPINCOUNT,
+    ThreadGovernor,
+    busy_cpus,
+    cgroup_cpu_quota,
+    plan_threads,
+)
 from wavemel.cli import main
 from wavemel.errors import WavemelError
 
@@ -24,24 +31,31 @@ def _plan(threads=None, environ=None, busy=0.0, cpus=2):
     )
 
 
-def test_idle_machine_uses_every_core_with_a_short_spin():
+def test_idle_machine_uses_every_core_adaptively_with_openmps_own_wait():
     plan = _plan()
-    assert plan.threads == 2
+    assert plan.threads == 2 and plan.adaptive and plan.max_threads == 2
     assert plan.env["OMP_NUM_THREADS"] == "2"
-    assert plan.env["GOMP_SPINCOUNT"] == SHORT_SPINCOUNT
-    assert "OMP_WAIT_POLICY" not in plan.env
+    # The governor keeps the count at the free cores, so no wait setting is needed.
+    assert not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(plan.env)
 
 
-def test_busy_machine_leaves_the_busy_cores_and_waits_passively():
+def test_busy_machine_starts_on_the_free_cores():
     plan = _plan(busy=1.0)
-    assert plan.threads == 1
-    assert plan.env["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert "GOMP_SPINCOUNT" not in plan.env
+    assert plan.threads == 1 and plan.adaptive and plan.max_threads == 2
     # Never fewer than one thread, however busy.
     assert _plan(busy=9.0).threads == 1
     # Cores beyond this process's affinity are not ours to use.
     big = plan_threads(None, {}, usable_cpus=4, machine_cpus=64, busy=lambda: 3.0)
-    assert big.threads == 4 and big.env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert big.threads == 4 and big.max_threads == 4
+
+
+def test_a_fixed_count_is_not_adaptive_and_spins_briefly_when_idle():
+    plan = _plan(threads=2)
+    assert not plan.adaptive and plan.env["GOMP_SPINCOUNT"] == SHORT_SPINCOUNT
+    busy = _plan(threads=2, busy=1.0)
+    assert not busy.adaptive and busy.env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert not _plan(environ={"OMP_NUM_THREADS": "2"}).adaptive
+    assert not _plan(environ={"WAVEMEL_THREADS": "2"}).adaptive
 
 
 def test_more_threads_than_free_cores_waits_passively():
@@ -56,7 +70,7 @@ def test_user_settings_win_in_order():
     kept = _plan(environ={"OMP_NUM_THREADS": "5"})
     assert kept.threads is None and "OMP_NUM_THREADS" not in kept.env
     for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
-        plan = _plan(environ={name: "1"}, busy=1.0)
+        plan = _plan(threads=2, environ={name: "1"}, busy=1.0)
         assert not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"} & set(plan.env)
 
 
@@ -156,3 +170,108 @@ def test_cli_parser_does_not_load_torch():
         "print(json.dumps({'torch': 'torch' in sys.modules}))\n"
     )
     assert _fresh_python(code) == {"torch": False}
+
+
+class _Machine:
+    """A fake machine for the governor: run queue, own threads, clock and applied counts."""
+
+    def __init__(self, runnable: int, own: int):
+        self.runnable, self.own, self.now, self.applied = runnable, own, 0.0, []
+
+    def governor(self, threads: int, max_threads: int = 2) -> ThreadGovernor:
+        return ThreadGovernor(
+            max_threads,
+            threads,
+            machine_cpus=2,
+            interval_s=3.0,
+            read_loadavg=lambda: f"0.5 0.5 0.5 {self.runnable}/300 99",
+            own_running=lambda: self.own,
+            set_threads=self.applied.append,
+            clock=lambda: self.now,
+        )
+
+    def after(self, seconds: float, governor: ThreadGovernor) -> int:
+        self.now += seconds
+        return governor.tick()
+
+
+def test_governor_gives_a_thread_up_at_once_when_a_rival_appears():
+    machine = _Machine(runnable=2, own=2)  # our two threads, nothing else
+    governor = machine.governor(threads=2)
+    assert machine.after(3.0, governor) == 2 and machine.applied == []
+    machine.runnable = 3  # a busy rival joins our two running threads
+    assert machine.after(1.0, governor) == 2  # not due yet: no reading
+    assert machine.after(2.0, governor) == 1
+    assert machine.applied == [1]
+
+
+def test_governor_takes_a_core_back_only_after_two_free_readings():
+    machine = _Machine(runnable=2, own=1)  # one own thread, one rival
+    governor = machine.governor(threads=1)
+    assert machine.after(3.0, governor) == 1
+    machine.runnable = 1  # the rival ended
+    assert machine.after(3.0, governor) == 1  # one free reading: not yet
+    assert machine.after(3.0, governor) == 2
+    assert machine.applied == [2]
+    # A reading in between that is not free resets the count of free readings.
+    machine.runnable, machine.own = 2, 1
+    governor = machine.governor(threads=1)
+    machine.runnable = 1
+    machine.after(3.0, governor)
+    machine.runnable = 2
+    machine.after(3.0, governor)
+    machine.runnable = 1
+    assert machine.after(3.0, governor) == 1
+    assert machine.after(3.0, governor) == 2
+
+
+def test_governor_counts_only_other_processes_and_stays_in_bounds():
+    # Our own spinning workers are in the run queue too: they are not a rival.
+    machine = _Machine(runnable=4, own=4)
+    governor = machine.governor(threads=2, max_threads=4)
+    assert machine.after(3.0, governor) == 2  # free: 2 CPUs of the machine, not 4
+    machine.runnable = 9  # heavily loaded: never below one thread
+    assert machine.after(3.0, governor) == 1
+    assert governor.used == {1, 2}
+
+
+def test_governor_ignores_an_unreadable_run_queue():
+    def broken() -> str:
+        raise OSError("no /proc")
+
+    applied = []
+    governor = ThreadGovernor(2, 2, 2, interval_s=0.0, read_loadavg=broken,
+                              own_running=lambda: 1, set_threads=applied.append)  # fmt: skip
+    assert governor.tick() == 2 and applied == []
+
+
+def test_own_running_threads_reads_the_task_states(tmp_path):
+    for tid, comm, state in [("1", "python", "R"), ("2", "a (b) c", "S"), ("3", "x) R (", "R")]:
+        (tmp_path / tid).mkdir()
+        (tmp_path / tid / "stat").write_text(f"{tid} ({comm}) {state} 1 1 1\n")
+    assert _threads._own_running_threads(str(tmp_path)) == 2
+    assert _threads._own_running_threads(str(tmp_path / "absent")) == 1
+
+
+def test_retune_is_a_no_op_without_a_governor_and_ticks_with_one(monkeypatch):
+    monkeypatch.setattr(_threads, "_GOVERNOR", None)
+    _threads.retune_threads()  # nothing to do, nothing raised
+    assert _threads.thread_summary() is None
+    machine = _Machine(runnable=3, own=2)
+    governor = machine.governor(threads=2)
+    monkeypatch.setattr(_threads, "_GOVERNOR", governor)
+    machine.now = 3.0
+    _threads.retune_threads()
+    assert machine.applied == [1]
+    assert _threads.thread_summary() == "adaptive, 1-2 thread(s) used, 1 at the end"
+
+
+def test_configure_before_torch_starts_a_governor_only_for_an_automatic_count():
+    code = (
+        "import json\nfrom wavemel import _threads\n"
+        "plan = _threads.configure_threads({arg})\n"
+        "print(json.dumps({{'governed': _threads._GOVERNOR is not None}}))\n"
+    )
+    assert _fresh_python(code.format(arg="None")) == {"governed": True}
+    assert _fresh_python(code.format(arg="1")) == {"governed": False}
+    assert _fresh_python(code.format(arg="None"), OMP_NUM_THREADS="1") == {"governed": False}

@@ -360,3 +360,19 @@ def test_manifest_rows_without_a_file_are_named_in_a_warning(synth, tmp_path):
     with pytest.warns(UserWarning, match="zz_typo.wav"):
         prepared = prepare_data(cfg, progress=False)
     assert len(prepared.train) + len(prepared.val) == len(rows) - 1
+
+
+def test_val_every_validates_every_nth_and_the_last_epoch_and_picks_best_among_them(
+    synth, tmp_path
+):
+    run = train(_config(synth, tmp_path, epochs=5, val_every=2))
+    records = _metrics(run)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    validated = [r["epoch"] for r in records if "val_map3" in r]
+    assert validated == [2, 4, 5]
+    best = max((r for r in records if "val_map3" in r), key=lambda r: r["val_map3"])
+    finished = json.loads((run / "finished.json").read_text())
+    assert finished["best_epoch"] == best["epoch"]
+    assert finished["best_val_map3"] == pytest.approx(best["val_map3"])
+    with pytest.raises(WavemelError, match="--val-every"):
+        _config(synth, tmp_path, val_every=0).check()

@@ -24,6 +24,7 @@ _EXPORTS = {
     "list_models": "wavemel.models",
     "LogMel": "wavemel.frontend",
     "Tagger": "wavemel.infer",
+    "Ensemble": "wavemel.infer",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,22 +1,26 @@
 """CPU thread count and OpenMP wait policy that behave on a machine shared with other jobs.
 
-OpenMP reads its settings once, when torch loads it, so :func:`configure_threads` must run before
-``import torch`` (the ``wavemel`` entry point calls it first). Measured on 2 cores shared with
-other jobs (``benchmarks/contention.py``, noisy): with torch's defaults, idle worker threads
-spin for ~300,000 rounds before sleeping, which is fastest on idle cores but cut a training
-step to between a few percent and a third of its idle speed beside one busy process, because
-each parallel region waits for a thread that the spinning keeps off a core. Sleeping at once
-(``OMP_WAIT_POLICY=PASSIVE``) softens that but cost ~25% when idle; one thread beside one busy
-process kept ~60% of the two-thread idle speed, a fair share. Hence:
+OpenMP reads its wait policy once, when torch loads it, so :func:`configure_threads` must run
+before ``import torch`` (the ``wavemel`` entry point calls it first). Measured on 2 cores
+(``benchmarks/contention.py``): with torch's defaults, idle worker threads spin for ~300,000
+rounds before sleeping, which is fastest on idle cores but cut a training step to between a few
+percent and a third of its idle speed beside one busy process, because each parallel region waits
+for a thread that the spinning keeps off a core. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``)
+softens that but cost ~25% when idle; one thread beside one busy process kept ~60% of the
+two-thread idle speed, a fair share. Hence, when the user sets no thread count:
 
-- threads: one per core that no other process is using at start-up (at least one), within
-  the process's affinity and any container CPU quota;
-- wait policy: a short spin (``GOMP_SPINCOUNT``) on an idle machine, which keeps the idle speed
-  and limits the loss if other jobs start later, and passive waiting when it is already shared.
+- threads: one per core that no other process is using (at least one), within the process's
+  affinity and any container CPU quota, and **re-fitted while the job runs**
+  (:class:`ThreadGovernor`, called between training steps and inference batches through
+  :func:`retune_threads`): a study that started beside another job (or had one start beside it)
+  takes the cores back when they are free, and gives one up when a rival appears. A count chosen
+  once at start-up left a 25-minute study on one of two idle cores.
+- wait policy: OpenMP's own, since the thread count already avoids waiting for a busy core.
 
-What the user sets wins: ``--threads N``, then ``WAVEMEL_THREADS``, then ``OMP_NUM_THREADS`` for
-the count; an explicit ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (``KMP_BLOCKTIME`` for Intel's
-OpenMP) leaves the wait policy alone.
+With a fixed count (``--threads N``, then ``WAVEMEL_THREADS``, then ``OMP_NUM_THREADS``) nothing
+is re-fitted, and the wait policy is a short spin (``GOMP_SPINCOUNT``) on an idle machine and
+passive waiting when the count exceeds the free cores. An explicit ``OMP_WAIT_POLICY`` or
+``GOMP_SPINCOUNT`` (``KMP_BLOCKTIME`` for Intel's OpenMP) always leaves the wait policy alone.
 """
 
 from __future__ import annotations
@@ -32,7 +36,16 @@ from pathlib import Path
 
 from wavemel.errors import WavemelError
 
-__all__ = ["ThreadPlan", "busy_cpus", "cgroup_cpu_quota", "configure_threads", "plan_threads"]
+__all__ = [
+    "ThreadGovernor",
+    "ThreadPlan",
+    "busy_cpus",
+    "cgroup_cpu_quota",
+    "configure_threads",
+    "plan_threads",
+    "retune_threads",
+    "thread_summary",
+]
 
 # libgomp spin rounds before a waiting thread sleeps (its default is 300,000, i.e. milliseconds):
 # 10,000 was within the noise of the default's idle speed on the 2-core machine while spinning
@@ -44,6 +57,12 @@ _WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # Snapshots of the run queue averaged into one reading: one is noisy, five take ~20 ms.
 _SAMPLES = 5
 _SAMPLE_GAP_S = 0.005
+# The governor reads the machine at most this often (3 snapshots, ~10 ms: ~0.5% of the time).
+GOVERN_INTERVAL_S = 2.0
+_GOVERN_SAMPLES = 3
+# Readings in a row that must find more free cores before a thread is added back (one is enough
+# to give one up: waiting beside a busy core is what collapses the speed).
+_UP_READINGS = 2
 
 
 @dataclass(frozen=True)
@@ -53,12 +72,17 @@ class ThreadPlan:
     Attributes:
         threads: Intra-op threads for torch, or ``None`` to keep ``OMP_NUM_THREADS``.
         env: Variables to set (only ones the user did not set).
-        reason: One line for logs, e.g. ``"2 threads (2 CPUs, 0 busy), short spin"``.
+        reason: One line for logs, e.g. ``"2 threads (2 CPUs, 0 busy), adaptive"``.
+        adaptive: The count is automatic, so a :class:`ThreadGovernor` may re-fit it later
+            (between 1 and ``max_threads``).
+        max_threads: The most threads an adaptive count may use (the usable CPUs).
     """
 
     threads: int | None
     env: dict[str, str]
     reason: str
+    adaptive: bool = False
+    max_threads: int | None = None
 
 
 def busy_cpus(read: Callable[[], str] | None = None, samples: int = _SAMPLES) -> float:
@@ -154,9 +178,10 @@ def plan_threads(
     if threads is None and environ.get("WAVEMEL_THREADS", "").strip():
         threads = _parse_threads(environ["WAVEMEL_THREADS"].strip(), "WAVEMEL_THREADS")
     others = busy()
-    free = max(1, min(usable_cpus, int(machine_cpus - others + 0.5)))
+    free = _free_cpus(usable_cpus, machine_cpus, others)
     source = "set"
-    if threads is None and "OMP_NUM_THREADS" not in environ:
+    adaptive = threads is None and "OMP_NUM_THREADS" not in environ
+    if adaptive:
         threads, source = free, f"{usable_cpus} CPUs, {others:g} busy"
     shared = others >= 0.5 or (threads or free) > free
     env: dict[str, str] = {}
@@ -164,6 +189,11 @@ def plan_threads(
         env["OMP_NUM_THREADS"] = str(threads)
     if any(name in environ for name in _WAIT_SETTINGS):
         wait = "wait policy from the environment"
+    elif adaptive:
+        # The governor keeps the count at the free cores, so no thread waits for a busy one and
+        # OpenMP's own spinning is the fastest choice (measured: a short spin cost up to ~20%
+        # of cnn-spec's idle speed).
+        wait = "adaptive"
     elif shared:
         env.update(OMP_WAIT_POLICY="PASSIVE", KMP_BLOCKTIME="0")
         wait = "passive wait (machine shared)"
@@ -171,7 +201,152 @@ def plan_threads(
         env.update(GOMP_SPINCOUNT=SHORT_SPINCOUNT, KMP_BLOCKTIME=SHORT_BLOCKTIME_MS)
         wait = "short spin"
     count = f"{threads} thread(s) ({source})" if threads else "OMP_NUM_THREADS threads"
-    return ThreadPlan(threads=threads, env=env, reason=f"{count}, {wait}")
+    return ThreadPlan(
+        threads=threads,
+        env=env,
+        reason=f"{count}, {wait}",
+        adaptive=adaptive,
+        max_threads=usable_cpus if adaptive else None,
+    )
+
+
+def _free_cpus(usable_cpus: int, machine_cpus: int, others: float) -> int:
+    """Cores left for this process: the machine's minus the busy ones, within its own share."""
+    return max(1, min(usable_cpus, int(machine_cpus - others + 0.5)))
+
+
+def _own_running_threads(task_dir: str = "/proc/self/task") -> int:
+    """Threads of this process that are running or runnable now (state ``R``), this one included.
+
+    The run queue in ``/proc/loadavg`` counts threads, so this process's OpenMP workers are in it
+    while they spin; they are not "other" load.
+    """
+    count = 0
+    try:
+        tasks = list(Path(task_dir).iterdir())
+    except OSError:
+        return 1
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        # "pid (comm) S ...": the command name may hold spaces and parentheses.
+        fields = stat.rpartition(")")[2].split()
+        count += bool(fields) and fields[0] == "R"
+    return max(1, count)
+
+
+class ThreadGovernor:
+    """Re-fits torch's intra-op thread count to the cores other processes leave free.
+
+    :meth:`tick` is cheap when called often: it reads the machine at most every ``interval_s``
+    seconds. A reading is the median over a few snapshots of the run queue minus this process's
+    own running threads. One reading that finds fewer free cores than threads lowers the count at
+    once; :data:`_UP_READINGS` readings in a row that find more raise it (so a short burst of
+    other work does not make the count flap).
+
+    Args:
+        max_threads: Upper bound (the usable CPUs).
+        threads: The count in force now.
+        machine_cpus: CPUs the run queue is counted over.
+        interval_s: Least time between two readings.
+        read_loadavg, own_running, set_threads, clock: Injected for tests; default to
+            ``/proc/loadavg``, ``/proc/self/task``, ``torch.set_num_threads`` and
+            ``time.monotonic``.
+    """
+
+    def __init__(
+        self,
+        max_threads: int,
+        threads: int,
+        machine_cpus: int,
+        *,
+        interval_s: float = GOVERN_INTERVAL_S,
+        read_loadavg: Callable[[], str] | None = None,
+        own_running: Callable[[], int] | None = None,
+        set_threads: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_threads = max(1, max_threads)
+        self.threads = min(max(1, threads), self.max_threads)
+        self.machine_cpus = machine_cpus
+        self.interval_s = interval_s
+        self._read = read_loadavg or _read_proc_loadavg
+        self._own = own_running or _own_running_threads
+        self._set = set_threads or _set_torch_threads
+        self._clock = clock
+        self._next = clock() + interval_s
+        self._up_votes = 0
+        #: Every count used so far, for the run's report.
+        self.used = {self.threads}
+
+    def others(self) -> float | None:
+        """CPUs kept busy by other processes now, or ``None`` when the run queue is unreadable."""
+        counts = []
+        for i in range(_GOVERN_SAMPLES):
+            try:
+                runnable = int(self._read().split()[3].split("/")[0])
+            except (OSError, IndexError, ValueError):
+                return None
+            counts.append(max(0, runnable - self._own()))
+            if i + 1 < _GOVERN_SAMPLES:
+                time.sleep(_SAMPLE_GAP_S)
+        return statistics.median(counts)
+
+    def tick(self) -> int:
+        """Re-fit the count if a reading is due; returns the count in force."""
+        now = self._clock()
+        if now < self._next:
+            return self.threads
+        self._next = now + self.interval_s
+        others = self.others()
+        if others is None:
+            return self.threads
+        target = _free_cpus(self.max_threads, self.machine_cpus, others)
+        if target < self.threads:
+            self._apply(target)
+        elif target > self.threads:
+            self._up_votes += 1
+            if self._up_votes >= _UP_READINGS:
+                self._apply(target)
+        else:
+            self._up_votes = 0
+        return self.threads
+
+    def _apply(self, threads: int) -> None:
+        self._up_votes = 0
+        self.threads = threads
+        self.used.add(threads)
+        self._set(threads)
+
+
+def _set_torch_threads(threads: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+# The governor of this process, when configure_threads chose an automatic count.
+_GOVERNOR: ThreadGovernor | None = None
+
+
+def retune_threads() -> None:
+    """Let this process's :class:`ThreadGovernor` re-fit the thread count (no-op without one).
+
+    Called between training steps and inference batches, never inside a parallel region.
+    """
+    if _GOVERNOR is not None:
+        _GOVERNOR.tick()
+
+
+def thread_summary() -> str | None:
+    """``"adaptive, 1-2 threads"`` when the count was re-fitted during the run, else ``None``."""
+    if _GOVERNOR is None:
+        return None
+    low, high = min(_GOVERNOR.used), max(_GOVERNOR.used)
+    span = f"{low}" if low == high else f"{low}-{high}"
+    return f"adaptive, {span} thread(s) used, {_GOVERNOR.threads} at the end"
 
 
 def configure_threads(
@@ -193,19 +368,24 @@ def configure_threads(
     Raises:
         WavemelError: A thread count that is not a whole number >= 1.
     """
+    global _GOVERNOR
     environ = os.environ if environ is None else environ
     torch = sys.modules.get("torch")
     explicit = threads is not None or bool(environ.get("WAVEMEL_THREADS", "").strip())
+    machine_cpus = os.cpu_count() or 1
     plan = plan_threads(
         threads,
         environ,
         usable_cpus=_usable_cpus(),
-        machine_cpus=os.cpu_count() or 1,
+        machine_cpus=machine_cpus,
         # With torch loaded nothing automatic is applied: skip the ~20 ms reading.
         busy=(lambda: 0.0) if torch is not None else busy_cpus,
     )
+    _GOVERNOR = None
     if torch is None:
         environ.update(plan.env)
+        if plan.adaptive and plan.threads is not None and plan.max_threads is not None:
+            _GOVERNOR = ThreadGovernor(plan.max_threads, plan.threads, machine_cpus)
     elif explicit and plan.threads is not None:
         torch.set_num_threads(plan.threads)
     return plan

@@ -1,4 +1,4 @@
-"""Batched train-time augmentations for waveform batches, and mixup.
+"""Batched train-time augmentations for waveform batches, mixup and log-mel masking.
 
 The trainer hands the device a zero-padded batch ``x: (B, T)`` together with each clip's true
 length ``lengths: (B,)`` (long). Every module here draws its per-example random parameters on
@@ -16,9 +16,13 @@ chained. :class:`WaveformAugment`, the composition the trainer uses, returns jus
 ``(B, input_samples)`` batch. All of them also accept ``(B, C, T)`` input (every channel of an
 example gets the same parameters).
 
-In ``eval()`` mode the random draws are replaced by a fixed, documented choice: TimeShift and
-Mixup are the identity; crops start at the clip's start (or centre, ``eval_crop="center"``);
-short clips are left-aligned (padding) or replicated from their first sample.
+:class:`SpecMask` masks bands of mel bins and frames of a log-mel batch ``(B, C, F, T)`` (the
+trainer applies it to the network's input, after mixup); :func:`mask_spectrogram` is its math.
+
+In ``eval()`` mode the random draws are replaced by a fixed, documented choice: TimeShift,
+SpecMask and Mixup are the identity; crops start at the clip's start (or centre,
+``eval_crop="center"``); short clips are left-aligned (padding) or replicated from their first
+sample.
 """
 
 from __future__ import annotations
@@ -33,16 +37,19 @@ from torch.distributions import Beta
 
 __all__ = [
     "FitParameters",
+    "MaskBands",
     "Mixup",
     "RandomCrop",
     "RandomPad",
     "Replicate",
+    "SpecMask",
     "TimeShift",
     "WaveformAugment",
     "crop",
     "eval_fill_for",
     "fill_short",
     "fit",
+    "mask_spectrogram",
     "mixup",
     "pad",
     "replicate",
@@ -903,4 +910,158 @@ class Mixup(nn.Module):
         return (
             f"alpha={self.alpha}, same_class_prob={self.same_class_prob}, p={self.p}, "
             f"level_aware={self.level_aware}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Spectrogram masking
+# --------------------------------------------------------------------------------------------
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _check_fraction(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+    return value
+
+
+class MaskBands(NamedTuple):
+    """Per-example bands of :func:`mask_spectrogram`, each ``(B, M)`` long (M masks of a kind).
+
+    Band ``m`` of example ``b`` covers the mel bins ``freq_start[b, m] <= f < freq_start[b, m]
+    + freq_width[b, m]`` (the frames likewise); a width of 0 masks nothing.
+    """
+
+    freq_start: Tensor
+    freq_width: Tensor
+    time_start: Tensor
+    time_width: Tensor
+
+
+def _band_mask(starts: Tensor, widths: Tensor, size: int) -> Tensor:
+    """Bool ``(B, size)``: positions inside any of the ``(B, M)`` bands (False when M is 0)."""
+    positions = torch.arange(size, device=starts.device).view(1, 1, size)
+    starts = starts.to(dtype=torch.long).unsqueeze(-1)
+    inside = (positions >= starts) & (positions < starts + widths.to(torch.long).unsqueeze(-1))
+    return inside.any(dim=1)
+
+
+def mask_spectrogram(spec: Tensor, bands: MaskBands, fill: Tensor) -> Tensor:
+    """Sets the given bands of mel bins and of frames of each example to ``fill[b]``.
+
+    ``out[b, c, f, t] = fill[b]`` where ``f`` lies in a frequency band or ``t`` in a time band
+    of example b, else ``spec[b, c, f, t]``.
+
+    Args:
+        spec: Log-mel batch ``(B, C, F, T)``.
+        bands: The bands, on ``spec``'s device.
+        fill: Value per example ``(B,)``.
+
+    Returns:
+        The masked batch, same shape and dtype as ``spec``.
+    """
+    if spec.dim() != 4:
+        raise ValueError(f"expected a spectrogram batch (B, C, F, T), got {tuple(spec.shape)}")
+    n_freq, n_frames = spec.shape[2], spec.shape[3]
+    freq = _band_mask(bands.freq_start, bands.freq_width, n_freq)  # (B, F)
+    time = _band_mask(bands.time_start, bands.time_width, n_frames)  # (B, T)
+    masked = (freq.unsqueeze(2) | time.unsqueeze(1)).unsqueeze(1)  # (B, 1, F, T)
+    fill = fill.to(device=spec.device, dtype=spec.dtype).view(-1, 1, 1, 1)
+    return torch.where(masked, fill, spec)
+
+
+class SpecMask(nn.Module):
+    """SpecAugment-style masking of mel bands and frames (identity in eval mode).
+
+    Each example independently gets ``freq_masks`` bands of consecutive mel bins and
+    ``time_masks`` bands of consecutive frames; each band's width is drawn uniformly from
+    ``[0, max]`` and its start uniformly among the positions where it fits. Bands may overlap.
+
+    The masked values are set to the example's own mean log-mel (over every bin and frame,
+    before masking). The models normalise the dB values themselves after this step (cnn-spec's
+    BatchNorm over the input, cnn14's per-band BatchNorm), so the fill must be a dB level: 0 dB
+    or the ``amin`` floor (-100 dB) would be a flat level far from anything the clip holds (a
+    hard edge the network would learn to detect, and a pull on the BatchNorm statistics that
+    inference never sees), whereas the clip's mean is a level it already has and comes out of
+    the normalisation near the middle of the batch's values.
+
+    Args:
+        freq_masks: Frequency bands per example (0: none).
+        freq_width: Largest width of a frequency band in mel bins (capped at the bins there are).
+        time_masks: Time bands per example (0: none).
+        time_width: Largest width of a time band as a fraction of the input's frames, in
+            [0, 1] (floored to whole frames): the same setting covers the same share of the
+            input whatever the model's hop and the input length.
+        generator: Optional generator for reproducible draws (else the global random stream,
+            which the trainer seeds per epoch).
+
+    Shapes:
+        ``forward(spec: (B, C, F, T)) -> (B, C, F, T)``.
+    """
+
+    def __init__(
+        self,
+        freq_masks: int = 0,
+        freq_width: int = 8,
+        time_masks: int = 0,
+        time_width: float = 0.1,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.freq_masks = _check_count("freq_masks", freq_masks)
+        self.freq_width = _check_count("freq_width", freq_width)
+        self.time_masks = _check_count("time_masks", time_masks)
+        self.time_width = _check_fraction("time_width", time_width)
+        self.generator = generator
+
+    def max_frames(self, n_frames: int) -> int:
+        """Largest width of a time band, in frames, for an input of ``n_frames`` frames."""
+        return min(n_frames, math.floor(self.time_width * n_frames))
+
+    def _draw_bands(
+        self, batch: int, count: int, max_width: int, size: int, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """Starts and widths ``(batch, count)``: width on ``[0, max_width]``, then a start."""
+        low = torch.zeros(batch * count, dtype=torch.long, device=device)
+        widths = _uniform_int(low, torch.full_like(low, min(max_width, size)), self.generator)
+        starts = _uniform_int(low, size - widths, self.generator)
+        return starts.view(batch, count), widths.view(batch, count)
+
+    def draw(
+        self, batch: int, n_freq: int, n_frames: int, device: torch.device | str = "cpu"
+    ) -> MaskBands:
+        """Random bands for ``batch`` spectrograms of ``n_freq`` bins and ``n_frames`` frames."""
+        device = torch.device(device)
+        freq_start, freq_width = self._draw_bands(
+            batch, self.freq_masks, self.freq_width, n_freq, device
+        )
+        time_start, time_width = self._draw_bands(
+            batch, self.time_masks, self.max_frames(n_frames), n_frames, device
+        )
+        return MaskBands(freq_start, freq_width, time_start, time_width)
+
+    def forward(self, spec: Tensor) -> Tensor:
+        if spec.dim() != 4:
+            raise ValueError(
+                f"expected a spectrogram batch (B, C, F, T), got shape {tuple(spec.shape)}"
+            )
+        if not self.training or (self.freq_masks == 0 and self.time_masks == 0):
+            return spec
+        bands = self.draw(spec.shape[0], spec.shape[2], spec.shape[3], spec.device)
+        fill = spec.float().mean(dim=(1, 2, 3))
+        return mask_spectrogram(spec, bands, fill)
+
+    def extra_repr(self) -> str:
+        return (
+            f"freq_masks={self.freq_masks}, freq_width={self.freq_width}, "
+            f"time_masks={self.time_masks}, time_width={self.time_width}"
         )

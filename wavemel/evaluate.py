@@ -15,6 +15,13 @@ Counting is honest: a labelled clip whose file is missing or cannot be decoded h
 counts as a miss (AP 0), as Kaggle scores a missing answer, and is listed by path in
 ``unscored``. On FSDKaggle2018's test split the Public/Private clip counts are checked against the
 official 301 / 1,299.
+
+Several runs (a fold or seed ensemble) are scored as one :class:`wavemel.infer.Ensemble`: the mean
+of their clip probabilities, each member with its own windows and hop. Their split must be one:
+for ``val`` and ``heldout`` every :data:`~wavemel.data.splits.SPLIT_FIELDS` setting of their
+``config.json`` agrees (``heldout`` ignores the validation ``fold``, which does not move the
+held-out fold, so the folds of one k-fold study ensemble), for ``test`` their recorded data roots
+are one folder (or ``data`` names it). The report lists the ``members`` and goes to ``out_dir``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +48,7 @@ from wavemel.errors import (
     WavemelWarning,
 )
 from wavemel.figures import plot_confusion
-from wavemel.infer import Tagger
+from wavemel.infer import Ensemble, Tagger
 from wavemel.metrics import (
     average_precision_per_class,
     confusion_matrix,
@@ -145,17 +153,17 @@ def _check_request(
 
 
 def _score(
-    tagger: Tagger,
+    tagger: Tagger | Ensemble,
     records: list[ClipRecord],
     ablation: dict[str, str | None],
     progress: bool,
 ) -> tuple[np.ndarray, dict[str, str], list[str]]:
     """``(N, C)`` probabilities (all-NaN rows for clips without an answer), reasons, empty clips."""
-    model = tagger.model
     scores = np.full((len(records), len(tagger.labels)), np.nan)
     unscored: dict[str, str] = {}
     # ``{"zero_input": ..., "mean_input": ...}``: cnn-comb's ablation switches, restored after.
     switches = {name: value for name, value in ablation.items() if value is not None}
+    model = tagger.model if switches else None  # an ensemble is never ablated
     previous = {name: getattr(model, name) for name in switches}
     for name, value in switches.items():
         setattr(model, name, value)
@@ -209,7 +217,7 @@ def _check_fsdkaggle2018_counts(index: DatasetIndex, split: str, result: dict[st
 
 
 def compute_evaluation(
-    run: str | os.PathLike,
+    run: str | os.PathLike | Sequence[str | os.PathLike],
     data: str | os.PathLike | None = None,
     *,
     split: str = "test",
@@ -245,19 +253,26 @@ def compute_evaluation(
         DataError: The dataset or the split cannot be rebuilt, or no clip could be scored.
     """
     _check_request(split, zero_input, mean_input, data_overrides)
-    run = Path(run)
-    run_dir = _run_folder(run)
-    config = _read_run_config(run_dir)
-    if hop_seconds is None:
-        hop_seconds = config.get("hop_seconds")
-    tagger = Tagger.from_checkpoint(
-        run,
-        device=device,
-        hop_seconds=hop_seconds,
-        aggregate=aggregate,
-        batch_size=batch_size,
-        decode_workers=decode_workers,
-    )
+    runs = _as_runs(run)
+    if len(runs) > 1 and (zero_input is not None or mean_input is not None):
+        raise WavemelError("--zero-input and --mean-input ablate one cnn-comb run, not an ensemble")
+    run, run_dir = runs[0], _run_folder(runs[0])
+    configs = [_read_run_config(_run_folder(member)) for member in runs]
+    config = configs[0]
+    _check_one_split(runs, configs, data, split)
+    members = [
+        Tagger.from_checkpoint(
+            member,
+            device=device,
+            # Each member's own hop unless one is given: its windows are its own.
+            hop_seconds=member_config.get("hop_seconds") if hop_seconds is None else hop_seconds,
+            aggregate=aggregate,
+            batch_size=batch_size,
+            decode_workers=decode_workers,
+        )
+        for member, member_config in zip(runs, configs)
+    ]
+    tagger = members[0] if len(members) == 1 else Ensemble(members, names=list(map(str, runs)))
     if zero_input is not None and not hasattr(tagger.model, "zero_input"):
         raise CheckpointError(
             f"{run}: --zero-input needs a cnn-comb checkpoint, this one is {tagger.model.name!r}"
@@ -293,15 +308,12 @@ def compute_evaluation(
     if len(unscored) == len(kept):
         raise DataError(f"{index.root}: no clip of split {split!r} could be scored")
     result = _metrics(tagger, kept, scores, label_index)
+    result.update(_source_fields(runs, members))
     result.update(
-        run=str(run_dir),
-        checkpoint=str(run),
-        model=tagger.model.name,
         split=split,
         zero_input=zero_input,
         mean_input=mean_input,
         data=str(index.root),
-        hop_seconds=tagger.hop_samples / tagger.sample_rate,
         aggregate=aggregate,
         empty=empty,
         excluded=excluded,
@@ -312,8 +324,78 @@ def compute_evaluation(
     return result
 
 
+def _as_runs(run: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One run, or the members of an ensemble, as paths."""
+    if isinstance(run, (str, os.PathLike)):
+        return [Path(run)]
+    runs = [Path(member) for member in run]
+    if not runs:
+        raise WavemelError("evaluate: no run given")
+    return runs
+
+
+def _check_one_split(
+    runs: list[Path], configs: list[dict[str, Any]], data: str | os.PathLike | None, split: str
+) -> None:
+    """An ensemble's members must describe one set of clips for ``split`` (see the module doc).
+
+    Raises:
+        WavemelError: Two members' split settings (or, for ``test``, data roots) differ.
+    """
+    if len(runs) == 1:
+        return
+    held_out = split == "heldout" or (
+        split == "test" and any(c.get("test_fold") is not None for c in configs)
+    )
+    if split == "test" and not held_out:
+        fields = () if data is not None else ("data",)
+    else:
+        # The validation fold does not move the held-out fold: k-fold members share it.
+        ignored = {"fold"} if held_out else set()
+        ignored |= {"data"} if data is not None else set()
+        fields = tuple(f for f in SPLIT_FIELDS if f not in ignored)
+    first = configs[0]
+    for member, config in zip(runs[1:], configs[1:]):
+        for field in fields:
+            mine, theirs = first.get(field), config.get(field)
+            if field == "data" and mine and theirs:
+                mine, theirs = os.path.realpath(mine), os.path.realpath(theirs)
+            if mine != theirs:
+                raise WavemelError(
+                    f"ensemble of {runs[0]} and {member}: --split {split} needs one split, but "
+                    f"their {field} differs ({first.get(field)!r} vs {config.get(field)!r})"
+                )
+
+
+def _source_fields(runs: list[Path], members: list[Tagger]) -> dict[str, Any]:
+    """What was scored: ``run``, ``checkpoint``, ``model``, ``hop_seconds`` (an ensemble:
+    its runs joined by " + ", its models, one hop or ``None``, and each member in ``members``)."""
+    fields = [
+        {
+            "run": str(_run_folder(run)),
+            "checkpoint": str(run),
+            "model": tagger.model.name,
+            "hop_seconds": tagger.hop_samples / tagger.sample_rate,
+        }
+        for run, tagger in zip(runs, members)
+    ]
+    if len(fields) == 1:
+        return fields[0]
+    hops = {member["hop_seconds"] for member in fields}
+    return {
+        "run": " + ".join(member["run"] for member in fields),
+        "checkpoint": " + ".join(member["checkpoint"] for member in fields),
+        "model": "ensemble of " + ", ".join(member["model"] for member in fields),
+        "hop_seconds": hops.pop() if len(hops) == 1 else None,
+        "members": fields,
+    }
+
+
 def _metrics(
-    tagger: Tagger, records: list[ClipRecord], scores: np.ndarray, label_index: dict[str, int]
+    tagger: Tagger | Ensemble,
+    records: list[ClipRecord],
+    scores: np.ndarray,
+    label_index: dict[str, int],
 ) -> dict[str, Any]:
     num_classes = len(tagger.labels)
     targets = np.zeros((len(records), num_classes), dtype=bool)
@@ -358,7 +440,7 @@ def _metrics(
 
 def _multi_label_metrics(
     result: dict[str, Any],
-    tagger: Tagger,
+    tagger: Tagger | Ensemble,
     records: list[ClipRecord],
     scores: np.ndarray,
     targets: np.ndarray,
@@ -418,7 +500,10 @@ def write_evaluation(result: dict[str, Any], out_dir: str | os.PathLike) -> dict
     score = f"lwlrap {result['lwlrap']:.3f}" if result.get("multi_label") else "MAP@3"
     if not result.get("multi_label"):
         score += f" {result['map3']:.3f}"
-    title = f"{Path(result['run']).name} ({result['model']}) on {name}: {score}"
+    source = Path(result["run"]).name
+    if result.get("members"):
+        source = f"ensemble of {len(result['members'])} runs"
+    title = f"{source} ({result['model']}) on {name}: {score}"
     labels = list(result["per_class"])
     plot_confusion(np.asarray(result["confusion_matrix"]), labels, title, png)
     result = {**result, "confusion_png": str(png), "json_path": str(json_path)}
@@ -427,7 +512,7 @@ def write_evaluation(result: dict[str, Any], out_dir: str | os.PathLike) -> dict
 
 
 def evaluate_run(
-    run: str | os.PathLike,
+    run: str | os.PathLike | Sequence[str | os.PathLike],
     data: str | os.PathLike | None = None,
     *,
     split: str = "test",
@@ -445,7 +530,10 @@ def evaluate_run(
     """Score a run's checkpoint on whole clips of a split and write the report files.
 
     Args:
-        run: Run folder (its ``best`` checkpoint) or a checkpoint file inside one.
+        run: Run folder (its ``best`` checkpoint) or a checkpoint file inside one; or a list
+            of them, scored as one :class:`~wavemel.infer.Ensemble` (see the module doc): the
+            result adds ``members`` (each one's ``run``, ``checkpoint``, ``model`` and
+            ``hop_seconds``) and needs ``out_dir``.
         data: Dataset root; default the ``data`` recorded in ``RUN/config.json``.
         split: ``"test"`` (the dataset's labelled test clips; for a run with a ``test_fold``,
             that held-out fold), ``"val"`` (the run's validation fold, recomputed from
@@ -456,7 +544,8 @@ def evaluate_run(
             *features* by their mean over the training clips (the in-distribution ablation).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         out_dir: Where the JSON and PNG go; default the run folder.
-        hop_seconds: Window hop for whole-clip scoring; default the run's, else the input length.
+        hop_seconds: Window hop for whole-clip scoring; default the run's (each member's own),
+            else the input length.
         aggregate: ``"mean"`` or ``"geometric"`` aggregation of window probabilities.
         batch_size: Windows per forward pass.
         decode_workers: Threads decoding the next clips while the model scores (``0``: none);
@@ -467,9 +556,19 @@ def evaluate_run(
 
     Returns:
         :func:`compute_evaluation`'s result plus ``json_path`` and ``confusion_png``.
+
+    Raises:
+        WavemelError: Several runs without ``out_dir``, or runs that cannot form an ensemble.
     """
+    runs = _as_runs(run)
+    if out_dir is None and len(runs) > 1:
+        # Written into one member's folder it would replace that run's own evaluation.
+        raise WavemelError(
+            f"evaluate: an ensemble of {len(runs)} runs needs --out-dir DIR "
+            "(its report belongs to no single run folder)"
+        )
     result = compute_evaluation(
-        run,
+        runs,
         data,
         split=split,
         zero_input=zero_input,
@@ -482,5 +581,5 @@ def evaluate_run(
         progress=progress,
         **data_overrides,
     )
-    out = Path(out_dir) if out_dir is not None else _run_folder(Path(run))
+    out = Path(out_dir) if out_dir is not None else _run_folder(runs[0])
     return write_evaluation(result, out)

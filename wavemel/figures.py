@@ -11,7 +11,9 @@
   (:class:`wavemel.frontend.LogMel`) of the result:
 
   1. the original clip;
-  2. a circular time shift within the clip;
+  2. a time shift: the content moves later in the window and the vacated start is silence,
+     as training moves a short clip among zeros or a long clip's window start; nothing wraps
+     round (training never splices a clip's end before its start);
   3. a random crop (to the input length for a clip longer than the input; otherwise, so that
      there is something to crop, to half the clip);
   4. random padding and 5. replication of a short clip to the input length (a clip that is not
@@ -391,10 +393,10 @@ def _augmentation_panels(
     one = torch.tensor([length])
     panels: list[tuple[str, torch.Tensor]] = [(f"Original ({seconds(length)})", clip)]
 
-    # Time shift: circular within the clip, by 25-75 % of it (either way round looks alike).
+    # Time shift by 25-75 % of the clip, zero-filled: no seam, as in training.
     offset = round(draws.uniform(0.25, 0.75) * length)
-    shifted = augment.shift(clip, one, torch.tensor([offset]), mode="roll")
-    panels.append((f"Time shift (+{seconds(offset)}, circular)", shifted))
+    shifted = augment.shift(clip, one, torch.tensor([offset]), mode="zero")
+    panels.append((f"Time shift (+{seconds(offset)}, no wrap-around)", shifted))
 
     # Random crop: to the input for a long clip, else to half of the clip.
     crop_length = input_samples if length > input_samples else max(1, length // 2)

@@ -16,6 +16,10 @@ above its decision threshold (the checkpoint's ``thresholds``, chosen on validat
 stays bounded however long the file is; the result equals scoring the whole decoded clip. With
 ``decode_workers`` > 0 the next files are decoded ahead in worker threads (libsndfile and soxr
 release the GIL) while the model scores the current one; results are those of reading in order.
+
+:class:`Ensemble` averages several taggers (fold or seed runs): each file is decoded once and its
+blocks fed to every member, which cuts them into its own windows (its input length, hop and fill)
+and aggregates them into its own clip probabilities; the ensemble's are their arithmetic mean.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 from wavemel import timeline as _timeline
 from wavemel._device import autocast, model_device, resolve_device
 from wavemel._paths import display_path
-from wavemel._threads import _usable_cpus, busy_cpus
+from wavemel._threads import _usable_cpus, busy_cpus, retune_threads
 from wavemel.audio import stream_audio
 from wavemel.augment import FILLS, fill_short
 from wavemel.checkpoint import CheckpointInfo, load_model
@@ -45,6 +49,7 @@ from wavemel.onnx_backend import load_onnx
 from wavemel.timeline import WindowSeries
 
 __all__ = [
+    "Ensemble",
     "Tagger",
     "WindowSeries",
     "default_decode_workers",
@@ -363,6 +368,7 @@ class _WindowRunner:
         batch = torch.from_numpy(np.stack(self._windows)).to(self.device)
         owners, starts = np.asarray(self._owners), np.asarray(self._starts)
         self._windows, self._owners, self._starts = [], [], []
+        retune_threads()  # between batches: outside any parallel region
         with torch.inference_mode(), autocast(self.device, self.amp):
             rows = self.output(self.model, batch)
         self.sink(owners, starts, rows.double().cpu().numpy())
@@ -535,138 +541,94 @@ class _Prefetcher:
         self._queue.clear()
 
 
-class Tagger:
-    """Tags audio files or waveforms with a trained model (the Python API).
+@dataclass
+class _Feed:
+    """One model's windowing of a clip stream: its window length, hop and fill, and its runner."""
 
-    Example:
-        >>> tagger = Tagger.from_checkpoint("runs/spec")  # doctest: +SKIP
-        >>> tagger.tag("dog.wav")  # doctest: +SKIP
-        [('Bark', 0.91), ('Meow', 0.03), ('Cough', 0.01)]
+    input_samples: int
+    hop_samples: int
+    fill: str
+    runner: _WindowRunner
 
-    Attributes:
-        model: The network, in eval mode.
-        labels: Class names; index ``i`` of a probability vector is ``labels[i]``.
-        sample_rate: Rate the model expects; files are resampled to it while reading.
-        input_samples: Window length in samples.
-        hop_samples: Distance between windows in samples.
-        activation: ``"softmax"`` or ``"sigmoid"`` (multi-label: each label scored alone).
-        thresholds: ``(C,)`` decision thresholds of a sigmoid model (0.5 where the checkpoint
-            chose none), ``None`` for softmax.
-        decode_workers: Threads decoding the next files while the model scores (``0``: read
-            each file when its turn comes); default :func:`default_decode_workers` of the device.
-        meta: The checkpoint's metadata (empty when built directly).
+    def stream(self) -> _WindowStream:
+        return _WindowStream(self.input_samples, self.hop_samples, self.fill)
+
+
+#: What :meth:`Tagger._reader` gives: item names, item ``i``'s blocks, and a closer.
+_Reader = tuple[list[str], Callable[[int], Iterable[np.ndarray]], Callable[[], None]]
+
+
+def _feed_windows(
+    reader: _Reader, feeds: Sequence[_Feed]
+) -> tuple[dict[int, AudioError], list[str], list[int]]:
+    """Decode each item once and feed every block to every feed's windows, clip by clip.
+
+    Several feeds are an ensemble's members: each cuts the same samples into its own windows, so
+    a file is read (and a bad one fails) once however many models score it.
+
+    Returns:
+        ``(failures, empty, lengths)``: the clips that could not be decoded (index -> error),
+        the names of empty clips, and each clip's length in samples.
+    """
+    failures: dict[int, AudioError] = {}
+    empty: list[str] = []
+    lengths: list[int] = []
+    names, blocks_of, close = reader
+    try:
+        for index, name in enumerate(names):
+            streams = [feed.stream() for feed in feeds]
+            try:
+                for block in blocks_of(index):
+                    for feed, stream in zip(feeds, streams):
+                        feed.runner.add(index, stream.push(block))
+            except AudioError as exc:
+                # Windows of this file already queued are scored into a row nobody reads.
+                failures[index] = exc
+                lengths.append(streams[0].total)
+                continue
+            for feed, stream in zip(feeds, streams):
+                feed.runner.add(index, stream.finish())
+            lengths.append(streams[0].total)
+            if streams[0].total == 0:
+                empty.append(name)
+    finally:
+        close()
+    for feed in feeds:
+        feed.runner.flush()
+    return failures, empty, lengths
+
+
+def _answers(
+    probabilities: np.ndarray, failures: dict[int, AudioError]
+) -> list[tuple[np.ndarray | None, AudioError | None]]:
+    """``(N, C)`` rows as ``_predict_group``'s answers, the failed clips as their errors."""
+    return [
+        (None, failures[i]) if i in failures else (probabilities[i], None)
+        for i in range(probabilities.shape[0])
+    ]
+
+
+class _ClipAnswers:
+    """What a tagger answers, given its ``_predict_group``: probabilities, top-k, tags.
+
+    A subclass sets ``labels``, ``activation``, ``prior`` and ``thresholds`` and implements
+    ``_predict_group(items) -> [(probabilities (C,) | None, AudioError | None), ...]``.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        labels: Sequence[str],
-        *,
-        sample_rate: int,
-        input_samples: int,
-        hop_samples: int | None = None,
-        aggregate: str = "mean",
-        fill: str = "replicate",
-        batch_size: int = 64,
-        device: str | torch.device | None = None,
-        prior: Sequence[float] | None = None,
-        block_frames: int = _BLOCK_FRAMES,
-        meta: dict | None = None,
-        activation: str = "softmax",
-        thresholds: Sequence[float] | None = None,
-        decode_workers: int | None = None,
-    ) -> None:
-        if len(labels) != int(model.num_classes):
-            raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes")
-        if aggregate not in _AGGREGATES:
-            raise ValueError(f"aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
-        if fill not in FILLS:
-            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
-        self.hop_samples = input_samples if hop_samples is None else int(hop_samples)
-        _check_window(input_samples, self.hop_samples)
-        self.device = _resolve_device(device, model)
-        self.model = model.to(self.device).eval()
-        self.labels = list(labels)
-        self.sample_rate = int(sample_rate)
-        self.input_samples = int(input_samples)
-        self.aggregate = aggregate
-        self.fill = fill
-        self.batch_size = int(batch_size)
-        self.block_frames = int(block_frames)
-        if decode_workers is None:
-            decode_workers = default_decode_workers(self.device)
-        if decode_workers < 0:
-            raise ValueError(f"decode_workers must be 0 or more, got {decode_workers}")
-        self.decode_workers = int(decode_workers)
-        self.meta = dict(meta or {})
-        if prior is not None:
-            prior = np.asarray(prior, dtype=np.float64)
-            if prior.shape != (len(self.labels),) or prior.sum() <= 0:
-                raise ValueError("prior must hold one non-negative weight per label")
-            prior = prior / prior.sum()
-        self.prior = prior
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        self.activation = activation
-        if thresholds is None and activation == "sigmoid":
-            thresholds = np.full(len(self.labels), _DEFAULT_THRESHOLD)
-        if thresholds is not None:
-            thresholds = np.asarray(thresholds, dtype=np.float64)
-            if thresholds.shape != (len(self.labels),):
-                raise ValueError("thresholds must hold one value per label")
-        self.thresholds = thresholds
+    labels: list[str]
+    activation: str
+    prior: np.ndarray | None
+    thresholds: np.ndarray | None
+
+    def _predict_group(
+        self, items: Sequence[str | os.PathLike | np.ndarray]
+    ) -> list[tuple[np.ndarray | None, AudioError | None]]:
+        raise NotImplementedError
 
     @property
     def multi_label(self) -> bool:
         """Whether each label is scored alone (sigmoid) and tags are the labels above threshold."""
         return self.activation == "sigmoid"
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        device: str | torch.device = "auto",
-        hop_seconds: float | None = None,
-        aggregate: str = "mean",
-        batch_size: int = 64,
-        fill: str | None = None,
-        decode_workers: int | None = None,
-    ) -> Tagger:
-        """Load a checkpoint (run folder, ``.json``, ``.safetensors`` or stem) into a tagger.
-
-        Args:
-            path: What :func:`wavemel.checkpoint.load_checkpoint` accepts.
-            device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``, ...
-            hop_seconds: Window hop; default the training input length (no overlap).
-            aggregate: ``"mean"`` or ``"geometric"``.
-            batch_size: Windows per forward pass.
-            fill: Short-clip filling; default the checkpoint's ``eval_fill`` or ``"replicate"``.
-            decode_workers: Threads decoding files ahead (``0``: none); default
-                :func:`default_decode_workers`.
-
-        Raises:
-            CheckpointError: The checkpoint is missing, corrupt or lacks labels / rates.
-        """
-        model, info = load_model(path, device=device)
-        info.require("labels", "sample_rate", "input_seconds")
-        sample_rate = info.sample_rate
-        hop_samples = hop_to_samples(hop_seconds, sample_rate)
-        return cls(
-            model,
-            info.labels,
-            sample_rate=sample_rate,
-            input_samples=info.input_samples,
-            hop_samples=hop_samples,
-            aggregate=aggregate,
-            fill=fill or info.eval_fill or "replicate",
-            batch_size=batch_size,
-            device=device,
-            prior=info.label_prior,
-            meta=info.meta,
-            activation=checkpoint_activation(info),
-            thresholds=_checkpoint_thresholds(info),
-            decode_workers=decode_workers,
-        )
 
     @property
     def empty_distribution(self) -> np.ndarray:
@@ -677,178 +639,6 @@ class Tagger:
         kind = "training label prior" if self.prior is not None else "uniform distribution"
         message = f"{name}: empty clip (0 samples); answering with the {kind}"
         warnings.warn(EmptyClipWarning(message, name), stacklevel=2)
-
-    def _blocks(self, item: str | os.PathLike | np.ndarray) -> tuple[Iterable[np.ndarray], str]:
-        """Sample blocks of a file (decoded lazily) or of an in-memory waveform, and its name."""
-        if isinstance(item, (np.ndarray, torch.Tensor)):
-            waveform = np.asarray(item, dtype=np.float32)
-            if waveform.ndim != 1:
-                raise ValueError(f"waveform must be 1-D (T,), got shape {waveform.shape}")
-            blocks = (
-                waveform[i : i + self.block_frames]
-                for i in range(0, waveform.shape[0], self.block_frames)
-            )
-            return blocks, "waveform"
-        path = Path(item)
-        return stream_audio(path, self.sample_rate, self.block_frames), display_path(path)
-
-    def _reader(
-        self, items: Sequence[str | os.PathLike | np.ndarray]
-    ) -> tuple[list[str], Callable[[int], Iterable[np.ndarray]], Callable[[], None]]:
-        """Each item's name, a function giving item ``i``'s blocks (in order) and a closer.
-
-        With :attr:`decode_workers` and more than one file, files are decoded ahead by a
-        :class:`_Prefetcher`; the blocks, and the errors where they stop, are the same.
-        """
-        streams, names = zip(*map(self._blocks, items)) if items else ((), ())
-        is_file = [not isinstance(item, (np.ndarray, torch.Tensor)) for item in items]
-        if self.decode_workers == 0 or sum(is_file) < 2:
-            return list(names), lambda index: streams[index], lambda: None
-        prefetcher = _Prefetcher(
-            streams,
-            is_file,
-            workers=self.decode_workers,
-            max_samples=int(_PREFETCH_SECONDS * self.sample_rate),
-        )
-        return list(names), prefetcher.blocks, prefetcher.close
-
-    def _stream_windows(
-        self,
-        items: Sequence[str | os.PathLike | np.ndarray],
-        runner: _WindowRunner,
-        hop_samples: int | None = None,
-    ) -> tuple[dict[int, AudioError], list[str], list[int]]:
-        """Feed every window of ``items`` to ``runner``; each clip is streamed block by block.
-
-        Returns:
-            ``(failures, empty, lengths)``: the clips that could not be decoded (index ->
-            error), the names of empty clips, and each clip's length in samples.
-        """
-        hop = self.hop_samples if hop_samples is None else hop_samples
-        failures: dict[int, AudioError] = {}
-        empty: list[str] = []
-        lengths: list[int] = []
-        names, blocks_of, close = self._reader(items)
-        try:
-            for index, name in enumerate(names):
-                stream = _WindowStream(self.input_samples, hop, self.fill)
-                try:
-                    for block in blocks_of(index):
-                        runner.add(index, stream.push(block))
-                except AudioError as exc:
-                    # Windows of this file already queued are scored into a row nobody reads.
-                    failures[index] = exc
-                    lengths.append(stream.total)
-                    continue
-                runner.add(index, stream.finish())
-                lengths.append(stream.total)
-                if stream.total == 0:
-                    empty.append(name)
-        finally:
-            close()
-        runner.flush()
-        return failures, empty, lengths
-
-    def _runner(self, sink, output: WindowOutput) -> _WindowRunner:
-        return _WindowRunner(
-            self.model, sink, batch_size=self.batch_size, device=self.device, output=output
-        )
-
-    def _predict_group(
-        self, items: Sequence[str | os.PathLike | np.ndarray]
-    ) -> list[tuple[np.ndarray | None, AudioError | None]]:
-        """Score several clips with shared batches; each is streamed block by block."""
-        aggregator = _Aggregator(
-            len(items), len(self.labels), self.aggregate, normalise=not self.multi_label
-        )
-        output = probability_output(self.activation, self.aggregate)
-        failures, empty, _ = self._stream_windows(items, self._runner(aggregator, output))
-        for name in empty:
-            self._warn_empty(name)
-        probabilities = aggregator.result(self.empty_distribution)
-        return [
-            (None, failures[i]) if i in failures else (probabilities[i], None)
-            for i in range(len(items))
-        ]
-
-    def _window_series(
-        self,
-        item: str | os.PathLike | np.ndarray,
-        output: WindowOutput,
-        hop_seconds: float | None,
-    ) -> WindowSeries:
-        hop = None
-        if hop_seconds is not None:
-            if not math.isfinite(hop_seconds) or hop_seconds <= 0:
-                raise WavemelError(f"hop {hop_seconds!r} s must be a positive number of seconds")
-            hop = max(1, int(round(hop_seconds * self.sample_rate)))
-        collector = _WindowCollector()
-        failures, empty, lengths = self._stream_windows(
-            [item], self._runner(collector, output), hop
-        )
-        if failures:
-            raise failures[0]
-        starts, rows = collector.of(0, 0)
-        rate, length = float(self.sample_rate), lengths[0]
-        begin = starts / rate
-        end = np.minimum(starts + self.input_samples, length) / rate
-        return WindowSeries(begin, end, rows, length / rate)
-
-    def window_probabilities(
-        self, path_or_waveform: str | os.PathLike | np.ndarray, hop_seconds: float | None = None
-    ) -> WindowSeries:
-        """Class probabilities of every window of a clip (what a timeline shows).
-
-        Args:
-            path_or_waveform: An audio file or a ``(T,)`` waveform at :attr:`sample_rate`.
-            hop_seconds: Window hop; default this tagger's hop.
-
-        Returns:
-            A :class:`WindowSeries` with ``values`` of shape ``(W, C)`` (softmax, or sigmoid for a
-            multi-label model, per window); an empty clip has no windows.
-
-        Raises:
-            AudioError: The file is missing or cannot be decoded.
-        """
-        return self._window_series(
-            path_or_waveform, probability_output(self.activation), hop_seconds
-        )
-
-    def window_embeddings(
-        self, path_or_waveform: str | os.PathLike | np.ndarray, hop_seconds: float | None = None
-    ) -> WindowSeries:
-        """The model's embedding (``model.features``) of every window of a clip.
-
-        Returns:
-            A :class:`WindowSeries` with ``values`` of shape ``(W, D)``.
-        """
-        return self._window_series(path_or_waveform, feature_output, hop_seconds)
-
-    def timeline(
-        self,
-        path_or_waveform: str | os.PathLike | np.ndarray,
-        hop_seconds: float | None = None,
-        threshold: float = _timeline.DEFAULT_THRESHOLD,
-    ) -> _timeline.Timeline:
-        """Window probabilities and merged segments above ``threshold`` of a clip.
-
-        See :func:`wavemel.timeline.timeline`.
-        """
-        return _timeline.timeline(
-            self, path_or_waveform, hop_seconds=hop_seconds, threshold=threshold
-        )
-
-    def embed(self, path_or_waveform: str | os.PathLike | np.ndarray) -> np.ndarray:
-        """Clip-level embedding: the mean of the window embeddings, ``(D,)`` float32.
-
-        Raises:
-            AudioError: The file cannot be decoded, or the clip is empty (nothing to embed).
-        """
-        series = self.window_embeddings(path_or_waveform)
-        if series.values.shape[0] == 0:
-            name = "waveform" if isinstance(path_or_waveform, np.ndarray) else path_or_waveform
-            raise AudioError(f"{display_path(name)}: empty clip (0 samples), nothing to embed")
-        return series.values.mean(axis=0).astype(np.float32)
 
     def predict_proba(self, path_or_waveform: str | os.PathLike | np.ndarray) -> np.ndarray:
         """Class probabilities of one whole clip.
@@ -938,6 +728,283 @@ class Tagger:
                 errors[str(path)] = error
         return results, errors
 
+
+class Tagger(_ClipAnswers):
+    """Tags audio files or waveforms with a trained model (the Python API).
+
+    Example:
+        >>> tagger = Tagger.from_checkpoint("runs/spec")  # doctest: +SKIP
+        >>> tagger.tag("dog.wav")  # doctest: +SKIP
+        [('Bark', 0.91), ('Meow', 0.03), ('Cough', 0.01)]
+
+    Attributes:
+        model: The network, in eval mode.
+        labels: Class names; index ``i`` of a probability vector is ``labels[i]``.
+        sample_rate: Rate the model expects; files are resampled to it while reading.
+        input_samples: Window length in samples.
+        hop_samples: Distance between windows in samples.
+        activation: ``"softmax"`` or ``"sigmoid"`` (multi-label: each label scored alone).
+        thresholds: ``(C,)`` decision thresholds of a sigmoid model (0.5 where the checkpoint
+            chose none), ``None`` for softmax.
+        decode_workers: Threads decoding the next files while the model scores (``0``: read
+            each file when its turn comes); default :func:`default_decode_workers` of the device.
+        meta: The checkpoint's metadata (empty when built directly).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        labels: Sequence[str],
+        *,
+        sample_rate: int,
+        input_samples: int,
+        hop_samples: int | None = None,
+        aggregate: str = "mean",
+        fill: str = "replicate",
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        prior: Sequence[float] | None = None,
+        block_frames: int = _BLOCK_FRAMES,
+        meta: dict | None = None,
+        activation: str = "softmax",
+        thresholds: Sequence[float] | None = None,
+        decode_workers: int | None = None,
+    ) -> None:
+        if len(labels) != int(model.num_classes):
+            raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+        if aggregate not in _AGGREGATES:
+            raise ValueError(f"aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        self.hop_samples = input_samples if hop_samples is None else int(hop_samples)
+        _check_window(input_samples, self.hop_samples)
+        self.device = _resolve_device(device, model)
+        self.model = model.to(self.device).eval()
+        self.labels = list(labels)
+        self.sample_rate = int(sample_rate)
+        self.input_samples = int(input_samples)
+        self.aggregate = aggregate
+        self.fill = fill
+        self.batch_size = int(batch_size)
+        self.block_frames = int(block_frames)
+        if decode_workers is None:
+            decode_workers = default_decode_workers(self.device)
+        if decode_workers < 0:
+            raise ValueError(f"decode_workers must be 0 or more, got {decode_workers}")
+        self.decode_workers = int(decode_workers)
+        self.meta = dict(meta or {})
+        if prior is not None:
+            prior = np.asarray(prior, dtype=np.float64)
+            if prior.shape != (len(self.labels),) or prior.sum() <= 0:
+                raise ValueError("prior must hold one non-negative weight per label")
+            prior = prior / prior.sum()
+        self.prior = prior
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        if thresholds is None and activation == "sigmoid":
+            thresholds = np.full(len(self.labels), _DEFAULT_THRESHOLD)
+        if thresholds is not None:
+            thresholds = np.asarray(thresholds, dtype=np.float64)
+            if thresholds.shape != (len(self.labels),):
+                raise ValueError("thresholds must hold one value per label")
+        self.thresholds = thresholds
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        hop_seconds: float | None = None,
+        aggregate: str = "mean",
+        batch_size: int = 64,
+        fill: str | None = None,
+        decode_workers: int | None = None,
+    ) -> Tagger:
+        """Load a checkpoint (run folder, ``.json``, ``.safetensors`` or stem) into a tagger.
+
+        Args:
+            path: What :func:`wavemel.checkpoint.load_checkpoint` accepts.
+            device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``, ...
+            hop_seconds: Window hop; default the training input length (no overlap).
+            aggregate: ``"mean"`` or ``"geometric"``.
+            batch_size: Windows per forward pass.
+            fill: Short-clip filling; default the checkpoint's ``eval_fill`` or ``"replicate"``.
+            decode_workers: Threads decoding files ahead (``0``: none); default
+                :func:`default_decode_workers`.
+
+        Raises:
+            CheckpointError: The checkpoint is missing, corrupt or lacks labels / rates.
+        """
+        model, info = load_model(path, device=device)
+        info.require("labels", "sample_rate", "input_seconds")
+        sample_rate = info.sample_rate
+        hop_samples = hop_to_samples(hop_seconds, sample_rate)
+        return cls(
+            model,
+            info.labels,
+            sample_rate=sample_rate,
+            input_samples=info.input_samples,
+            hop_samples=hop_samples,
+            aggregate=aggregate,
+            fill=fill or info.eval_fill or "replicate",
+            batch_size=batch_size,
+            device=device,
+            prior=info.label_prior,
+            meta=info.meta,
+            activation=checkpoint_activation(info),
+            thresholds=_checkpoint_thresholds(info),
+            decode_workers=decode_workers,
+        )
+
+    def _blocks(self, item: str | os.PathLike | np.ndarray) -> tuple[Iterable[np.ndarray], str]:
+        """Sample blocks of a file (decoded lazily) or of an in-memory waveform, and its name."""
+        if isinstance(item, (np.ndarray, torch.Tensor)):
+            waveform = np.asarray(item, dtype=np.float32)
+            if waveform.ndim != 1:
+                raise ValueError(f"waveform must be 1-D (T,), got shape {waveform.shape}")
+            blocks = (
+                waveform[i : i + self.block_frames]
+                for i in range(0, waveform.shape[0], self.block_frames)
+            )
+            return blocks, "waveform"
+        path = Path(item)
+        return stream_audio(path, self.sample_rate, self.block_frames), display_path(path)
+
+    def _reader(self, items: Sequence[str | os.PathLike | np.ndarray]) -> _Reader:
+        """Each item's name, a function giving item ``i``'s blocks (in order) and a closer.
+
+        With :attr:`decode_workers` and more than one file, files are decoded ahead by a
+        :class:`_Prefetcher`; the blocks, and the errors where they stop, are the same.
+        """
+        streams, names = zip(*map(self._blocks, items)) if items else ((), ())
+        is_file = [not isinstance(item, (np.ndarray, torch.Tensor)) for item in items]
+        if self.decode_workers == 0 or sum(is_file) < 2:
+            return list(names), lambda index: streams[index], lambda: None
+        prefetcher = _Prefetcher(
+            streams,
+            is_file,
+            workers=self.decode_workers,
+            max_samples=int(_PREFETCH_SECONDS * self.sample_rate),
+        )
+        return list(names), prefetcher.blocks, prefetcher.close
+
+    def _feed(self, runner: _WindowRunner, hop_samples: int | None = None) -> _Feed:
+        """This tagger's windowing (its input length, hop and fill) into ``runner``."""
+        hop = self.hop_samples if hop_samples is None else hop_samples
+        return _Feed(self.input_samples, hop, self.fill, runner)
+
+    def _stream_windows(
+        self,
+        items: Sequence[str | os.PathLike | np.ndarray],
+        runner: _WindowRunner,
+        hop_samples: int | None = None,
+    ) -> tuple[dict[int, AudioError], list[str], list[int]]:
+        """Feed every window of ``items`` to ``runner``; see :func:`_feed_windows`."""
+        return _feed_windows(self._reader(items), [self._feed(runner, hop_samples)])
+
+    def _runner(self, sink, output: WindowOutput) -> _WindowRunner:
+        return _WindowRunner(
+            self.model, sink, batch_size=self.batch_size, device=self.device, output=output
+        )
+
+    def _probability_feed(self, num_clips: int) -> tuple[_Aggregator, _Feed]:
+        """A feed whose windows' probabilities sum up per clip in the returned aggregator."""
+        aggregator = _Aggregator(
+            num_clips, len(self.labels), self.aggregate, normalise=not self.multi_label
+        )
+        output = probability_output(self.activation, self.aggregate)
+        return aggregator, self._feed(self._runner(aggregator, output))
+
+    def _predict_group(
+        self, items: Sequence[str | os.PathLike | np.ndarray]
+    ) -> list[tuple[np.ndarray | None, AudioError | None]]:
+        """Score several clips with shared batches; each is streamed block by block."""
+        aggregator, feed = self._probability_feed(len(items))
+        failures, empty, _ = _feed_windows(self._reader(items), [feed])
+        for name in empty:
+            self._warn_empty(name)
+        return _answers(aggregator.result(self.empty_distribution), failures)
+
+    def _window_series(
+        self,
+        item: str | os.PathLike | np.ndarray,
+        output: WindowOutput,
+        hop_seconds: float | None,
+    ) -> WindowSeries:
+        hop = None
+        if hop_seconds is not None:
+            if not math.isfinite(hop_seconds) or hop_seconds <= 0:
+                raise WavemelError(f"hop {hop_seconds!r} s must be a positive number of seconds")
+            hop = max(1, int(round(hop_seconds * self.sample_rate)))
+        collector = _WindowCollector()
+        failures, empty, lengths = self._stream_windows(
+            [item], self._runner(collector, output), hop
+        )
+        if failures:
+            raise failures[0]
+        starts, rows = collector.of(0, 0)
+        rate, length = float(self.sample_rate), lengths[0]
+        begin = starts / rate
+        end = np.minimum(starts + self.input_samples, length) / rate
+        return WindowSeries(begin, end, rows, length / rate)
+
+    def window_probabilities(
+        self, path_or_waveform: str | os.PathLike | np.ndarray, hop_seconds: float | None = None
+    ) -> WindowSeries:
+        """Class probabilities of every window of a clip (what a timeline shows).
+
+        Args:
+            path_or_waveform: An audio file or a ``(T,)`` waveform at :attr:`sample_rate`.
+            hop_seconds: Window hop; default this tagger's hop.
+
+        Returns:
+            A :class:`WindowSeries` with ``values`` of shape ``(W, C)`` (softmax, or sigmoid for a
+            multi-label model, per window); an empty clip has no windows.
+
+        Raises:
+            AudioError: The file is missing or cannot be decoded.
+        """
+        return self._window_series(
+            path_or_waveform, probability_output(self.activation), hop_seconds
+        )
+
+    def window_embeddings(
+        self, path_or_waveform: str | os.PathLike | np.ndarray, hop_seconds: float | None = None
+    ) -> WindowSeries:
+        """The model's embedding (``model.features``) of every window of a clip.
+
+        Returns:
+            A :class:`WindowSeries` with ``values`` of shape ``(W, D)``.
+        """
+        return self._window_series(path_or_waveform, feature_output, hop_seconds)
+
+    def timeline(
+        self,
+        path_or_waveform: str | os.PathLike | np.ndarray,
+        hop_seconds: float | None = None,
+        threshold: float = _timeline.DEFAULT_THRESHOLD,
+    ) -> _timeline.Timeline:
+        """Window probabilities and merged segments above ``threshold`` of a clip.
+
+        See :func:`wavemel.timeline.timeline`.
+        """
+        return _timeline.timeline(
+            self, path_or_waveform, hop_seconds=hop_seconds, threshold=threshold
+        )
+
+    def embed(self, path_or_waveform: str | os.PathLike | np.ndarray) -> np.ndarray:
+        """Clip-level embedding: the mean of the window embeddings, ``(D,)`` float32.
+
+        Raises:
+            AudioError: The file cannot be decoded, or the clip is empty (nothing to embed).
+        """
+        series = self.window_embeddings(path_or_waveform)
+        if series.values.shape[0] == 0:
+            name = "waveform" if isinstance(path_or_waveform, np.ndarray) else path_or_waveform
+            raise AudioError(f"{display_path(name)}: empty clip (0 samples), nothing to embed")
+        return series.values.mean(axis=0).astype(np.float32)
+
     @classmethod
     def from_onnx(
         cls,
@@ -988,4 +1055,109 @@ class Tagger:
             prior=meta["prior"],
             meta=meta,
             decode_workers=decode_workers,
+        )
+
+
+class Ensemble(_ClipAnswers):
+    """Several taggers as one: the arithmetic mean of their whole-clip probabilities.
+
+    Each file is decoded once, at the members' common sample rate, and every block goes to every
+    member, so a member keeps its own input length, hop, fill and aggregation (a geometric
+    member aggregates its own windows, then the members are averaged arithmetically), and a file
+    that cannot be decoded fails once. It answers as a :class:`Tagger` does (``predict_many``,
+    ``predict_proba``, ``top_k``, ``above_threshold``, ``tag``, ``tag_many``); window series
+    (timelines, embeddings) belong to one model and are not offered.
+
+    Rules the members must follow (else :class:`~wavemel.errors.WavemelError`, one line naming
+    the two runs and the difference):
+
+    - the same label set; a member with the labels in another order is reordered to the first
+      member's order, which is the ensemble's;
+    - the same sample rate (decoding happens once, so no member resamples on its own);
+    - the same activation (softmax or sigmoid): a mean of a distribution and independent
+      per-label scores is neither.
+
+    A multi-label ensemble tags a label when the mean probability reaches the mean of the
+    members' thresholds for it; an empty clip is answered with the mean of the members' empty
+    answers (their training priors, or uniform).
+
+    Attributes:
+        members: The taggers, in the order given.
+        names: How errors name each member (its run folder or file).
+        labels: The first member's labels; column ``i`` of every answer is ``labels[i]``.
+        sample_rate: The members' common rate.
+        activation: ``"softmax"`` or ``"sigmoid"``.
+        thresholds: ``(C,)`` mean of the members' thresholds (sigmoid), else ``None``.
+        prior: ``(C,)`` mean of the members' empty answers when any member knows its prior.
+    """
+
+    def __init__(self, members: Sequence[Tagger], names: Sequence[str] | None = None) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        names = [f"member {i}" for i in range(len(members))] if names is None else list(names)
+        if len(names) != len(members):
+            raise ValueError(f"{len(names)} names for {len(members)} members")
+        first = members[0]
+        for member, name in zip(members[1:], names[1:]):
+            _check_compatible(first, names[0], member, name)
+        self.members = list(members)
+        self.names = names
+        self.labels = list(first.labels)
+        self.sample_rate = first.sample_rate
+        self.activation = first.activation
+        # Column order of each member's answers in the ensemble's label order.
+        self._orders = [
+            np.array([member.labels.index(label) for label in self.labels]) for member in members
+        ]
+        empty = self._mean([m.empty_distribution for m in members])
+        self.prior = empty if any(m.prior is not None for m in members) else None
+        self.thresholds = (
+            None if first.thresholds is None else self._mean([m.thresholds for m in members])
+        )
+
+    def _mean(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        """Mean of one ``(..., C)`` array per member, each first put in the ensemble's order."""
+        return np.mean([row[..., order] for row, order in zip(rows, self._orders)], axis=0)
+
+    def _predict_group(
+        self, items: Sequence[str | os.PathLike | np.ndarray]
+    ) -> list[tuple[np.ndarray | None, AudioError | None]]:
+        """Decode each clip once, score it with every member, average their probabilities."""
+        pairs = [member._probability_feed(len(items)) for member in self.members]
+        # Every member reads at the same rate, so the first member's reader serves them all.
+        reader = self.members[0]._reader(items)
+        failures, empty, _ = _feed_windows(reader, [feed for _, feed in pairs])
+        for name in empty:
+            self._warn_empty(name)
+        results = [
+            aggregator.result(member.empty_distribution)
+            for member, (aggregator, _) in zip(self.members, pairs)
+        ]
+        return _answers(self._mean(results), failures)
+
+
+def _check_compatible(first: Tagger, first_name: str, other: Tagger, other_name: str) -> None:
+    """One-line error when ``other`` cannot be averaged with ``first`` (see :class:`Ensemble`).
+
+    Raises:
+        WavemelError: Their label sets, sample rates or activations differ.
+    """
+    runs = f"ensemble of {first_name} and {other_name}"
+    if set(first.labels) != set(other.labels) or len(first.labels) != len(other.labels):
+        only_first = sorted(set(first.labels) - set(other.labels))
+        only_other = sorted(set(other.labels) - set(first.labels))
+        shown = [f"only {first_name} has {', '.join(only_first)}"] if only_first else []
+        shown += [f"only {other_name} has {', '.join(only_other)}"] if only_other else []
+        if not shown:  # the same names, one of them repeated
+            shown = [f"{len(first.labels)} vs {len(other.labels)} labels"]
+        raise WavemelError(f"{runs}: the labels differ ({'; '.join(shown)})")
+    if first.sample_rate != other.sample_rate:
+        raise WavemelError(
+            f"{runs}: the sample rates differ ({first.sample_rate} vs {other.sample_rate} Hz)"
+        )
+    if first.activation != other.activation:
+        kinds = {"softmax": "single-label (softmax)", "sigmoid": "multi-label (sigmoid)"}
+        raise WavemelError(
+            f"{runs}: {first_name} is {kinds[first.activation]}, "
+            f"{other_name} {kinds[other.activation]}"
         )

@@ -18,7 +18,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "when the data has leaderboard usage), top-1 accuracy, per-class MAP@3 and AP. Writes "
         "evaluation_<split>.json and confusion_<split>.png into the run folder.",
     )
-    parser.add_argument("run", metavar="RUN", help="run folder (or a checkpoint .json in one)")
+    parser.add_argument(
+        "run",
+        metavar="RUN",
+        nargs="+",
+        help="run folder (or a checkpoint .json in one); several runs are scored as one ensemble "
+        "(the mean of their clip probabilities; same labels, rate, activation and split; needs "
+        "--out-dir)",
+    )
     parser.add_argument(
         "--data", metavar="ROOT", help="dataset root (default: the one the run was trained on)"
     )
@@ -40,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="cnn-comb ablation: replace that branch's features by their training mean",
     )
     add_inference_options(parser)
-    parser.add_argument("--out-dir", metavar="DIR", help="where to write (default: RUN)")
+    parser.add_argument(
+        "--out-dir", metavar="DIR", help="where to write (default: RUN; needed for an ensemble)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -85,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate_run(
-            args.run,
+            args.run[0] if len(args.run) == 1 else args.run,
             args.data,
             split=args.split,
             zero_input=args.zero_input,

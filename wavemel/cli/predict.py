@@ -28,6 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run", metavar="RUN", help="run folder, checkpoint .json or exported .onnx")
     parser.add_argument("paths", metavar="PATH", nargs="+", help="audio files or folders")
+    parser.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="another run (folder, .json or .onnx) whose clip probabilities are averaged with "
+        "RUN's; repeat it for more (fold or seed ensembles: same labels, rate and activation)",
+    )
     parser.add_argument("--top-k", type=int, default=3, metavar="K", help="labels per file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -122,6 +130,8 @@ def _check_timeline_options(args: argparse.Namespace, files: list[Path]) -> None
             raise WavemelError(f"{path}: already exists (use --force to overwrite it)")
         if not path.parent.is_dir():
             raise WavemelError(f"{path.parent}: no such folder for --timeline")
+    if args.ensemble and (args.timeline or args.plot):
+        raise WavemelError("--timeline and --plot show one model's windows, not an --ensemble")
     if args.plot:
         check_figure_path(args.plot, overwrite=args.force)
         if len(files) != 1:
@@ -196,9 +206,24 @@ def _json_result(path: Path, top: list[tuple[str, float]], tags: list | None) ->
     return result
 
 
-def run(args: argparse.Namespace) -> int:
+def _load_tagger(args: argparse.Namespace):
+    """RUN's tagger, or with ``--ensemble`` the ensemble of RUN and those runs."""
     # lazy: imports torch, which `wavemel --help` must not
-    from wavemel.infer import Tagger
+    from wavemel.infer import Ensemble, Tagger
+
+    runs = [args.run, *args.ensemble]
+    taggers = [
+        (Tagger.from_onnx if str(run).endswith(".onnx") else Tagger.from_checkpoint)(
+            run, **inference_kwargs(args)
+        )
+        for run in runs
+    ]
+    if len(taggers) == 1:
+        return taggers[0]
+    return Ensemble(taggers, names=[display_path(run) for run in runs])
+
+
+def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise WavemelError(f"--top-k must be at least 1, got {args.top_k}")
@@ -214,8 +239,7 @@ def run(args: argparse.Namespace) -> int:
     # Checked before any tagging: a clash found after an hour of work would waste it.
     names = dict(zip(files, _submission_names(files))) if submission is not None else {}
     _check_timeline_options(args, files)
-    load = Tagger.from_onnx if str(args.run).endswith(".onnx") else Tagger.from_checkpoint
-    tagger = load(args.run, **inference_kwargs(args))
+    tagger = _load_tagger(args)
     top_k = min(args.top_k, len(tagger.labels))
     results: list[tuple[Path, list[tuple[str, float]]]] = []
     tags: dict[Path, list[tuple[str, float]]] = {}  # multi-label: the labels above threshold
@@ -259,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         payload = {
             "run": display_path(args.run),
+            **({"ensemble": [display_path(r) for r in args.ensemble]} if args.ensemble else {}),
             "results": [
                 _json_result(path, ranked[:top_k], tags.get(path)) for path, ranked in results
             ],

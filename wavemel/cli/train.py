@@ -51,6 +51,13 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
         default=S,
         help="window hop of the whole-clip validation (default: the input length)",
     )
+    parser.add_argument(
+        "--val-every",
+        dest="val_every",
+        type=int,
+        default=S,
+        help="validate every N epochs and after the last (default 1)",
+    )
     parser.add_argument("--device", default=S, help="auto (default), cpu or cuda")
     parser.add_argument("--workers", type=int, default=S, help="data-loading processes")
     parser.add_argument("--cache-dir", dest="cache_dir", default=S, help="decoded-clip cache")
@@ -124,6 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mixup-on", dest="mixup_on", default=S, help="wave (default) or spec (cnn-spec only)"
     )
+    add_spec_mask_flags(parser)
     parser.add_argument(
         "--init",
         default=S,
@@ -146,8 +154,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sigmoid outputs, binary cross-entropy and per-label thresholds (default: on when "
         "any training clip has several labels)",
     )
+    parser.add_argument(
+        "--ema-decay",
+        dest="ema_decay",
+        type=float,
+        default=S,
+        metavar="D",
+        help="validate and save an exponential moving average of the weights with this decay "
+        "(warmed up; 0 = off, the default; typical 0.999)",
+    )
     add_runtime_flags(parser)
     parser.set_defaults(func=run)
+
+
+def add_spec_mask_flags(parser: argparse.ArgumentParser) -> None:
+    """SpecAugment-style masking of the log-mel in training (cnn-spec and cnn14; default off)."""
+    parser.add_argument(
+        "--spec-freq-masks",
+        dest="spec_freq_masks",
+        type=int,
+        default=S,
+        metavar="N",
+        help="mask N bands of mel bins of each training example (default 0: none)",
+    )
+    parser.add_argument(
+        "--spec-freq-width",
+        dest="spec_freq_width",
+        type=int,
+        default=S,
+        metavar="BINS",
+        help="largest width of a frequency mask in mel bins (default 8)",
+    )
+    parser.add_argument(
+        "--spec-time-masks",
+        dest="spec_time_masks",
+        type=int,
+        default=S,
+        metavar="N",
+        help="mask N bands of frames of each training example (default 0: none)",
+    )
+    parser.add_argument(
+        "--spec-time-width",
+        dest="spec_time_width",
+        type=float,
+        default=S,
+        metavar="FRACTION",
+        help="largest width of a time mask as a fraction of the input's frames (default 0.1)",
+    )
 
 
 def config_from_args(config_cls: type, args: argparse.Namespace) -> Any:

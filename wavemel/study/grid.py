@@ -57,7 +57,7 @@ from wavemel.study.report import (
 from wavemel.study.runs import Study, evaluate_variant, fit_baseline, train_branch, train_comb
 from wavemel.study.state import StudyState, open_study, write_study_json
 
-__all__ = ["reproduce"]
+__all__ = ["open_data_study", "reproduce"]
 
 _FIGURE4 = "figures/figure4_per_class.png"
 _FIGURE3 = "figures/figure3_augmentation.png"
@@ -78,7 +78,7 @@ def reproduce(config: StudyConfig, *, command: str | None = None) -> Path:
         DataError: unreadable data, no labelled clips, or ``out`` holding something else.
     """
     started = time.perf_counter()
-    study = _open(config)
+    study = open_data_study(config)
     units = study_units(study.preset, study.has_test)
     command = command or equivalent_command(config)
     evaluations, baselines = _run_grid(study, units)
@@ -94,8 +94,14 @@ def reproduce(config: StudyConfig, *, command: str | None = None) -> Path:
     return write_report(study.out, results)
 
 
-def _open(config: StudyConfig) -> Study:
-    """Read the data and open (or resume) the study folder."""
+def open_data_study(config: StudyConfig, kind: str | None = None) -> Study:
+    """Read the data and open (or resume) the study folder.
+
+    Args:
+        config: the invocation.
+        kind: another study's name (``"levers"``), kept in its settings so that the two kinds
+            never share a folder; ``None`` for the poster's grid.
+    """
     preset = config.resolved_preset()
     out = Path(config.out)
     index = load_dataset(
@@ -110,9 +116,12 @@ def _open(config: StudyConfig) -> Study:
     if not has_test and preset.folds < 3:
         # One fold is scored, one chooses the epochs, at least one trains.
         raise DataError(f"{config.data}: no labelled test split, so --folds must be at least 3")
-    state = open_study(out, _settings(config, preset, index), config.force)
+    settings = _settings(config, preset, index)
+    if kind is not None:
+        settings["study"] = kind
+    state = open_study(out, settings, config.force)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
-    return Study(config, preset, state, index, has_test, has_usage, cache_dir)
+    return Study(config, preset, state, index, has_test, has_usage, cache_dir, kind or "reproduce")
 
 
 def _settings(config: StudyConfig, preset: Preset, index: DatasetIndex) -> dict:

@@ -91,6 +91,7 @@ class Preset:
         patience: early stopping patience in epochs (0: never stop early).
         workers: data-loader worker processes.
         mixup_alpha: mixup of the branch trainings (the poster uses mixup).
+        val_every: branches validate every this many epochs (and after the last).
     """
 
     name: str
@@ -108,6 +109,7 @@ class Preset:
     patience: int
     workers: int
     mixup_alpha: float = 0.4
+    val_every: int = 1
 
 
 PRESETS: dict[str, Preset] = {

@@ -18,6 +18,7 @@ import torch
 import wavemel
 from wavemel._device import resolve_device
 from wavemel._io import atomic_write_text
+from wavemel._threads import thread_summary
 from wavemel.errors import DataError
 from wavemel.study.presets import Preset, StudyConfig
 from wavemel.study.tables import metric_keys
@@ -46,7 +47,7 @@ def environment(device: str) -> dict:
     else:
         description = (
             f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
-            f"torch threads {torch.get_num_threads()})"
+            f"torch threads {thread_summary() or torch.get_num_threads()})"
         )
     return {
         "python": platform.python_version(),

@@ -19,7 +19,15 @@ from wavemel.data.splits import SplitSpec
 from wavemel.evaluate import evaluate_run, evaluation_name
 from wavemel.models.cnn_comb import SIZES as COMB_SIZES
 from wavemel.study.baseline import run_baseline
-from wavemel.study.presets import Preset, StudyConfig, Unit, Variant, length_key, split_fields
+from wavemel.study.presets import (
+    BRANCHES,
+    Preset,
+    StudyConfig,
+    Unit,
+    Variant,
+    length_key,
+    split_fields,
+)
 from wavemel.study.state import StudyState, read_study_json, write_study_json
 from wavemel.train import CombineConfig, TrainConfig, combine, train
 from wavemel.train.run_folder import inspect_run_folder
@@ -42,6 +50,7 @@ class Study:
         has_test: whether the data have a labelled test split (scored), else folds are scored.
         has_usage: whether the test clips carry Public / Private (``usage``).
         cache_dir: the clip cache shared by all runs.
+        kind: the study's name in progress lines (``reproduce``, ``levers``).
     """
 
     config: StudyConfig
@@ -51,6 +60,7 @@ class Study:
     has_test: bool
     has_usage: bool
     cache_dir: Path
+    kind: str = "reproduce"
 
     @property
     def out(self) -> Path:
@@ -68,7 +78,7 @@ class Study:
 
     def log(self, message: str) -> None:
         if self.config.progress:
-            print(f"[reproduce] {message}", file=sys.stderr, flush=True)
+            print(f"[{self.kind}] {message}", file=sys.stderr, flush=True)
 
     def run_key(self, run_dir: Path) -> str:
         """A run's name in ``state.json``: its folder relative to OUT."""
@@ -99,7 +109,9 @@ class Study:
 
     def mark_trained(self, run_dir: Path, started: float) -> None:
         wall_s = round(time.perf_counter() - started, 2)
-        self.state.runs[self.run_key(run_dir)] = {"trained": True, "train_wall_s": wall_s}
+        # Merged, not replaced: a levers study records the run's settings before training it.
+        entry = self.state.runs.setdefault(self.run_key(run_dir), {})
+        entry.update({"trained": True, "train_wall_s": wall_s})
         self.state.save()
 
 
@@ -107,9 +119,14 @@ def _run_finished(run_dir: Path) -> bool:
     return inspect_run_folder(run_dir).kind == "finished"
 
 
-def _prepare_run_dir(run_dir: Path) -> dict:
-    """Resume an interrupted run, restart a finished or half-made one, else start it."""
+def _prepare_run_dir(run_dir: Path, restart: bool = False) -> dict:
+    """Resume an interrupted run, restart a finished or half-made one, else start it.
+
+    ``restart``: the folder holds a run made with other settings, never to be resumed.
+    """
     kind = inspect_run_folder(run_dir).kind
+    if restart:
+        return {"resume": False, "force": kind != "absent"}
     if kind == "interrupted":
         return {"resume": True, "force": False}
     # A foreign folder is refused by the trainer itself, with or without force.
@@ -122,16 +139,32 @@ def _drop_evaluations(run_dir: Path) -> None:
         stale.unlink()
 
 
-def train_branch(study: Study, unit: Unit, seconds: float, model: str) -> bool:
-    """Train one branch unless it is finished; True when it was (re)trained now."""
-    run_dir = study.length_dir(unit, seconds) / model
-    if _run_finished(run_dir):
+def train_branch(
+    study: Study,
+    unit: Unit,
+    seconds: float,
+    model: str,
+    *,
+    run_dir: Path | None = None,
+    overrides: dict | None = None,
+    restart: bool = False,
+) -> bool:
+    """Train one branch unless it is finished; True when it was (re)trained now.
+
+    Args:
+        study, unit, seconds, model: which branch of the grid.
+        run_dir: its run folder (default ``runs/<unit>/<length>/<model>``).
+        overrides: TrainConfig fields that replace the preset's recipe (a levers study).
+        restart: the folder holds a run made with other settings: train it from scratch.
+    """
+    run_dir = run_dir or study.length_dir(unit, seconds) / model
+    if not restart and _run_finished(run_dir):
         return False
     study.log(f"train {model} {length_key(seconds)} {unit.key}")
     _drop_evaluations(run_dir)
     started = time.perf_counter()
     config, preset = study.config, study.preset
-    train_config = TrainConfig(
+    recipe = dict(
         model=model,
         size=preset.size,
         data=str(config.data),
@@ -146,55 +179,79 @@ def train_branch(study: Study, unit: Unit, seconds: float, model: str) -> bool:
         lr=preset.lr,
         mixup_alpha=preset.mixup_alpha,
         patience=preset.patience,
+        val_every=preset.val_every,
         device=config.device,
         workers=preset.workers,
         cache_dir=str(study.cache_dir),
         **split_fields(preset, unit, study.has_test),
-        **_prepare_run_dir(run_dir),
     )
-    train(train_config)
+    recipe.update(overrides or {})
+    train(TrainConfig(**recipe, **_prepare_run_dir(run_dir, restart)))
     study.mark_trained(run_dir, started)
     return True
 
 
-def train_comb(study: Study, unit: Unit, seconds: float, branches_changed: bool) -> None:
-    """Train cnn-comb's head unless finished; from scratch when a branch was just retrained."""
+def train_comb(
+    study: Study,
+    unit: Unit,
+    seconds: float,
+    branches_changed: bool,
+    *,
+    run_dir: Path | None = None,
+    branch_runs: dict[str, Path] | None = None,
+    overrides: dict | None = None,
+) -> bool:
+    """Train cnn-comb's head unless finished; from scratch when a branch was just retrained.
+
+    Args:
+        study, unit, seconds: which head of the grid.
+        branches_changed: a branch was retrained (or the folder holds a head made with other
+            settings): neither skip nor resume the head.
+        run_dir: its run folder (default ``runs/<unit>/<length>/cnn-comb``).
+        branch_runs: ``{"cnn-audio": RUN, "cnn-spec": RUN}`` (default: the length's own).
+        overrides: CombineConfig fields that replace the preset's recipe (a levers study).
+
+    Returns:
+        True when the head was (re)trained now.
+    """
     length_dir = study.length_dir(unit, seconds)
-    run_dir = length_dir / "cnn-comb"
+    run_dir = run_dir or length_dir / "cnn-comb"
+    branch_runs = branch_runs or {model: length_dir / model for model in BRANCHES}
     key = study.run_key(run_dir)
     if branches_changed:
         # A head trained on the old branches is worthless: neither skip nor resume it.
-        study.state.runs.pop(key, None)
-        restart = {"resume": False, "force": run_dir.exists()}
+        for stale in ("trained", "train_wall_s"):
+            study.state.runs.get(key, {}).pop(stale, None)
+        restart = _prepare_run_dir(run_dir, restart=True)
     elif _run_finished(run_dir):
-        return
+        return False
     else:
         restart = _prepare_run_dir(run_dir)
-    study.log(f"combine {length_key(seconds)} {unit.key}")
+    study.log(f"combine {study.run_key(run_dir)}")
     _drop_evaluations(run_dir)
     started = time.perf_counter()
     preset = study.preset
     # The head of the preset's size, stopped by the preset's patience, like its branches.
     head = COMB_SIZES[preset.size]
-    combine(
-        CombineConfig(
-            audio_run=str(length_dir / "cnn-audio"),
-            spec_run=str(length_dir / "cnn-spec"),
-            out=str(run_dir),
-            epochs=preset.comb_epochs,
-            hidden=head.hidden,
-            dropout=head.dropout,
-            patience=preset.patience,
-            batch_size=preset.batch_size,
-            lr=preset.lr,
-            mixup_alpha=preset.mixup_alpha,
-            device=study.config.device,
-            workers=preset.workers,
-            cache_dir=str(study.cache_dir),
-            **restart,
-        )
+    recipe = dict(
+        audio_run=str(branch_runs["cnn-audio"]),
+        spec_run=str(branch_runs["cnn-spec"]),
+        out=str(run_dir),
+        epochs=preset.comb_epochs,
+        hidden=head.hidden,
+        dropout=head.dropout,
+        patience=preset.patience,
+        batch_size=preset.batch_size,
+        lr=preset.lr,
+        mixup_alpha=preset.mixup_alpha,
+        device=study.config.device,
+        workers=preset.workers,
+        cache_dir=str(study.cache_dir),
     )
+    recipe.update(overrides or {})
+    combine(CombineConfig(**recipe, **restart))
     study.mark_trained(run_dir, started)
+    return True
 
 
 def _ablation_switches(ablation: str | None) -> dict[str, str | None]:

@@ -21,6 +21,7 @@ from wavemel.checkpoint import MAX_INPUT_SECONDS
 from wavemel.data.splits import SPLIT_FIELDS
 from wavemel.errors import CheckpointError, WavemelError
 from wavemel.models._layers import SAMPLE_RATE_RANGE
+from wavemel.train.ema import check_ema_decay
 
 __all__ = [
     "TrainConfig",
@@ -49,6 +50,9 @@ class _RunConfig:
         test_fold: Hold this fold out of training and validation (k-fold data without a test
             split): it is scored afterwards as split "heldout", while ``fold`` chooses the epoch.
         hop_seconds: Window hop for whole-clip validation; ``None`` uses the inference default.
+        val_every: Validate every this many epochs (and always after the last); the best epoch
+            is chosen among the validated ones and patience counts epochs. Validation is 5-10%
+            of a small CPU epoch (``benchmarks/profile_epoch.py``).
         batch_size: Batch size per process under torchrun.
         lr, weight_decay: AdamW.
         mixup_alpha: Beta(alpha, alpha) mixup; 0 disables it.
@@ -74,6 +78,7 @@ class _RunConfig:
     val_split: str | None = None
     test_fold: int | None = None
     hop_seconds: float | None = None
+    val_every: int = 1
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -220,6 +225,8 @@ def _check_common(cfg: TrainConfig | CombineConfig) -> None:
         raise WavemelError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
     if cfg.mixup_alpha < 0:
         raise WavemelError(f"--mixup-alpha must be >= 0 (0 disables mixup), got {cfg.mixup_alpha}")
+    if cfg.val_every < 1:
+        raise WavemelError(f"--val-every must be at least 1, got {cfg.val_every}")
     if cfg.patience < 0:
         raise WavemelError(
             f"--patience must be >= 0 (0 disables early stopping), got {cfg.patience}"
@@ -259,6 +266,21 @@ class TrainConfig(_RunConfig):
             per-class decision thresholds chosen on the validation clips; ``None`` (the default)
             switches it on when any training clip has several labels. The run's ``config.json``
             records the resolved value.
+        spec_freq_masks: SpecAugment-style bands of mel bins masked per training example
+            (cnn-spec and cnn14 only; 0, the default, masks none). See
+            :class:`wavemel.augment.SpecMask`: masks fill with the example's mean log-mel, are
+            applied after mixup and only in training.
+        spec_freq_width: Largest width of a frequency mask in mel bins (each mask's width is
+            drawn from [0, this]); at most the model's mel bands.
+        spec_time_masks: Bands of frames masked per training example (0: none).
+        spec_time_width: Largest width of a time mask as a fraction of the input's frames, in
+            (0, 1]: a fraction rather than frames so that one setting means the same share of
+            the input for cnn-spec (20 ms hop) and cnn14 (10 ms hop) at any input length.
+        ema_decay: Keep an exponential moving average of the weights (and BatchNorm statistics)
+            with this decay, warmed up as ``min(ema_decay, (1 + step) / (10 + step))``; the
+            validation, the best-epoch choice and the checkpoints then use the averaged weights
+            while training continues on the raw ones (see ``wavemel.train.ema``). Must be in
+            [0, 1); 0 (the default) keeps no average; 0.999 is typical.
     """
 
     model: str = "cnn-audio"
@@ -276,6 +298,12 @@ class TrainConfig(_RunConfig):
     init: str | None = None
     freeze_blocks: int = 0
     multi_label: bool | None = None
+    spec_freq_masks: int = 0
+    # 8 of 64 bins and a tenth of the frames per mask: about the stripes PANNs trained with.
+    spec_freq_width: int = 8
+    spec_time_masks: int = 0
+    spec_time_width: float = 0.1
+    ema_decay: float = 0.0
 
     @property
     def input_samples(self) -> int:
@@ -314,6 +342,35 @@ class TrainConfig(_RunConfig):
             raise WavemelError(f"mixup_on must be 'wave' or 'spec', got {self.mixup_on!r}")
         if self.mixup_on == "spec" and self.model not in ("cnn-spec", "cnn14"):
             raise WavemelError("mixup_on 'spec' needs --model cnn-spec or cnn14")
+        self._check_spec_masks()
+        check_ema_decay(self.ema_decay)
+
+    @property
+    def spec_masking(self) -> bool:
+        """Whether training masks bands of the log-mel (``spec_*_masks``)."""
+        return self.spec_freq_masks > 0 or self.spec_time_masks > 0
+
+    def _check_spec_masks(self) -> None:
+        for flag, count in (
+            ("--spec-freq-masks", self.spec_freq_masks),
+            ("--spec-time-masks", self.spec_time_masks),
+        ):
+            if count < 0:
+                raise WavemelError(f"{flag} must be >= 0 (0 masks none), got {count}")
+        if self.spec_freq_width < 1:
+            raise WavemelError(
+                f"--spec-freq-width must be at least 1 mel bin, got {self.spec_freq_width}"
+            )
+        if not 0.0 < self.spec_time_width <= 1.0:
+            raise WavemelError(
+                f"--spec-time-width must be a fraction of the input's frames in (0, 1], got "
+                f"{self.spec_time_width}"
+            )
+        if self.spec_masking and self.model not in ("cnn-spec", "cnn14"):
+            raise WavemelError(
+                f"--spec-freq-masks / --spec-time-masks need --model cnn-spec or cnn14 "
+                f"({self.model} has no log-mel front end)"
+            )
 
     def _check_init(self) -> None:
         if self.freeze_blocks < 0:

@@ -7,7 +7,9 @@ network gives logits, and the soft-target cross-entropy (weighted per clip; bina
 on the multi-hot label vectors for a multi-label run, see :class:`Objective`) is minimised with
 AdamW under a per-step linear warm-up + cosine schedule. After each epoch the validation clips are
 scored whole (``wavemel.infer.predict_waveforms``: input-length windows, mean probabilities) for
-MAP@3; the best and the last model are saved as checkpoints, the resume state after them.
+MAP@3; the best and the last model are saved as checkpoints, the resume state after them. With
+``ema_decay`` > 0 an exponential moving average of the weights (``ema.py``) follows every step and
+is what validation scores and the checkpoints hold; training continues on the raw weights.
 
 Under ``torchrun`` (see ``distributed.py``) the same code runs on every rank: DDP averages the
 gradients, each rank sees its shard of the epoch, losses and validation predictions are combined
@@ -33,7 +35,8 @@ from tqdm.auto import tqdm
 
 from wavemel._device import half_dtype
 from wavemel._io import atomic_write_text, os_error_reason
-from wavemel.augment import Mixup, WaveformAugment, eval_fill_for
+from wavemel._threads import retune_threads
+from wavemel.augment import Mixup, SpecMask, WaveformAugment, eval_fill_for
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
 from wavemel.infer import hop_to_samples, predict_waveforms
@@ -56,6 +59,7 @@ from wavemel.train.distributed import (
     init_distributed,
     wrap_model,
 )
+from wavemel.train.ema import ModelEma
 from wavemel.train.finetune import build_model, resolve_init
 from wavemel.train.loader import (
     ClipItem,
@@ -225,7 +229,11 @@ class TrainStep:
         lr_schedule: Step -> learning rate.
         scaler: GradScaler (float16 AMP; disabled otherwise).
         amp_dtype: Autocast dtype on CUDA, ``None`` for full precision.
-        spectrogram: When set, (B, N) -> (B, 1, F, frames) applied before mixup ("spec" mixup).
+        spectrogram: When set, the network takes log-mels: (B, N) -> (B, 1, F, frames) on the
+            device ("spec" mixup, or masking).
+        mix_waveforms: Mixup blends the waveforms before ``spectrogram`` ("wave" mixup with
+            masking) rather than the log-mels after it.
+        spec_mask: ``SpecMask`` applied to the log-mels last (needs ``spectrogram``), or ``None``.
         channels_last: Put spectrogram inputs in NHWC memory format.
         log_every: Refresh the bar's loss every this many steps (reading it syncs the GPU).
         objective: The loss (softmax cross-entropy, or sigmoid BCE for multi-label runs).
@@ -240,6 +248,8 @@ class TrainStep:
     )
     amp_dtype: torch.dtype | None = None
     spectrogram: Callable[[torch.Tensor], torch.Tensor] | None = None
+    mix_waveforms: bool = False
+    spec_mask: nn.Module | None = None
     channels_last: bool = False
     log_every: int = 10
     objective: Objective = Objective()
@@ -252,12 +262,18 @@ class TrainStep:
         """
         with torch.no_grad():
             x = self.augment(waves, lengths)
+            mix_spectrograms = self.spectrogram is not None and not self.mix_waveforms
+            if self.mixup is not None and not mix_spectrograms:
+                x, targets, weights = self.mixup(x, targets, weights)
             if self.spectrogram is not None:
                 x = self.spectrogram(x)
+                if self.mixup is not None and mix_spectrograms:
+                    x, targets, weights = self.mixup(x, targets, weights)
+                if self.spec_mask is not None:
+                    # Last, so that a mask hides what it covers of both clips of a mixture.
+                    x = self.spec_mask(x)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-            if self.mixup is not None:
-                x, targets, weights = self.mixup(x, targets, weights)
         return x, targets, weights
 
 
@@ -271,6 +287,7 @@ def train_one_epoch(
     ctx: DistContext | None = None,
     desc: str = "train",
     postfix: dict[str, Any] | None = None,
+    ema: ModelEma | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss (over all ranks).
 
@@ -283,13 +300,16 @@ def train_one_epoch(
         ctx: Distributed context (only rank 0 shows a progress bar).
         desc: Progress-bar title.
         postfix: Extra fields for the bar (e.g. the last validation MAP@3).
+        ema: Weight average updated after every optimizer step (of the plain model inside
+            ``model``), or ``None``.
     """
     ctx = ctx or DistContext()
     device = step.device
     model.train()
     step.augment.train()
-    if step.mixup is not None:
-        step.mixup.train()
+    for part in (step.mixup, step.spec_mask):
+        if part is not None:
+            part.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     bar = tqdm(
@@ -302,6 +322,7 @@ def train_one_epoch(
         file=sys.stderr,
     )
     for i, (waves, lengths, targets, weights) in enumerate(bar):
+        retune_threads()  # between steps: outside any parallel region
         lr = step.lr_schedule(progress.step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -319,6 +340,8 @@ def train_one_epoch(
         step.scaler.step(optimizer)
         step.scaler.update()
         progress.step += 1
+        if ema is not None:
+            ema.update(progress.step)
         loss_sum += loss.detach().double() * len(waves)
         count += len(waves)
         if i % step.log_every == 0 and not bar.disable:
@@ -464,16 +487,28 @@ def _epoch_line(epochs: int, record: dict[str, Any], improved: bool, eta: str) -
     multi_label = "".join(
         f"  {key} {record[key]:.4f}" for key in ("val_map", "val_lwlrap") if key in record
     )
+    scores = (
+        f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}{multi_label}"
+        if "val_map3" in record
+        else "(not validated)"
+    )
     return (
         f"epoch {record['epoch']}/{epochs}  train_loss {record['train_loss']:.4f}  "
-        f"val_loss {record['val_loss']:.4f}  val_map3 {record['val_map3']:.4f}{multi_label}"
-        f"{' *' if improved else '  '}  lr {record['lr']:.2e}  "
+        f"{scores}{' *' if improved else '  '}  lr {record['lr']:.2e}  "
         f"{record['seconds']:.1f}s  eta {eta}"
     )
 
 
-def _update_progress(progress: Progress, epoch: int, val_map3: float) -> bool:
-    """Count the finished epoch; returns whether it is the best so far."""
+def _validates(epoch: int, config: TrainConfig) -> bool:
+    """Whether 0-based ``epoch`` ends with a validation: every ``val_every``-th, and the last."""
+    return (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+
+
+def _update_progress(progress: Progress, epoch: int, val_map3: float, every: int = 1) -> bool:
+    """Count the finished, validated epoch; returns whether it is the best so far.
+
+    ``every`` epochs passed since the previous validation, so that many count towards patience.
+    """
     progress.epoch = epoch + 1
     improved = val_map3 > progress.best_map3
     if improved:
@@ -481,7 +516,7 @@ def _update_progress(progress: Progress, epoch: int, val_map3: float) -> bool:
         progress.best_epoch = epoch + 1
         progress.epochs_without_improvement = 0
     else:
-        progress.epochs_without_improvement += 1
+        progress.epochs_without_improvement += every
     return improved
 
 
@@ -500,6 +535,7 @@ def _build_step(
     warmup_steps = int(round(config.warmup_epochs * steps))
     mixup = Mixup(config.mixup_alpha) if config.mixup_alpha > 0 else None
     spec_mixup = config.mixup_on == "spec" and mixup is not None
+    spec_mask = _spec_mask_for(model, config)
     return TrainStep(
         augment=WaveformAugment(config.input_samples, p_replicate=config.p_replicate).to(device),
         mixup=mixup,
@@ -508,10 +544,39 @@ def _build_step(
         # Loss scaling is only needed for float16's narrow exponent range.
         scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
         amp_dtype=amp_dtype,
-        spectrogram=model.spectrogram if spec_mixup else None,
+        spectrogram=model.spectrogram if spec_mixup or spec_mask is not None else None,
+        mix_waveforms=not spec_mixup,
+        spec_mask=spec_mask,
         channels_last=_use_channels_last(model, config, device),
         log_every=config.log_every,
         objective=objective,
+    )
+
+
+def _spec_mask_for(model: nn.Module, config: TrainConfig) -> SpecMask | None:
+    """The run's log-mel masking (``config.spec_*``), or ``None`` when it masks nothing.
+
+    Raises:
+        WavemelError: Masking for a model without a log-mel front end, or frequency masks wider
+            than the model's mel bands.
+    """
+    if not config.spec_masking:
+        return None
+    if not hasattr(model, "forward_spectrogram"):
+        raise WavemelError(
+            f"--spec-freq-masks / --spec-time-masks need a model with a log-mel front end "
+            f"(cnn-spec or cnn14), not {config.model}"
+        )
+    n_mels = model.config.n_mels
+    if config.spec_freq_masks and config.spec_freq_width > n_mels:
+        raise WavemelError(
+            f"--spec-freq-width {config.spec_freq_width}: more than the model's {n_mels} mel bands"
+        )
+    return SpecMask(
+        config.spec_freq_masks,
+        config.spec_freq_width,
+        config.spec_time_masks,
+        config.spec_time_width,
     )
 
 
@@ -553,9 +618,10 @@ def _resume(
     step: TrainStep,
     epochs: int,
     ctx: DistContext,
+    ema: ModelEma | None = None,
 ) -> Progress:
     """Load the resume state of ``out``; the metrics log loses an unfinished epoch's line."""
-    progress = load_state(out, model, optimizer, scaler=step.scaler)
+    progress = load_state(out, model, optimizer, scaler=step.scaler, ema=ema)
     if ctx.is_main:
         _truncate_metrics(out / "metrics.jsonl", progress.epoch)
         print(f"resuming {out} after epoch {progress.epoch}/{epochs}", flush=True)
@@ -570,13 +636,19 @@ def _save_epoch(
     progress: Progress,
     meta: dict[str, Any],
     improved: bool,
+    ema: ModelEma | None = None,
 ) -> None:
-    """The epoch's ``last`` (and ``best``) checkpoints, then the resume state."""
-    save_checkpoint(out / "last", model, meta)
+    """The epoch's ``last`` (and ``best``) checkpoints, then the resume state.
+
+    With a weight EMA the checkpoints hold the averaged weights (what validation scored); the
+    resume state holds both, the raw ones to train on and the average.
+    """
+    scored = ema.module if ema is not None else model
+    save_checkpoint(out / "last", scored, meta)
     if improved:
-        save_checkpoint(out / "best", model, meta)
+        save_checkpoint(out / "best", scored, meta)
     # Written last: a run interrupted before this line repeats the whole epoch.
-    save_state(out, model, optimizer, progress, scaler=step.scaler)
+    save_state(out, model, optimizer, progress, scaler=step.scaler, ema=ema)
 
 
 def fit(
@@ -619,10 +691,12 @@ def fit(
         model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # Of the plain model, after its device and memory format are set (the copy keeps both).
+    ema = ModelEma.create(model, config.ema_decay)
     first = stage.start.epoch if stage is not None else 0
     epochs = first + config.epochs
     if config.resume:
-        progress = _resume(out, model, optimizer, step, epochs, ctx)
+        progress = _resume(out, model, optimizer, step, epochs, ctx, ema)
     else:
         progress = stage.first_progress() if stage is not None else Progress()
     hop_samples = hop_to_samples(config.hop_seconds, config.sample_rate)
@@ -656,25 +730,32 @@ def fit(
             ctx=ctx,
             desc=f"epoch {epoch + 1}/{epochs}",
             postfix={"map3": f"{last_map3:.3f}", "run_eta": run_eta},
+            ema=ema,
         )
         broadcast_buffers(model, ctx)
-        scores = validate(
-            model,
-            data.store,
-            data.val,
-            input_samples=config.input_samples,
-            hop_samples=hop_samples,
-            batch_size=max(config.batch_size, 64),
-            device=device,
-            amp_dtype=step.amp_dtype,
-            empty_distribution=prior,
-            fill=base_meta["eval_fill"],
-            ctx=ctx,
-            objective=objective,
-        )
-        thresholds = scores.pop("thresholds", None)
-        last_map3 = scores["val_map3"]
-        improved = _update_progress(progress, epoch, scores["val_map3"])
+        scores, thresholds, improved = {}, None, False
+        if _validates(epoch - first, config):
+            if ema is not None:
+                broadcast_buffers(ema.module, ctx)
+            scores = validate(
+                ema.module if ema is not None else model,
+                data.store,
+                data.val,
+                input_samples=config.input_samples,
+                hop_samples=hop_samples,
+                batch_size=max(config.batch_size, 64),
+                device=device,
+                amp_dtype=step.amp_dtype,
+                empty_distribution=prior,
+                fill=base_meta["eval_fill"],
+                ctx=ctx,
+                objective=objective,
+            )
+            thresholds = scores.pop("thresholds", None)
+            last_map3 = scores["val_map3"]
+            improved = _update_progress(progress, epoch, scores["val_map3"], config.val_every)
+        else:
+            progress.epoch = epoch + 1
         # Whole-run ETA from the mean epoch time so far (the bar's own ETA covers one epoch).
         per_epoch = (time.perf_counter() - run_started) / (progress.epoch - first_epoch)
         run_eta = _format_duration(per_epoch * (epochs - progress.epoch))
@@ -697,8 +778,8 @@ def fit(
             if thresholds is not None:
                 meta["thresholds"] = thresholds
             if stage is not None and stage.before_save is not None:
-                stage.before_save(model)
-            _save_epoch(out, model, optimizer, step, progress, meta, improved)
+                stage.before_save(ema.module if ema is not None else model)
+            _save_epoch(out, model, optimizer, step, progress, meta, improved, ema)
             print(_epoch_line(epochs, record, improved, run_eta), flush=True)
         barrier(ctx)
     if ctx.is_main:
@@ -784,6 +865,7 @@ def train(config: TrainConfig) -> Path:
                 f"{min_samples} samples ({min_samples / config.sample_rate:.3f} s at "
                 f"{config.sample_rate} Hz)"
             )
+        _spec_mask_for(model, config)  # its errors come before the run folder is touched
         if config.multi_label is None and data.multi_label:
             # Switched on because a training clip has several labels: config.json says so. (A
             # single-label run keeps None, so its config is what it was before multi-label.)

@@ -1,10 +1,10 @@
 """Resume state: everything a run needs to continue after the last finished epoch, without pickle.
 
 ``RUN/state/state.safetensors`` holds the tensors (model weights, optimizer moments, torch RNG
-states) and ``RUN/state/state.json`` the rest (epoch, step, best metric, early-stopping counter,
-optimizer hyper-parameters, GradScaler, Python and NumPy RNG states), both written by
-``wavemel.checkpoint.save_tensors`` (temporary names renamed into place, JSON last). The
-data order needs no state: it is a pure function of (seed, epoch).
+states and, when the run keeps one, the weight EMA) and ``RUN/state/state.json`` the rest (epoch,
+step, best metric, early-stopping counter, optimizer hyper-parameters, GradScaler, Python and
+NumPy RNG states), both written by ``wavemel.checkpoint.save_tensors`` (temporary names renamed
+into place, JSON last). The data order needs no state: it is a pure function of (seed, epoch).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from wavemel._fields import check_field_types
 from wavemel.checkpoint import flatten_state, load_tensors, save_tensors, unflatten_state
 from wavemel.errors import CheckpointError
+from wavemel.train.ema import ModelEma
 
 __all__ = ["Progress", "save_state", "load_state", "saved_progress", "has_state", "STATE_STEM"]
 
@@ -81,6 +82,7 @@ def save_state(
     progress: Progress,
     *,
     scaler: torch.amp.GradScaler | None = None,
+    ema: ModelEma | None = None,
 ) -> Path:
     """Write the resume state of ``run`` after an epoch.
 
@@ -90,6 +92,8 @@ def save_state(
         optimizer: Its optimizer.
         progress: Loop counters.
         scaler: GradScaler when training in float16.
+        ema: The weight EMA, when the run keeps one (stored under ``"ema"``; a run without one
+            writes the state it wrote before the EMA existed).
 
     Returns:
         Path of the state's JSON file.
@@ -101,6 +105,8 @@ def save_state(
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_states(),
     }
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     tensors, skeleton = flatten_state(state)
     return save_tensors(Path(run) / STATE_STEM, tensors, {"state": skeleton})
 
@@ -111,9 +117,10 @@ def load_state(
     optimizer: torch.optim.Optimizer,
     *,
     scaler: torch.amp.GradScaler | None = None,
+    ema: ModelEma | None = None,
     restore_rng: bool = True,
 ) -> Progress:
-    """Load ``run``'s resume state into ``model``, ``optimizer`` (and ``scaler``).
+    """Load ``run``'s resume state into ``model``, ``optimizer`` (and ``scaler``, ``ema``).
 
     Returns:
         The loop counters to continue from.
@@ -135,11 +142,14 @@ def load_state(
         raise CheckpointError(f"{source}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: corrupt resume state ({exc})") from None
+    _check_ema(state, ema, source)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         progress = _progress(state["progress"], source)
         if restore_rng:
             set_rng_states(state["rng"])
@@ -167,6 +177,15 @@ def saved_progress(run: Path) -> Progress | None:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: corrupt resume state ({exc})") from None
     return _progress(values, source)
+
+
+def _check_ema(state: Any, ema: ModelEma | None, source: str) -> None:
+    """A run with a weight EMA needs one in its state, and a run without one must not have one."""
+    saved = isinstance(state, dict) and "ema" in state
+    if ema is not None and not saved:
+        raise CheckpointError(f"{source}: the resume state has no weight EMA (ema_decay > 0)")
+    if ema is None and saved:
+        raise CheckpointError(f"{source}: the resume state has a weight EMA but ema_decay is 0")
 
 
 def _progress(values: Any, source: str) -> Progress:
