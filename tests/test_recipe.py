@@ -15,7 +15,7 @@ from wavemel.data.splits import SplitSpec
 from wavemel.evaluate import evaluate_run
 from wavemel.models import create_model
 from wavemel.models.cnn_comb import CnnComb
-from wavemel.train import loop
+from wavemel.train import scoring
 from wavemel.train.config import TrainConfig
 from wavemel.train.loop import TrainStep, train
 
@@ -55,13 +55,13 @@ def test_trainer_saves_eval_fill_and_validates_with_it(
     synth, tmp_path, monkeypatch, p_replicate, expected
 ):
     seen = []
-    original = loop.predict_waveforms
+    original = scoring.predict_waveforms
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("fill", "replicate"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "predict_waveforms", spy)
+    monkeypatch.setattr(scoring, "predict_waveforms", spy)
     run = train(_config(synth, tmp_path, p_replicate=p_replicate))
     assert json.loads((run / "best.json").read_text())["eval_fill"] == expected
     assert load_model(run / "best")[1].eval_fill == expected

@@ -87,6 +87,34 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_noisy_flags(parser: argparse.ArgumentParser) -> None:
+    """The noisy-label lever: drop (or down-weight) the worst-fitting unverified clips."""
+    parser.add_argument(
+        "--noisy-drop",
+        dest="noisy_drop",
+        type=float,
+        default=S,
+        metavar="FRACTION",
+        help="each epoch from --noisy-after on, give this fraction of the unverified clips with "
+        "the highest loss --noisy-weight (default 0 = off; chosen clips go to RUN/noisy.jsonl)",
+    )
+    parser.add_argument(
+        "--noisy-after",
+        dest="noisy_after",
+        type=int,
+        default=S,
+        metavar="EPOCH",
+        help="first epoch (1-based) that trains with the choice (default 5)",
+    )
+    parser.add_argument(
+        "--noisy-weight",
+        dest="noisy_weight",
+        type=float,
+        default=S,
+        help="loss weight of the chosen clips (default 0: dropped)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -163,6 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="validate and save an exponential moving average of the weights with this decay "
         "(warmed up; 0 = off, the default; typical 0.999)",
     )
+    add_noisy_flags(parser)
     add_runtime_flags(parser)
     parser.set_defaults(func=run)
 

@@ -281,6 +281,16 @@ class TrainConfig(_RunConfig):
             validation, the best-epoch choice and the checkpoints then use the averaged weights
             while training continues on the raw ones (see ``wavemel.train.ema``). Must be in
             [0, 1); 0 (the default) keeps no average; 0.999 is typical.
+        noisy_drop: Fraction in [0, 1) of the unverified training clips (``manually_verified``
+            0) that each epoch from ``noisy_after`` on trains with ``noisy_weight``: those whose
+            whole-clip loss against their given label, scored by the previous epoch's model,
+            is highest (see ``wavemel.train.noisy``). 0 (the default) is off; verified clips
+            are never touched.
+        noisy_after: First (1-based) epoch that trains with such a choice; 1 scores the starting
+            model (useful with ``init``). The default lets the model learn the clean majority
+            for four epochs first: early on, a high loss marks a hard clip more than a wrong
+            label.
+        noisy_weight: Loss weight of the chosen clips; 0 (the default) drops them.
     """
 
     model: str = "cnn-audio"
@@ -304,6 +314,9 @@ class TrainConfig(_RunConfig):
     spec_time_masks: int = 0
     spec_time_width: float = 0.1
     ema_decay: float = 0.0
+    noisy_drop: float = 0.0
+    noisy_after: int = 5
+    noisy_weight: float = 0.0
 
     @property
     def input_samples(self) -> int:
@@ -344,6 +357,7 @@ class TrainConfig(_RunConfig):
             raise WavemelError("mixup_on 'spec' needs --model cnn-spec or cnn14")
         self._check_spec_masks()
         check_ema_decay(self.ema_decay)
+        _check_noisy(self)
 
     @property
     def spec_masking(self) -> bool:
@@ -380,6 +394,21 @@ class TrainConfig(_RunConfig):
             raise WavemelError("--freeze needs --init: only pretrained blocks are worth freezing")
         if self.init is not None and not str(self.init).strip():
             raise WavemelError("--init needs a checkpoint or run folder")
+
+
+def _check_noisy(cfg: TrainConfig) -> None:
+    if not 0.0 <= cfg.noisy_drop < 1.0:
+        raise WavemelError(f"--noisy-drop must be in [0, 1) (0 = off), got {cfg.noisy_drop}")
+    if cfg.noisy_weight < 0:
+        raise WavemelError(f"--noisy-weight must be >= 0 (0 drops), got {cfg.noisy_weight}")
+    if cfg.noisy_after < 1:
+        raise WavemelError(f"--noisy-after must be an epoch >= 1, got {cfg.noisy_after}")
+    if cfg.noisy_drop and cfg.noisy_after > cfg.epochs:
+        # Otherwise the run would silently drop nothing.
+        raise WavemelError(
+            f"--noisy-after {cfg.noisy_after} is after the last epoch (--epochs {cfg.epochs}): "
+            "no clip would be dropped"
+        )
 
 
 @dataclass

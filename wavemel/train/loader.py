@@ -12,6 +12,7 @@ on worker scheduling or on whether the run was resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class ClipItem:
         name: Clip file name, for messages.
         error: Why the clip could not be decoded (``None`` when it could). A validation clip
             that failed to decode stays in the set and counts as a miss, as in ``evaluate``.
+        manually_verified: The record's flag (``None``: the dataset does not say); only
+            ``False`` clips are candidates for ``noisy_drop``.
     """
 
     index: int
@@ -56,6 +59,7 @@ class ClipItem:
     weight: float
     name: str
     error: str | None = None
+    manually_verified: bool | None = None
 
 
 @dataclass
@@ -209,6 +213,7 @@ def prepare_data(config, ctx=None, *, progress: bool | None = None) -> PreparedD
             weight=_clip_weight(record, config.verified_weight, config.unverified_weight),
             name=Path(record.path).name,
             error=errors.get(i),
+            manually_verified=record.manually_verified,
         )
 
     train, excluded = [], []
@@ -264,6 +269,19 @@ class WindowDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, epoch, 0x77A1])
         slack = np.maximum(self.lengths - self.window_samples, 0)
         self.starts = np.floor(rng.random(len(self.items)) * (slack + 1)).astype(np.int64)
+
+    def set_weights(self, weights: list[float]) -> None:
+        """Serve clip ``i`` with loss weight ``weights[i]`` from now on (e.g. 0 for a noisy label).
+
+        Worker processes copy the dataset when an epoch's iterator starts, so a change made
+        between epochs reaches them.
+        """
+        if len(weights) != len(self.items):
+            raise ValueError(f"{len(weights)} weights for {len(self.items)} clips")
+        self.items = [
+            item if item.weight == weight else dataclasses.replace(item, weight=float(weight))
+            for item, weight in zip(self.items, weights)
+        ]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -39,7 +39,7 @@ from wavemel._threads import retune_threads
 from wavemel.augment import Mixup, SpecMask, WaveformAugment, eval_fill_for
 from wavemel.checkpoint import save_checkpoint
 from wavemel.errors import WavemelError
-from wavemel.infer import hop_to_samples, predict_waveforms
+from wavemel.infer import hop_to_samples
 from wavemel.metrics import (
     choose_thresholds,
     lwlrap,
@@ -51,7 +51,6 @@ from wavemel.train.config import TrainConfig, resume_config
 from wavemel.train.distributed import (
     DistContext,
     ShardSampler,
-    all_gather_objects,
     all_reduce_sum,
     barrier,
     broadcast_buffers,
@@ -69,7 +68,9 @@ from wavemel.train.loader import (
     prepare_data,
     shift_margin,
 )
+from wavemel.train.noisy import NOISY_LOG, NoisyLabels, NoisySettings, noisy_candidates
 from wavemel.train.run_folder import RunFolder
+from wavemel.train.scoring import ClipScoring, clip_probabilities
 from wavemel.train.stages import Stage
 from wavemel.train.state import Progress, load_state, save_state
 
@@ -86,9 +87,6 @@ __all__ = [
     "open_run",
     "start_run",
 ]
-
-# Validation clips read from the cache per predict_waveforms call: bounds host memory on big sets.
-_VAL_CHUNK = 256
 
 
 def soft_cross_entropy(
@@ -391,34 +389,18 @@ def validate(
         ``{"val_loss", "val_map3", "val_top1"}``; multi-label adds ``"val_map"`` (macro mAP),
         ``"val_lwlrap"`` and ``"thresholds"`` (per-class, chosen on these clips).
     """
-    ctx = ctx or DistContext()
-    device = torch.device(device)
+    scoring = ClipScoring(
+        input_samples=input_samples,
+        hop_samples=hop_samples,
+        batch_size=batch_size,
+        device=device,
+        amp_dtype=amp_dtype,
+        empty_distribution=empty_distribution,
+        fill=fill,
+        activation=objective.activation,
+    )
     # Undecodable clips have no answer (all-NaN rows) and count as misses, as in `evaluate`.
-    mine = [j for j in range(ctx.rank, len(items), ctx.world_size) if items[j].error is None]
-    parts = []
-    for begin in range(0, len(mine), _VAL_CHUNK):
-        chunk = mine[begin : begin + _VAL_CHUNK]
-        waves = [store.read(items[j].index) for j in chunk]
-        parts.append(
-            predict_waveforms(
-                model,
-                waves,
-                input_samples=input_samples,
-                hop_samples=hop_samples,
-                batch_size=batch_size,
-                device=device,
-                empty_distribution=empty_distribution,
-                fill=fill,
-                # predict_waveforms picks the same autocast dtype as training on CUDA.
-                amp=amp_dtype is not None,
-                activation=objective.activation,
-            )
-        )
-    num_classes = len(items[0].target)
-    local = np.concatenate(parts) if parts else np.zeros((0, num_classes))
-    probs = np.full((len(items), num_classes), np.nan)
-    for indices, rows in all_gather_objects((mine, local), ctx):
-        probs[indices] = rows
+    probs = clip_probabilities(model, store, items, scoring, ctx)
     targets = np.stack([item.target for item in items])
     answered = ~np.isnan(probs).all(axis=1)
     loss = objective.clip_loss(probs[answered], targets[answered])
@@ -611,6 +593,33 @@ def _checkpoint_meta(
     }
 
 
+def _noisy_labels(
+    config: TrainConfig,
+    data: PreparedData,
+    step: TrainStep,
+    objective: Objective,
+    meta: dict[str, Any],
+    out: Path,
+    ctx: DistContext,
+) -> NoisyLabels | None:
+    """The run's noisy-label lever (``config.noisy_drop``), or ``None`` when it is off."""
+    settings = NoisySettings.from_config(config)
+    if settings is None:
+        return None
+    # fit()'s validation settings: unverified clips are scored as validation clips are.
+    scoring = ClipScoring(
+        input_samples=config.input_samples,
+        hop_samples=hop_to_samples(config.hop_seconds, config.sample_rate),
+        batch_size=max(config.batch_size, 64),
+        device=ctx.device,
+        amp_dtype=step.amp_dtype,
+        empty_distribution=np.asarray(data.label_prior()),
+        fill=meta["eval_fill"],
+        activation=objective.activation,
+    )
+    return NoisyLabels(settings, data, scoring, objective, out / NOISY_LOG if ctx.is_main else None)
+
+
 def _resume(
     out: Path,
     model: nn.Module,
@@ -712,12 +721,17 @@ def fit(
             f"{ctx.world_size} process(es))",
             flush=True,
         )
+    noisy = _noisy_labels(config, data, step, objective, base_meta, out, ctx)
+    if noisy is not None:
+        noisy.start(model, progress, ctx)
     last_map3 = progress.best_map3 if progress.epoch else float("nan")
     run_started, first_epoch, run_eta = time.perf_counter(), progress.epoch, "?"
     for epoch in range(progress.epoch, epochs):
         if config.patience and progress.epochs_without_improvement >= config.patience:
             break
         started = time.perf_counter()
+        if noisy is not None:
+            noisy.apply(dataset, progress)
         seed_everything(config.seed, epoch, ctx.rank)
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
@@ -756,6 +770,8 @@ def fit(
             improved = _update_progress(progress, epoch, scores["val_map3"], config.val_every)
         else:
             progress.epoch = epoch + 1
+        if noisy is not None:
+            noisy.update(ema.module if ema is not None else model, progress, ctx)
         # Whole-run ETA from the mean epoch time so far (the bar's own ETA covers one epoch).
         per_epoch = (time.perf_counter() - run_started) / (progress.epoch - first_epoch)
         run_eta = _format_duration(per_epoch * (epochs - progress.epoch))
@@ -866,6 +882,7 @@ def train(config: TrainConfig) -> Path:
                 f"{config.sample_rate} Hz)"
             )
         _spec_mask_for(model, config)  # its errors come before the run folder is touched
+        noisy_candidates(data, NoisySettings.from_config(config))  # before the folder is made
         if config.multi_label is None and data.multi_label:
             # Switched on because a training clip has several labels: config.json says so. (A
             # single-label run keeps None, so its config is what it was before multi-label.)

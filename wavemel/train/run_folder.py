@@ -1,9 +1,9 @@
 """The run folder's lifecycle: one place that decides what a folder is and what may be done to it.
 
 A run folder is what ``wavemel train`` and ``wavemel combine`` write: ``config.json``,
-``metrics.jsonl``, ``best.*``, ``last.*``, ``state/``, ``finished.json`` and the evaluation files,
-plus two files of its own: ``.wavemel-run`` (the marker that says wavemel made the folder) and
-``.lock`` (held with ``flock`` while a process trains there).
+``metrics.jsonl`` (and ``noisy.jsonl``), ``best.*``, ``last.*``, ``state/``, ``finished.json`` and
+the evaluation files, plus two files of its own: ``.wavemel-run`` (the marker that says wavemel
+made the folder) and ``.lock`` (held with ``flock`` while a process trains there).
 
 :func:`inspect_run_folder` classifies a path as one of
 
@@ -55,6 +55,7 @@ _OWN_NAMES = {
     FINISHED,
     "config.json",
     "metrics.jsonl",
+    "noisy.jsonl",
     "best.json",
     "best.safetensors",
     "last.json",

@@ -39,6 +39,9 @@ class Progress:
         best_map3: Best validation MAP@3 so far (-1 before the first validation).
         best_epoch: Epoch (1-based) that reached ``best_map3``.
         epochs_without_improvement: Early-stopping counter.
+        noisy_clips: Positions in the training clips of the unverified clips that the next
+            epoch trains with ``noisy_weight`` (``noisy_drop``), highest loss first; kept here so
+            that a resumed run trains with the choice the interrupted one made.
     """
 
     epoch: int = 0
@@ -46,6 +49,7 @@ class Progress:
     best_map3: float = -1.0
     best_epoch: int = 0
     epochs_without_improvement: int = 0
+    noisy_clips: list[int] = dataclasses.field(default_factory=list)
 
 
 def rng_states() -> dict[str, Any]:
@@ -198,8 +202,9 @@ def _progress(values: Any, source: str) -> Progress:
         raise CheckpointError(f"{source}: unknown progress field(s) {', '.join(unknown)}")
     check_field_types(Progress, values, error=CheckpointError, source=source)
     progress = Progress(**values)
-    counters = [f.name for f in dataclasses.fields(Progress) if f.name != "best_map3"]
+    counters = [f.name for f in dataclasses.fields(Progress) if f.type == "int"]
     negative = [name for name in counters if getattr(progress, name) < 0]
+    negative += ["noisy_clips"] if any(i < 0 for i in progress.noisy_clips) else []
     if negative:
         raise CheckpointError(f"{source}: field {negative[0]!r} must be >= 0")
     if not -1.0 <= progress.best_map3 <= 1.0:
