@@ -5,7 +5,8 @@ branches' *pooled conv features* (``branch.conv_features(x)``, the vector that f
 dense layer), not their ``features(x)`` embeddings, and trains a new head on top:
 Linear -> BatchNorm1d -> ReLU -> Dropout -> Linear. The branch weights are frozen
 (``requires_grad=False``) and the branches stay in eval mode even in ``comb.train()``, so their
-BatchNorm running statistics never change.
+BatchNorm running statistics never change. :meth:`CnnComb.unfreeze_branches` lifts both for the
+optional end-to-end fine-tune that ``wavemel combine --finetune-epochs`` runs after the head.
 
 Two ablations (the poster's Figure 4), each switched by an attribute:
 
@@ -25,9 +26,9 @@ relies on that branch. ``comb.mean_input`` (``"audio"`` or ``"spec"``) instead r
 branch's pooled conv *features* by their mean over the training clips' input windows: the head
 keeps an in-distribution input that carries no information about the clip. The means live in
 buffers (``audio_feature_mean``, ``spec_feature_mean``, ``feature_mean_windows``) when the comb
-is built with ``feature_means=True``, so they travel in the checkpoint; the branches are frozen,
-so the means computed once before the head trains (:meth:`CnnComb.record_feature_means`) are
-those of the trained comb too.
+is built with ``feature_means=True``, so they travel in the checkpoint; while the branches are
+frozen, the means computed once before the head trains (:meth:`CnnComb.record_feature_means`) are
+those of the trained comb too (a fine-tune records them again after each of its epochs).
 """
 
 from __future__ import annotations
@@ -161,6 +162,9 @@ class CnnComb(nn.Module):
         self._zero_input = self._mean_input = None
         self.zero_input = zero_input
         self.mean_input = mean_input
+        # Set by unfreeze_branches for the optional end-to-end fine-tune; never saved, so a
+        # loaded comb is frozen as before.
+        self._branch_norm_trains = False
 
     @staticmethod
     def _strip_branch(model: nn.Module) -> nn.Module:
@@ -242,11 +246,26 @@ class CnnComb(nn.Module):
         self.feature_mean_windows.fill_(count)
         return count
 
+    def unfreeze_branches(self, batchnorm_train: bool = True) -> None:
+        """Make every branch parameter trainable, for an end-to-end fine-tune after the head.
+
+        Args:
+            batchnorm_train: Whether :meth:`train` puts the branches in train mode, so their
+                BatchNorm layers normalise with batch statistics and update their running ones.
+                ``False`` keeps the branches in eval mode: their running statistics stay those
+                of branch training (safer when batches are small), only the weights move.
+        """
+        self.audio.requires_grad_(True)
+        self.spec.requires_grad_(True)
+        self._branch_norm_trains = bool(batchnorm_train)
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> CnnComb:
-        """Set the head's mode; the frozen branches always stay in eval mode."""
+        """Set the head's mode; the branches stay in eval mode unless a fine-tune unfroze them."""
         super().train(mode)
-        self.audio.eval()
-        self.spec.eval()
+        branch_mode = mode and self._branch_norm_trains
+        self.audio.train(branch_mode)
+        self.spec.train(branch_mode)
         return self
 
     # -- construction helpers -----------------------------------------------------------------

@@ -7,10 +7,18 @@ The split is then rebuilt from those shared settings, the branches are frozen in
 ``CnnComb`` and only the head's parameters reach the optimizer. A ``--spec`` branch of imported
 weights (no training run here, e.g. PANNs' cnn14) only has to share the sample rate; rates are
 never converted inside the comb, so the ``--audio`` branch is trained at that rate.
+
+With ``finetune_epochs`` the run has a second stage (see :mod:`wavemel.train.stages`): from the
+best head-only weights, the branches are unfrozen and everything trains end to end at
+``finetune_lr``; the branch features then change, so the comb's mean training features (the
+mean-input ablation) are recorded again after every fine-tune epoch, before it is saved. The
+branch run folders are only ever read.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,18 +26,31 @@ from typing import Any
 import numpy as np
 import torch
 
+from wavemel._io import os_error_reason
 from wavemel.augment import eval_fill_for, fill_short
 from wavemel.checkpoint import load_checkpoint
 from wavemel.errors import CheckpointError
 from wavemel.infer import window_starts
 from wavemel.models.cnn_comb import CnnComb
 from wavemel.train.config import SPLIT_FIELDS, CombineConfig, TrainConfig, resume_config
-from wavemel.train.distributed import cleanup, init_distributed
+from wavemel.train.distributed import DistContext, barrier, cleanup, init_distributed
 from wavemel.train.loader import PreparedData, prepare_data
 from wavemel.train.loop import fit, open_run, seed_everything, start_run
-from wavemel.train.run_folder import check_not_inside
+from wavemel.train.run_folder import RunFolder, check_not_inside
+from wavemel.train.stages import Stage
+from wavemel.train.state import Progress, saved_progress
 
-__all__ = ["combine", "check_branches", "check_slots", "resolve_combine_config"]
+__all__ = [
+    "combine",
+    "check_branches",
+    "check_slots",
+    "resolve_combine_config",
+    "HEAD",
+    "FINETUNE",
+]
+
+#: The stage names recorded in ``metrics.jsonl`` and the checkpoints' metrics.
+HEAD, FINETUNE = "head", "finetune"
 
 
 def _same_path(a: Any, b: Any) -> bool:
@@ -195,15 +216,7 @@ def combine(config: CombineConfig) -> Path:
         # The branches are frozen, so their mean training features (the mean-input ablation)
         # are the same before and after the head trains: record them once, into the buffers.
         model.to(ctx.device)
-        model.record_feature_means(
-            _training_windows(
-                data,
-                loop_config.input_samples,
-                eval_fill_for(loop_config.p_replicate),
-                max(loop_config.batch_size, 64),
-                ctx.device,
-            )
-        )
+        _record_feature_means(model, data, loop_config, ctx.device)
         start_run(run, config, ctx)
         run_config = config.replace(force=False, resume=False).to_dict()
         run_config["model"] = "cnn-comb"
@@ -211,17 +224,110 @@ def combine(config: CombineConfig) -> Path:
             "frontend": spec_meta.get("frontend"),
             "branches": {"audio": str(config.audio_run), "spec": str(config.spec_run)},
         }
-        return fit(
-            model,
-            data,
-            loop_config,
-            Path(config.out),
-            run_config=run_config,
-            extra_meta=extra,
-            ctx=ctx,
-            run=run,
-        )
+        fit_args = {"run_config": run_config, "extra_meta": extra, "ctx": ctx}
+        if not config.finetune_epochs:
+            out = Path(config.out)
+            return fit(model, data, loop_config, out, **fit_args, run=run, stage=Stage(HEAD))
+        return _head_then_finetune(model, data, config, run, fit_args)
     finally:
         if run is not None:
             run.release()
         cleanup(ctx)
+
+
+def _record_feature_means(
+    model: CnnComb, data: PreparedData, config: TrainConfig, device: torch.device
+) -> None:
+    """The comb's mean branch features over the training windows, with the branches as they are."""
+    # Eval mode: the means are those inference sees, and recording them moves no BatchNorm
+    # statistics (the next training epoch switches train mode back on).
+    model.eval()
+    windows = _training_windows(
+        data,
+        config.input_samples,
+        eval_fill_for(config.p_replicate),
+        max(config.batch_size, 64),
+        device,
+    )
+    model.record_feature_means(windows)
+
+
+def _head_then_finetune(
+    model: CnnComb,
+    data: PreparedData,
+    config: CombineConfig,
+    run: RunFolder | None,
+    fit_args: dict[str, Any],
+) -> Path:
+    """The head on the frozen branches, then everything end to end, in one run folder.
+
+    A resumed run continues in the stage its resume state belongs to: a fine-tune interrupted
+    after one of its epochs does not train the head again. ``fit_args`` are :func:`fit`'s
+    ``run_config``, ``extra_meta`` and ``ctx``, the same for both stages.
+    """
+    out = Path(config.out)
+    ctx: DistContext = fit_args["ctx"]
+    loop_config = _loop_config(config)
+    resumed = _resumed_stage(out) if config.resume else None
+    if resumed != FINETUNE:
+        # The head stage ends without finished.json: the run is not finished yet.
+        fit(model, data, loop_config, out, **fit_args, run=None, stage=Stage(HEAD))
+        barrier(ctx)
+        # Fine-tune the best head, not the last one (with the same branch weights).
+        best, _ = load_checkpoint(out / "best")
+        model.load_state_dict(best.state_dict())
+    model.unfreeze_branches(batchnorm_train=not config.finetune_freeze_bn)
+    stage = Stage(
+        FINETUNE,
+        start=_head_progress(out),
+        before_save=lambda m: _record_feature_means(m, data, loop_config, ctx.device),
+    )
+    finetune_config = loop_config.replace(
+        epochs=config.finetune_epochs, lr=config.finetune_lr, resume=resumed == FINETUNE
+    )
+    if ctx.is_main and resumed != FINETUNE:
+        print(
+            f"fine-tuning cnn-comb end to end for {config.finetune_epochs} epochs "
+            f"(lr {config.finetune_lr:g})",
+            flush=True,
+        )
+    return fit(model, data, finetune_config, out, **fit_args, run=run, stage=stage)
+
+
+def _metric_lines(out: Path) -> list[dict[str, Any]]:
+    path = out / "metrics.jsonl"
+    try:
+        text = path.read_text() if path.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({os_error_reason(exc)})") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not one JSON object per line ({exc.msg})") from None
+
+
+def _resumed_stage(out: Path) -> str:
+    """The stage of ``out``'s resume state: that of the last epoch it holds (``HEAD`` if none)."""
+    progress = saved_progress(out)
+    if progress is None or progress.epoch == 0:
+        return HEAD
+    lines = _metric_lines(out)
+    # metrics.jsonl gets an epoch's line before its state, so it holds the state's last epoch.
+    if len(lines) < progress.epoch or not isinstance(lines[progress.epoch - 1], dict):
+        raise CheckpointError(f"{out / 'metrics.jsonl'}: fewer epochs than the resume state")
+    return HEAD if lines[progress.epoch - 1].get("stage", HEAD) == HEAD else FINETUNE
+
+
+def _head_progress(out: Path) -> Progress:
+    """Where the fine-tune starts: after the head's epochs, with their best validation MAP@3.
+
+    Read from ``metrics.jsonl``, so a resumed run gets the same as an uninterrupted one; the
+    best is the first epoch of the highest MAP@3, as the loop chooses it.
+    """
+    progress = Progress()
+    head = [line for line in _metric_lines(out) if line.get("stage", HEAD) == HEAD]
+    for line in head:
+        score = float(line.get("val_map3", math.nan))
+        progress.epoch += 1
+        if score > progress.best_map3:
+            progress.best_map3, progress.best_epoch = score, progress.epoch
+    return progress

@@ -71,6 +71,7 @@ from wavemel.train.loader import (
 from wavemel.train.noisy import NOISY_LOG, NoisyLabels, NoisySettings, noisy_candidates
 from wavemel.train.run_folder import RunFolder
 from wavemel.train.scoring import ClipScoring, clip_probabilities
+from wavemel.train.stages import Stage
 from wavemel.train.state import Progress, load_state, save_state
 
 __all__ = [
@@ -464,7 +465,7 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
         raise WavemelError(f"{path}: cannot write ({os_error_reason(exc)})") from None
 
 
-def _epoch_line(config: TrainConfig, record: dict[str, Any], improved: bool, eta: str) -> str:
+def _epoch_line(epochs: int, record: dict[str, Any], improved: bool, eta: str) -> str:
     multi_label = "".join(
         f"  {key} {record[key]:.4f}" for key in ("val_map", "val_lwlrap") if key in record
     )
@@ -474,7 +475,7 @@ def _epoch_line(config: TrainConfig, record: dict[str, Any], improved: bool, eta
         else "(not validated)"
     )
     return (
-        f"epoch {record['epoch']}/{config.epochs}  train_loss {record['train_loss']:.4f}  "
+        f"epoch {record['epoch']}/{epochs}  train_loss {record['train_loss']:.4f}  "
         f"{scores}{' *' if improved else '  '}  lr {record['lr']:.2e}  "
         f"{record['seconds']:.1f}s  eta {eta}"
     )
@@ -624,7 +625,7 @@ def _resume(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     step: TrainStep,
-    config: TrainConfig,
+    epochs: int,
     ctx: DistContext,
     ema: ModelEma | None = None,
 ) -> Progress:
@@ -632,7 +633,7 @@ def _resume(
     progress = load_state(out, model, optimizer, scaler=step.scaler, ema=ema)
     if ctx.is_main:
         _truncate_metrics(out / "metrics.jsonl", progress.epoch)
-        print(f"resuming {out} after epoch {progress.epoch}/{config.epochs}", flush=True)
+        print(f"resuming {out} after epoch {progress.epoch}/{epochs}", flush=True)
     return progress
 
 
@@ -669,6 +670,7 @@ def fit(
     extra_meta: dict[str, Any] | None = None,
     ctx: DistContext | None = None,
     run: RunFolder | None = None,
+    stage: Stage | None = None,
 ) -> Path:
     """Train ``model``'s trainable parameters on ``data`` and write the run folder.
 
@@ -681,6 +683,8 @@ def fit(
         extra_meta: More checkpoint metadata (e.g. the branch runs of cnn-comb).
         ctx: Distributed context.
         run: Rank 0's run folder; ``finished.json`` is written through it at the end.
+        stage: Set when the run is trained in stages (see :mod:`wavemel.train.stages`):
+            ``config.epochs`` then counts this stage's epochs, after ``stage.start.epoch``.
 
     Returns:
         ``out``.
@@ -698,16 +702,19 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # Of the plain model, after its device and memory format are set (the copy keeps both).
     ema = ModelEma.create(model, config.ema_decay)
-    progress = (
-        _resume(out, model, optimizer, step, config, ctx, ema) if config.resume else Progress()
-    )
+    first = stage.start.epoch if stage is not None else 0
+    epochs = first + config.epochs
+    if config.resume:
+        progress = _resume(out, model, optimizer, step, epochs, ctx, ema)
+    else:
+        progress = stage.first_progress() if stage is not None else Progress()
     hop_samples = hop_to_samples(config.hop_seconds, config.sample_rate)
     train_module = wrap_model(_SpectrogramInput(model) if step.spectrogram else model, ctx)
     if config.compile:
         train_module = torch.compile(train_module)
     prior = np.asarray(data.label_prior())
     base_meta = _checkpoint_meta(model, data, config, run_config, extra_meta)
-    if ctx.is_main and progress.epoch == 0:
+    if ctx.is_main and progress.epoch == 0 and first == 0:
         print(
             f"training {config.model} on {len(data.train)} clips, validating on {len(data.val)} "
             f"({len(data.labels)} classes, {len(loader)} steps/epoch, device {device}, "
@@ -719,7 +726,7 @@ def fit(
         noisy.start(model, progress, ctx)
     last_map3 = progress.best_map3 if progress.epoch else float("nan")
     run_started, first_epoch, run_eta = time.perf_counter(), progress.epoch, "?"
-    for epoch in range(progress.epoch, config.epochs):
+    for epoch in range(progress.epoch, epochs):
         if config.patience and progress.epochs_without_improvement >= config.patience:
             break
         started = time.perf_counter()
@@ -735,13 +742,13 @@ def fit(
             step,
             progress,
             ctx=ctx,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
+            desc=f"epoch {epoch + 1}/{epochs}",
             postfix={"map3": f"{last_map3:.3f}", "run_eta": run_eta},
             ema=ema,
         )
         broadcast_buffers(model, ctx)
         scores, thresholds, improved = {}, None, False
-        if _validates(epoch, config):
+        if _validates(epoch - first, config):
             if ema is not None:
                 broadcast_buffers(ema.module, ctx)
             scores = validate(
@@ -767,9 +774,10 @@ def fit(
             noisy.update(ema.module if ema is not None else model, progress, ctx)
         # Whole-run ETA from the mean epoch time so far (the bar's own ETA covers one epoch).
         per_epoch = (time.perf_counter() - run_started) / (progress.epoch - first_epoch)
-        run_eta = _format_duration(per_epoch * (config.epochs - progress.epoch))
+        run_eta = _format_duration(per_epoch * (epochs - progress.epoch))
         record = {
             "epoch": epoch + 1,
+            **({"stage": stage.name} if stage is not None else {}),
             "train_loss": train_loss,
             **scores,
             "lr": optimizer.param_groups[0]["lr"],
@@ -785,17 +793,21 @@ def fit(
             meta = {**base_meta, "metrics": metrics}
             if thresholds is not None:
                 meta["thresholds"] = thresholds
+            if stage is not None and stage.before_save is not None:
+                stage.before_save(ema.module if ema is not None else model)
             _save_epoch(out, model, optimizer, step, progress, meta, improved, ema)
-            print(_epoch_line(config, record, improved, run_eta), flush=True)
+            print(_epoch_line(epochs, record, improved, run_eta), flush=True)
         barrier(ctx)
     if ctx.is_main:
-        _report_end(config, progress, out, run)
+        _report_end(config, progress, out, run, epochs)
     return out
 
 
-def _report_end(config: TrainConfig, progress: Progress, out: Path, run: RunFolder | None) -> None:
+def _report_end(
+    config: TrainConfig, progress: Progress, out: Path, run: RunFolder | None, epochs: int
+) -> None:
     stopped = bool(config.patience) and progress.epochs_without_improvement >= config.patience
-    if stopped and progress.epoch < config.epochs:
+    if stopped and progress.epoch < epochs:
         print(f"early stop: no better val_map3 for {config.patience} epochs", flush=True)
     if run is not None:
         run.finish(
@@ -803,7 +815,7 @@ def _report_end(config: TrainConfig, progress: Progress, out: Path, run: RunFold
                 "epochs": progress.epoch,
                 "best_epoch": progress.best_epoch,
                 "best_val_map3": progress.best_map3,
-                "early_stop": stopped and progress.epoch < config.epochs,
+                "early_stop": stopped and progress.epoch < epochs,
             }
         )
     print(

@@ -23,7 +23,7 @@ from wavemel.checkpoint import flatten_state, load_tensors, save_tensors, unflat
 from wavemel.errors import CheckpointError
 from wavemel.train.ema import ModelEma
 
-__all__ = ["Progress", "save_state", "load_state", "has_state", "STATE_STEM"]
+__all__ = ["Progress", "save_state", "load_state", "saved_progress", "has_state", "STATE_STEM"]
 
 #: Where the state lives inside a run folder.
 STATE_STEM = Path("state") / "state"
@@ -161,6 +161,26 @@ def load_state(
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{source}: resume state does not fit this run ({reason})") from None
     return progress
+
+
+def saved_progress(run: Path) -> Progress | None:
+    """The loop counters of ``run``'s resume state, or ``None`` without one (nothing is loaded).
+
+    Raises:
+        CheckpointError: The state is corrupt.
+    """
+    if not has_state(run):
+        return None
+    stem = Path(run) / STATE_STEM
+    tensors, meta = load_tensors(stem)
+    source = f"{stem}.json"
+    try:
+        values = unflatten_state(tensors, meta["state"])["progress"]
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: corrupt resume state ({exc})") from None
+    return _progress(values, source)
 
 
 def _check_ema(state: Any, ema: ModelEma | None, source: str) -> None:
