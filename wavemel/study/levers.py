@@ -134,6 +134,15 @@ LEVERS: dict[str, Lever] = _registry(
         {"noisy_drop": 0.1, "noisy_after": 8},
         note="drop the worst-fitting tenth of unverified clips",
     ),
+    # After the poster's frozen head: 4 epochs end to end at a seventh of the branches' peak
+    # rate; the best epoch over both stages is kept, so a fine-tune that hurts validation is
+    # dropped.
+    Lever(
+        "comb-finetune",
+        (COMB,),
+        {"finetune_epochs": 4, "finetune_lr": 3e-4},
+        note="end-to-end fine-tune after the head",
+    ),
 )
 
 
