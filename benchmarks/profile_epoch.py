@@ -1,7 +1,8 @@
 """Where a cpu-preset-like training run spends its time, phase by phase, measured from outside.
 
-Runs ``wavemel.train.train`` once (the cpu preset's model size, sample rate, batch size, learning
-rate, mixup and in-process loading; a short run: 2 epochs by default) on the built-in synthetic
+Runs ``wavemel.train.train`` once per ``--val-every`` value, one after the other in one process
+(the cpu preset's model size, sample rate, batch size, learning rate, mixup, validation split and
+in-process loading; a short run: 4 epochs by default) on the built-in synthetic
 data or on a dataset given with ``--data``, with timers put around the loop's pieces by
 monkeypatching (``wavemel/train/loop.py`` itself is untouched):
 
@@ -19,7 +20,7 @@ Timers use ``time.perf_counter``; on CPU every torch call is synchronous, so pha
 into each other. Prints one table (seconds, share of the epochs, share of the run) and writes the
 same figures as JSON.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/profile_epoch.py --model cnn-spec --epochs 2 \
+    python benchmarks/profile_epoch.py --model cnn-spec --epochs 4 --val-every 1 2 \
         --json profile_epoch.json
 """
 
@@ -59,6 +60,11 @@ class PhaseClock:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.running: set[str] = set()
+
+    def reset(self) -> None:
+        """Forget every figure (before the next run of the same instrumented process)."""
+        self.seconds.clear()
+        self.calls.clear()
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] += seconds
@@ -214,7 +220,15 @@ def main() -> int:
     parser.add_argument("--model", default="cnn-spec", choices=("cnn-audio", "cnn-spec"))
     parser.add_argument("--size", default="small", help="cpu preset: small")
     parser.add_argument("--input-seconds", type=float, default=2.0)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        nargs="+",
+        default=None,
+        help="validate every N epochs; several values run one after the other, side by side "
+        "(default: the cpu preset's)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=Path("profile_epoch.json"))
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json")
@@ -233,48 +247,62 @@ def main() -> int:
     preset = PRESETS["cpu"]
     clock = PhaseClock()
     instrument(clock)
+    results = []
     with tempfile.TemporaryDirectory(prefix="wavemel-profile-") as tmp:
         data = args.data or generate(
             Path(tmp) / "synthetic", clips_per_class=args.clips_per_class, sample_rate=16000
         )
-        config = TrainConfig(
-            model=args.model,
-            size=args.size,
-            data=str(data),
-            out=str(Path(tmp) / "run"),
-            sample_rate=preset.sample_rate,
-            input_seconds=args.input_seconds,
-            epochs=args.epochs,
-            batch_size=preset.batch_size,
-            lr=preset.lr,
-            mixup_alpha=preset.mixup_alpha,
-            patience=preset.patience,
-            workers=preset.workers,
-            device="cpu",
-            cache_dir=str(Path(tmp) / "cache"),
+        for every in args.val_every or [preset.val_every]:
+            clock.reset()
+            config = TrainConfig(
+                model=args.model,
+                size=args.size,
+                data=str(data),
+                out=str(Path(tmp) / f"run-val-every-{every}"),
+                sample_rate=preset.sample_rate,
+                input_seconds=args.input_seconds,
+                epochs=args.epochs,
+                batch_size=preset.batch_size,
+                lr=preset.lr,
+                mixup_alpha=preset.mixup_alpha,
+                patience=preset.patience,
+                workers=preset.workers,
+                # The preset's split: a tenth of the training clips validates.
+                folds=preset.val_folds,
+                val_every=every,
+                device="cpu",
+                cache_dir=str(Path(tmp) / "cache"),
+            )
+            load = os.getloadavg()
+            started = time.perf_counter()
+            loop.train(config)
+            total = time.perf_counter() - started
+            text, figures = table(clock, total)
+            after = os.getloadavg()
+            print(
+                f"# {args.model} {args.size}, {args.input_seconds:g} s at {preset.sample_rate} "
+                f"Hz, batch {preset.batch_size}, mixup {preset.mixup_alpha}, {args.epochs} "
+                f"epochs, validation every {every}, data {args.data or 'synthetic'}; "
+                f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; load average "
+                f"{load[0]:.1f} before, {after[0]:.1f} after"
+            )
+            print(text + "\n")
+            figures.update(
+                model=args.model,
+                size=args.size,
+                epochs=args.epochs,
+                val_every=every,
+                data=str(args.data or "synthetic"),
+                threads=torch.get_num_threads(),
+                load_average=[load[0], after[0]],
+            )
+            results.append(figures)
+    for figures in results:
+        print(
+            f"validation every {figures['val_every']}: epochs {figures['epochs_seconds']:.1f} s, "
+            f"outside forward/backward {figures['outside_forward_backward_share']:.1%}"
         )
-        load = os.getloadavg()
-        started = time.perf_counter()
-        loop.train(config)
-        total = time.perf_counter() - started
-    text, figures = table(clock, total)
-    after = os.getloadavg()
-    print(
-        f"# {args.model} {args.size}, {args.input_seconds:g} s at {preset.sample_rate} Hz, batch "
-        f"{preset.batch_size}, mixup {preset.mixup_alpha}, {args.epochs} epochs, data "
-        f"{args.data or 'synthetic'}; {os.cpu_count()} CPUs, torch threads "
-        f"{torch.get_num_threads()}; load average {load[0]:.1f} before, {after[0]:.1f} after"
-    )
-    print(text)
-    figures.update(
-        model=args.model,
-        size=args.size,
-        epochs=args.epochs,
-        data=str(args.data or "synthetic"),
-        threads=torch.get_num_threads(),
-        load_average=[load[0], after[0]],
-    )
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 

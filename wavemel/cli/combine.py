@@ -31,6 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hidden", type=int, default=S, help="width of the head's dense layer")
     parser.add_argument("--dropout", type=float, default=S, help="dropout in the head")
     parser.add_argument(
+        "--head-init",
+        dest="head_init",
+        choices=("new", "branches"),
+        default=S,
+        help="new: random head weights (the poster's); branches: start from the branches' own "
+        "dense layers side by side (logits = the sum of theirs before training)",
+    )
+    parser.add_argument(
         "--finetune-epochs",
         dest="finetune_epochs",
         type=int,

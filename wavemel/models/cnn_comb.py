@@ -114,6 +114,9 @@ class CnnComb(nn.Module):
         feature_means: hold buffers for the branches' mean training features (see module
             docs); fill them with :meth:`record_feature_means`.
         mean_input: ablation switch, ``None``, ``"audio"`` or ``"spec"`` (needs the means).
+        head_from_branches: start the head from the branches' own dense layers instead of at
+            random (see :meth:`_head_from_branches`); needs ``hidden`` equal to the sum of
+            their dense widths.
 
     Raises:
         ValueError: if the branches' sample rates differ or an argument is out of range.
@@ -132,6 +135,7 @@ class CnnComb(nn.Module):
         zero_input: str | None = None,
         feature_means: bool = False,
         mean_input: str | None = None,
+        head_from_branches: bool = False,
     ) -> None:
         super().__init__()
         if audio_model.sample_rate != spec_model.sample_rate:
@@ -154,6 +158,8 @@ class CnnComb(nn.Module):
             in_dim, hidden, dropout, self.num_classes
         )
         self.embedding_dim = int(hidden)
+        if head_from_branches:
+            self._head_from_branches(audio_model, spec_model)
         if feature_means:
             self.register_buffer("audio_feature_mean", torch.zeros(audio_model.conv_dim))
             self.register_buffer("spec_feature_mean", torch.zeros(spec_model.conv_dim))
@@ -165,6 +171,39 @@ class CnnComb(nn.Module):
         # Set by unfreeze_branches for the optional end-to-end fine-tune; never saved, so a
         # loaded comb is frozen as before.
         self._branch_norm_trains = False
+
+    def _head_from_branches(self, audio_model: nn.Module, spec_model: nn.Module) -> None:
+        """Set the head to the branches' dense layers side by side (before they are dropped).
+
+        The dense weight becomes block-diagonal (audio features to the audio dense units, spec
+        features to the spec ones), the BatchNorm and its running statistics are the two
+        branches' concatenated, and the classifier reads both halves with the branches' own
+        weights, with their biases summed. In eval mode the head's logits are then exactly the
+        sum of the two branches' logits (a product of their class probabilities, renormalised),
+        a fusion that is rarely worse than either branch, and training the head starts there
+        instead of at random weights fitted to features that separate the training clips
+        almost perfectly.
+        """
+        parts = (audio_model, spec_model)
+        dense = [m.embedding[0].out_features for m in parts]
+        if sum(dense) != self.embedding_dim:
+            raise ValueError(
+                f"a head started from the branches needs hidden = {dense[0]} + {dense[1]} = "
+                f"{sum(dense)} (their dense widths), got {self.embedding_dim}"
+            )
+        with torch.no_grad():
+            weight = self.embedding[0].weight
+            weight.zero_()
+            row = col = 0
+            for model in parts:
+                block = model.embedding[0].weight
+                weight[row : row + block.shape[0], col : col + block.shape[1]] = block
+                row, col = row + block.shape[0], col + block.shape[1]
+            norm = self.embedding[1]
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(norm, name).copy_(torch.cat([getattr(m.embedding[1], name) for m in parts]))
+            self.classifier.weight.copy_(torch.cat([m.classifier.weight for m in parts], dim=1))
+            self.classifier.bias.copy_(parts[0].classifier.bias + parts[1].classifier.bias)
 
     @staticmethod
     def _strip_branch(model: nn.Module) -> nn.Module:

@@ -143,6 +143,12 @@ LEVERS: dict[str, Lever] = _registry(
         {"finetune_epochs": 4, "finetune_lr": 3e-4},
         note="end-to-end fine-tune after the head",
     ),
+    Lever(
+        "comb-warm",
+        (COMB,),
+        {"head_init": "branches"},
+        note="head started from the branches' dense layers (logit sum)",
+    ),
 )
 
 

@@ -29,7 +29,7 @@ import torch
 from wavemel._io import os_error_reason
 from wavemel.augment import eval_fill_for, fill_short
 from wavemel.checkpoint import load_checkpoint
-from wavemel.errors import CheckpointError
+from wavemel.errors import CheckpointError, WavemelError
 from wavemel.infer import window_starts
 from wavemel.models.cnn_comb import CnnComb
 from wavemel.train.config import SPLIT_FIELDS, CombineConfig, TrainConfig, resume_config
@@ -205,12 +205,11 @@ def combine(config: CombineConfig) -> Path:
                 "the data set the branches were trained on"
             )
         seed_everything(loop_config.seed)
-        head = {"hidden": config.hidden, "dropout": config.dropout}
         model = CnnComb(
             audio_model,
             spec_model,
             len(data.labels),
-            **{k: v for k, v in head.items() if v is not None},
+            **_head_settings(config, audio_model, spec_model),
             feature_means=True,
         )
         # The branches are frozen, so their mean training features (the mean-input ablation)
@@ -233,6 +232,23 @@ def combine(config: CombineConfig) -> Path:
         if run is not None:
             run.release()
         cleanup(ctx)
+
+
+def _head_settings(config: CombineConfig, audio_model, spec_model) -> dict:
+    """CnnComb's head arguments: the config's size, and where its weights start."""
+    head = {
+        k: v for k, v in (("hidden", config.hidden), ("dropout", config.dropout)) if v is not None
+    }
+    if config.head_init == "branches":
+        dense = audio_model.embedding[0].out_features + spec_model.embedding[0].out_features
+        head.setdefault("hidden", dense)
+        if head["hidden"] != dense:
+            raise WavemelError(
+                f"--head-init branches needs the head as wide as the branches' dense layers "
+                f"together ({dense}), got --hidden {head['hidden']}"
+            )
+        head["head_from_branches"] = True
+    return head
 
 
 def _record_feature_means(

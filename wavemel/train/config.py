@@ -423,6 +423,10 @@ class CombineConfig(_RunConfig):
     Attributes:
         audio_run, spec_run: Run folders (or checkpoints) of the two trained branches.
         hidden, dropout: Head size and dropout; ``None`` keeps CnnComb's defaults.
+        head_init: ``"new"`` (random weights, the poster's head) or ``"branches"``: the head
+            starts from the branches' dense layers side by side, so before training its logits
+            are the sum of the branches' logits (``hidden`` defaults to their dense widths
+            together and must equal it).
         mixup_alpha: Mixup for the head too (default 0.4, as for the branches). The frozen
             branches were trained on the same clips, so their features separate the training
             clips almost perfectly and a head trained on them without mixup overfits within two
@@ -453,6 +457,7 @@ class CombineConfig(_RunConfig):
     data: str | None = None
     hidden: int | None = None
     dropout: float | None = None
+    head_init: str = "new"
     epochs: int = 10
     warmup_epochs: float = 0.5
     patience: int = 5
@@ -471,6 +476,8 @@ class CombineConfig(_RunConfig):
         _check_common(self)
         if not self.audio_run or not self.spec_run:
             raise WavemelError("combine needs both --audio RUN_A and --spec RUN_B")
+        if self.head_init not in ("new", "branches"):
+            raise WavemelError(f"--head-init must be new or branches, got {self.head_init!r}")
         if self.finetune_epochs < 0:
             raise WavemelError(
                 f"--finetune-epochs must be >= 0 (0 trains the head only), "
