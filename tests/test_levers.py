@@ -220,3 +220,61 @@ def test_cli_list_needs_no_data_and_missing_data_is_one_line(capsys):
     assert cli_main(["levers", "--levers", "mixup-spec"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "wavemel: error: wavemel levers needs --data and --out (or --list)"
+
+
+def test_every_preset_recipe_names_real_fields():
+    from wavemel.study.presets import PRESETS
+
+    for preset in PRESETS.values():
+        unknown = set(preset.recipe) - {"branches", "cnn-audio", "cnn-spec", "cnn-comb"}
+        assert not unknown, f"{preset.name}: {unknown}"
+        for model in ("cnn-audio", "cnn-spec"):
+            check_lever(Lever(f"{preset.name}-{model}", (model,), preset.branch_recipe(model)))
+        check_lever(Lever(f"{preset.name}-comb", (lv.COMB,), preset.comb_recipe()))
+
+
+def test_a_preset_recipe_reaches_the_trainings_and_a_lever_overrides_it(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from wavemel.study import runs as study_runs
+    from wavemel.study.presets import PRESETS, Unit
+
+    seen = {}
+    monkeypatch.setattr(study_runs, "train", lambda config: seen.setdefault("train", config))
+    monkeypatch.setattr(study_runs, "combine", lambda config: seen.setdefault("comb", config))
+    preset = replace(
+        PRESETS["tiny"],
+        recipe={
+            "branches": {"ema_decay": 0.9, "mixup_alpha": 0.2},
+            "cnn-spec": {"spec_freq_masks": 1},
+            "cnn-comb": {"head_init": "branches"},
+        },
+    )
+
+    class FakeStudy:
+        config = StudyConfig(data=str(tmp_path), out=str(tmp_path / "out"))
+        cache_dir = tmp_path / "cache"
+        has_test = True
+        state = type("S", (), {"runs": {}})()
+
+        def __init__(self):
+            self.preset = preset
+
+        def length_dir(self, unit, seconds):
+            return tmp_path / "runs" / unit.key / f"{seconds:g}s"
+
+        def log(self, message):
+            pass
+
+        def run_key(self, run_dir):
+            return str(run_dir)
+
+        def mark_trained(self, run_dir, started):
+            pass
+
+    study = FakeStudy()
+    study_runs.train_branch(study, Unit(0), 1.0, "cnn-spec", overrides={"mixup_alpha": 0.3})
+    config = seen["train"]
+    assert (config.ema_decay, config.spec_freq_masks, config.mixup_alpha) == (0.9, 1, 0.3)
+    study_runs.train_comb(study, Unit(0), 1.0, branches_changed=False)
+    assert seen["comb"].head_init == "branches"

@@ -7,7 +7,7 @@ shows :data:`TABLE_MODELS` and the :data:`BASELINE` row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from wavemel.errors import DataError
@@ -92,6 +92,10 @@ class Preset:
         workers: data-loader worker processes.
         mixup_alpha: mixup of the branch trainings (the poster uses mixup).
         val_every: branches validate every this many epochs (and after the last).
+        recipe: more training settings, by network: ``"branches"`` (TrainConfig fields of
+            both branches), ``"cnn-audio"`` / ``"cnn-spec"`` (one branch; these win) and
+            ``"cnn-comb"`` (CombineConfig fields of the head), e.g. the levers that a levers
+            study kept (``wavemel levers``).
     """
 
     name: str
@@ -110,6 +114,15 @@ class Preset:
     workers: int
     mixup_alpha: float = 0.4
     val_every: int = 1
+    recipe: dict = field(default_factory=dict, hash=False)
+
+    def branch_recipe(self, model: str) -> dict:
+        """The extra TrainConfig settings of branch ``model``."""
+        return {**self.recipe.get("branches", {}), **self.recipe.get(model, {})}
+
+    def comb_recipe(self) -> dict:
+        """The extra CombineConfig settings of cnn-comb's head."""
+        return dict(self.recipe.get("cnn-comb", {}))
 
 
 PRESETS: dict[str, Preset] = {

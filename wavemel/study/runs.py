@@ -185,6 +185,7 @@ def train_branch(
         cache_dir=str(study.cache_dir),
         **split_fields(preset, unit, study.has_test),
     )
+    recipe.update(preset.branch_recipe(model))
     recipe.update(overrides or {})
     train(TrainConfig(**recipe, **_prepare_run_dir(run_dir, restart)))
     study.mark_trained(run_dir, started)
@@ -248,6 +249,7 @@ def train_comb(
         workers=preset.workers,
         cache_dir=str(study.cache_dir),
     )
+    recipe.update(preset.comb_recipe())
     recipe.update(overrides or {})
     combine(CombineConfig(**recipe, **restart))
     study.mark_trained(run_dir, started)
