@@ -137,6 +137,9 @@ def _settings(config: StudyConfig, preset: Preset, index: DatasetIndex) -> dict:
             k: v for k, v in asdict(preset).items() if k not in ("seeds", "lengths", "max_folds")
         },
     }
+    if not preset.recipe:
+        # No recipe trains exactly as before presets had one: studies started then continue.
+        del settings["preset"]["recipe"]
     # Through JSON once so that tuples compare equal to the lists read back from state.json.
     return json.loads(json.dumps(settings))
 
