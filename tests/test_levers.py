@@ -278,3 +278,16 @@ def test_a_preset_recipe_reaches_the_trainings_and_a_lever_overrides_it(tmp_path
     assert (config.ema_decay, config.spec_freq_masks, config.mixup_alpha) == (0.9, 1, 0.3)
     study_runs.train_comb(study, Unit(0), 1.0, branches_changed=False)
     assert seen["comb"].head_init == "branches"
+
+
+def test_study_overrides_reach_the_preset_and_the_recorded_command(tmp_path):
+    from wavemel.study.report import equivalent_command
+
+    config = StudyConfig(
+        data=str(tmp_path), out=str(tmp_path / "o"), epochs=18, val_every=2, seeds=(0,)
+    )
+    preset = config.resolved_preset()
+    assert (preset.epochs, preset.val_every, preset.seeds) == (18, 2, (0,))
+    command = equivalent_command(config)
+    assert "--epochs 18" in command and "--val-every 2" in command
+    assert StudyConfig(data="d", out="o").resolved_preset().val_every == 1

@@ -46,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--epochs", type=int, default=None, help="branch epochs (preset's)")
     parser.add_argument("--comb-epochs", type=int, default=None, help="cnn-comb head epochs")
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        default=None,
+        help="branches validate every N epochs and after the last (preset's)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--cache-dir", default=None, help="clip cache (default OUT/cache)")
     parser.add_argument(
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         max_folds=args.max_folds,
         epochs=args.epochs,
         comb_epochs=args.comb_epochs,
+        val_every=args.val_every,
         device=args.device,
         cache_dir=args.cache_dir,
         force=args.force,
@@ -95,7 +102,7 @@ def _command_line(args: argparse.Namespace) -> str:
         words += ["--seeds", *map(str, args.seeds)]
     if args.levers:
         words += ["--levers", *args.levers]
-    for option in ("format", "max_folds", "epochs", "comb_epochs", "cache_dir"):
+    for option in ("format", "max_folds", "epochs", "comb_epochs", "val_every", "cache_dir"):
         value = getattr(args, option)
         if value is not None:
             words += ["--" + option.replace("_", "-"), str(value)]

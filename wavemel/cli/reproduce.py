@@ -43,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-folds", type=int, default=None, help="run only the first N folds")
     parser.add_argument("--epochs", type=int, default=None, help="branch epochs (preset's)")
     parser.add_argument("--comb-epochs", type=int, default=None, help="cnn-comb head epochs")
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        default=None,
+        help="branches validate every N epochs and after the last (preset's)",
+    )
     parser.add_argument("--sample-rate", type=int, default=None, help="model sample rate in Hz")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--cache-dir", default=None, help="clip cache (default OUT/cache)")
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         max_folds=args.max_folds,
         epochs=args.epochs,
         comb_epochs=args.comb_epochs,
+        val_every=args.val_every,
         sample_rate=args.sample_rate,
         device=args.device,
         cache_dir=args.cache_dir,

@@ -194,7 +194,8 @@ class StudyConfig:
         out: study folder.
         preset: key of :data:`PRESETS`.
         format, label_pattern, group_field: how to read the data (see ``load_dataset``).
-        seeds, lengths, folds, max_folds, epochs, comb_epochs, sample_rate: preset overrides.
+        seeds, lengths, folds, max_folds, epochs, comb_epochs, val_every, sample_rate: preset
+            overrides.
         device: ``auto``, ``cpu`` or ``cuda``.
         cache_dir: clip cache (default ``OUT/cache``).
         force: discard a previous study in ``out`` (or one made with other settings).
@@ -213,6 +214,7 @@ class StudyConfig:
     max_folds: int | None = None
     epochs: int | None = None
     comb_epochs: int | None = None
+    val_every: int | None = None
     sample_rate: int | None = None
     device: str = "auto"
     cache_dir: str | None = None
@@ -231,6 +233,7 @@ class StudyConfig:
             "max_folds": self.max_folds,
             "epochs": self.epochs,
             "comb_epochs": self.comb_epochs,
+            "val_every": self.val_every,
             "sample_rate": self.sample_rate,
         }
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -126,6 +126,7 @@ def equivalent_command(config: StudyConfig) -> str:
         "max_folds",
         "epochs",
         "comb_epochs",
+        "val_every",
         "sample_rate",
         "cache_dir",
     ):
