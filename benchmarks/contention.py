@@ -126,7 +126,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from torch import nn
 
-    from wavemel._threads import retune_threads
+    from wavemel._threads import retune_threads, thread_summary
     from wavemel.models import create_model
 
     if args.policy != "wavemel":
@@ -158,6 +158,7 @@ def worker(args: argparse.Namespace) -> None:
         "steps": steps,
         "clips_per_s": steps * args.batch / elapsed,
         "threads": torch.get_num_threads(),
+        "governor": thread_summary(),
         "plan": plan,
         "env": {k: os.environ[k] for k in _CLEARED if k in os.environ},
     }

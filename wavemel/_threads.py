@@ -285,11 +285,15 @@ class ThreadGovernor:
         """CPUs kept busy by other processes now, or ``None`` when the run queue is unreadable."""
         counts = []
         for i in range(_GOVERN_SAMPLES):
+            # Our own OpenMP workers go from spinning (running) to sleeping while we read: count
+            # a thread as ours if it ran just before or just after the run queue was read, or a
+            # worker that fell asleep in between would pass for another process.
+            before = self._own()
             try:
                 runnable = int(self._read().split()[3].split("/")[0])
             except (OSError, IndexError, ValueError):
                 return None
-            counts.append(max(0, runnable - self._own()))
+            counts.append(max(0, runnable - max(before, self._own())))
             if i + 1 < _GOVERN_SAMPLES:
                 time.sleep(_SAMPLE_GAP_S)
         return statistics.median(counts)
