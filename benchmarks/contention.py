@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         help="rivals running before the timed process starts, or starting after its warm-up",
     )
     parser.add_argument("--budget", type=float, default=8.0, help="timing seconds per row")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timings per row (median shown, with the range)"
+    )
     parser.add_argument("--rival-limit", type=float, default=300.0, help="rivals' own deadline")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -208,28 +211,45 @@ def main(argv: list[str] | None = None) -> None:
         "| / default idle |"
     )
     print("|---|---|---:|---|---:|---:|---:|---:|")
+    conditions = [
+        (model, policy, rivals, arrival)
+        for model in args.models
+        for policy in args.policies
+        for rivals in args.competitors
+        for arrival in (args.arrival if rivals else ["start"])
+    ]
+    # Repeats go round all conditions in turn, so a slow spell of the machine is spread over
+    # every row instead of landing on one; each row reports the median of its repeats.
+    timings: dict[tuple, list[dict]] = {c: [] for c in conditions}
+    for _ in range(args.repeats):
+        for condition in conditions:
+            timings[condition].append(time_config(args, *condition))
     rows, idle = [], {}
-    for model in args.models:
-        for policy in args.policies:
-            for rivals in args.competitors:
-                for arrival in args.arrival if rivals else ["start"]:
-                    r = time_config(args, model, policy, rivals, arrival)
-                    if rivals == 0:
-                        idle[model, policy] = r["clips_per_s"]
-                    own = idle.get((model, policy))
-                    base = idle.get((model, "default"))
-                    row = {"model": model, "policy": policy, "rivals": rivals, "arrival": arrival}
-                    row.update(r)
-                    row["share_of_idle"] = r["clips_per_s"] / own if own else None
-                    row["share_of_default_idle"] = r["clips_per_s"] / base if base else None
-                    rows.append(row)
-                    print(
-                        f"| {model} | {policy} | {rivals} | {arrival if rivals else '-'} "
-                        f"| {r['threads']} | {r['clips_per_s']:.1f} "
-                        f"| {_percent(row['share_of_idle'])} "
-                        f"| {_percent(row['share_of_default_idle'])} |",
-                        flush=True,
-                    )
+    for condition in conditions:
+        model, policy, rivals, arrival = condition
+        runs = sorted(timings[condition], key=lambda r: r["clips_per_s"])
+        r = runs[len(runs) // 2]
+        if rivals == 0:
+            idle[model, policy] = r["clips_per_s"]
+        own = idle.get((model, policy))
+        base = idle.get((model, "default"))
+        row = {"model": model, "policy": policy, "rivals": rivals, "arrival": arrival, **r}
+        row["repeats"] = [x["clips_per_s"] for x in timings[condition]]
+        row["share_of_idle"] = r["clips_per_s"] / own if own else None
+        row["share_of_default_idle"] = r["clips_per_s"] / base if base else None
+        rows.append(row)
+        spread = (
+            f" ({runs[0]['clips_per_s']:.0f}-{runs[-1]['clips_per_s']:.0f})"
+            if len(runs) > 1
+            else ""
+        )
+        print(
+            f"| {model} | {policy} | {rivals} | {arrival if rivals else '-'} "
+            f"| {r['threads']} | {r['clips_per_s']:.1f}{spread} "
+            f"| {_percent(row['share_of_idle'])} "
+            f"| {_percent(row['share_of_default_idle'])} |",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
