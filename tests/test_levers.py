@@ -284,10 +284,12 @@ def test_study_overrides_reach_the_preset_and_the_recorded_command(tmp_path):
     from wavemel.study.report import equivalent_command
 
     config = StudyConfig(
-        data=str(tmp_path), out=str(tmp_path / "o"), epochs=18, val_every=2, seeds=(0,)
+        data=str(tmp_path), out=str(tmp_path / "o"), epochs=7, val_every=3, seeds=(0,)
     )
     preset = config.resolved_preset()
-    assert (preset.epochs, preset.val_every, preset.seeds) == (18, 2, (0,))
+    assert (preset.epochs, preset.val_every, preset.seeds) == (7, 3, (0,))
     command = equivalent_command(config)
-    assert "--epochs 18" in command and "--val-every 2" in command
-    assert StudyConfig(data="d", out="o").resolved_preset().val_every == 1
+    assert "--epochs 7" in command and "--val-every 3" in command
+    from wavemel.study.presets import PRESETS
+
+    assert StudyConfig(data="d", out="o").resolved_preset().val_every == PRESETS["cpu"].val_every

@@ -144,17 +144,15 @@ PRESETS: dict[str, Preset] = {
         workers=0,
     ),
     # Two CPU cores, fsdk18-mini (1,173 train / 420 test clips): per seed 6 branch runs + 3
-    # heads; three seeds, so every claim is checked against the spread. Measured on 2 cores at
-    # 16 kHz, one epoch (with validation) of a small branch costs
-    # about 6 s (cnn-audio) and 3 s (cnn-spec) per second of input length, so an epoch of all six
-    # branch runs is ~54 s: 24 epochs ~22 min, plus ~4 min for the heads, the evaluations, the
-    # baseline and the clip cache. About 26 min per seed on idle cores (the cache is shared).
+    # heads; three seeds, so every claim is checked against the spread. Measured on 2 idle cores
+    # (BENCHMARKS.md, study wall time): one seed in 11 min 28 s, where the first version of this
+    # preset (24 epochs, every epoch validated, threads fixed at start-up) took 25 min.
     "cpu": Preset(
         name="cpu",
         size="small",
         lengths=(1.0, 2.0, 3.0),
         seeds=(0, 1, 2),
-        epochs=24,
+        epochs=18,
         comb_epochs=6,
         batch_size=32,
         lr=2e-3,
@@ -164,6 +162,7 @@ PRESETS: dict[str, Preset] = {
         val_folds=10,
         patience=0,
         workers=0,
+        val_every=2,
     ),
     # A GPU and FSDKaggle2018: paper-scale (VGG-like) networks, three seeds.
     "paper": Preset(
