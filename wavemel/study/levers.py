@@ -110,29 +110,30 @@ def _registry(*levers: Lever) -> dict[str, Lever]:
 #: Every lever by name; a new one is one entry.
 LEVERS: dict[str, Lever] = _registry(
     Lever(BASELINE, BRANCHES, {}, comb=True, note="the preset's recipe"),
-    Lever("mixup-0.3", ("cnn-spec",), {"mixup_alpha": 0.3}, note="milder mixup"),
-    Lever("mixup-spec", ("cnn-spec",), {"mixup_on": "spec"}, note="mixup of log-mels"),
-    # Validation and test already score every window of a whole clip (infer.predict_waveforms,
-    # windows of the training length, no overlap), so 4 s crops are scored on whole clips in
-    # 4 s windows (shorter clips filled to 4 s as in training); no new option is needed.
-    Lever("long-crops", ("cnn-spec",), {"input_seconds": 4.0}, note="4 s training crops"),
+    # A speed lever (issue 12's study in minutes): three quarters of the epochs, validated every
+    # other one; kept only if validation MAP@3 does not drop.
+    Lever(
+        "schedule-18",
+        BRANCHES,
+        {"epochs": 18, "val_every": 2},
+        comb=True,
+        note="18 epochs, validation every 2nd",
+    ),
+    Lever(
+        "comb-warm",
+        (COMB,),
+        {"head_init": "branches"},
+        note="head started from the branches' dense layers (logit sum)",
+    ),
+    # The decay warms up as (1 + step) / (10 + step): over the cpu preset's ~800 steps it averages
+    # roughly the last 100 of them.
+    Lever("ema", BRANCHES, {"ema_decay": 0.999}, comb=True, note="weight EMA, both branches"),
     Lever(
         "specaug",
         ("cnn-spec",),
         {"spec_freq_masks": 2, "spec_time_masks": 2},
         comb=True,
         note="2+2 log-mel masks",
-    ),
-    # The decay warms up as (1 + step) / (10 + step): over the cpu preset's ~800 steps it averages
-    # roughly the last 100 of them.
-    Lever("ema", BRANCHES, {"ema_decay": 0.999}, comb=True, note="weight EMA, both branches"),
-    # fsdk18-mini relabels 7.9% of its unverified clips: drop the 10% the model fits worst, from
-    # a third of the way in (before that the model disagrees with many correct labels too).
-    Lever(
-        "noisy-drop",
-        ("cnn-spec",),
-        {"noisy_drop": 0.1, "noisy_after": 8},
-        note="drop the worst-fitting tenth of unverified clips",
     ),
     # After the poster's frozen head: 4 epochs end to end at a seventh of the branches' peak
     # rate; the best epoch over both stages is kept, so a fine-tune that hurts validation is
@@ -143,21 +144,20 @@ LEVERS: dict[str, Lever] = _registry(
         {"finetune_epochs": 4, "finetune_lr": 3e-4},
         note="end-to-end fine-tune after the head",
     ),
+    Lever("mixup-0.3", ("cnn-spec",), {"mixup_alpha": 0.3}, note="milder mixup"),
+    Lever("mixup-spec", ("cnn-spec",), {"mixup_on": "spec"}, note="mixup of log-mels"),
+    # fsdk18-mini relabels 7.9% of its unverified clips: drop the 10% the model fits worst, from
+    # a third of the way in (before that the model disagrees with many correct labels too).
     Lever(
-        "comb-warm",
-        (COMB,),
-        {"head_init": "branches"},
-        note="head started from the branches' dense layers (logit sum)",
+        "noisy-drop",
+        ("cnn-spec",),
+        {"noisy_drop": 0.1, "noisy_after": 8},
+        note="drop the worst-fitting tenth of unverified clips",
     ),
-    # A speed lever (issue 12's study in minutes): three quarters of the epochs, validated every
-    # other one; kept only if validation MAP@3 does not drop.
-    Lever(
-        "schedule-18",
-        BRANCHES,
-        {"epochs": 18, "val_every": 2},
-        comb=True,
-        note="18 epochs, validation every 2nd",
-    ),
+    # Validation and test already score every window of a whole clip (infer.predict_waveforms,
+    # windows of the training length, no overlap), so 4 s crops are scored on whole clips in
+    # 4 s windows (shorter clips filled to 4 s as in training); no new option is needed.
+    Lever("long-crops", ("cnn-spec",), {"input_seconds": 4.0}, note="4 s training crops"),
 )
 
 
