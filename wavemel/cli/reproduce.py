@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=tuple(PRESETS),
         default="cpu",
         help="tiny: seconds, for tests; cpu: small models and 3 seeds (or every fold), about "
-        "26 min a seed on 2 idle cores for fsdk18-mini; paper: paper-size models and 3 seeds, "
+        "12 min a seed on 2 idle cores for fsdk18-mini; paper: paper-size models and 3 seeds, "
         "for a GPU (default cpu)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the preset's)")
