@@ -1,7 +1,8 @@
 """The training paths meant for GPUs, run on CPU: AMP, channels-last and torch.compile.
 
-On CPU ``fit`` must ignore ``amp`` and ``channels_last`` (both are CUDA-only by design) rather
-than silently train in another precision or layout, and ``compile`` must train the same network
+On CPU ``fit`` must ignore ``amp`` and ``channels_last`` (CUDA settings) rather than silently
+train in another precision or layout, unless ``cpu_amp`` asks for bfloat16 (then with NHWC
+convolutions and float32 validation), and ``compile`` must train the same network
 and save a checkpoint that loads without ``torch.compile``'s renamed keys. The step itself is
 also run with a bfloat16 autocast and channels-last log-mels on CPU, the code that CUDA runs.
 """
@@ -201,3 +202,42 @@ def test_channels_last_step_matches_contiguous():
     scale = max(g.abs().max().item() for g in grads[0].values())
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=1e-4 * scale, msg=name)
+
+
+def test_cpu_amp_trains_in_bfloat16_with_nhwc_and_validates_in_float32(
+    synth, tmp_path, monkeypatch
+):
+    from wavemel.models.cnn_spec import CnnSpec
+
+    seen = {"train": set(), "eval": set()}
+    forward = CnnSpec.forward_spectrogram
+
+    def spy(self, spec):
+        phase = "train" if self.training else "eval"
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")
+        # A one-channel log-mel is trivially NHWC; a conv weight with several input channels
+        # shows the layout fit() chose.
+        weight = next(
+            m.weight for m in self.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+        )
+        nhwc = (
+            weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        )
+        seen[phase].add((autocast, nhwc))
+        return forward(self, spec)
+
+    monkeypatch.setattr(CnnSpec, "forward_spectrogram", spy)
+    plain = _train(synth, tmp_path / "plain")
+    seen_plain = {k: set(v) for k, v in seen.items()}
+    for phase in seen.values():
+        phase.clear()
+    amp = _train(synth, tmp_path / "amp", cpu_amp=True, channels_last=True)
+    # Float32 training never autocasts, nor lays the network out NHWC on the CPU.
+    assert seen_plain["train"] == {(False, False)}
+    # cpu_amp: every training step in bfloat16 with NHWC convolutions; validation in float32.
+    assert seen["train"] == {(torch.bfloat16, True)}
+    assert {autocast for autocast, _ in seen["eval"]} == {False}
+    # The weights stay float32 and train to something close to, not equal to, float32's.
+    assert all(t.dtype == torch.float32 for t in amp.values() if t.is_floating_point())
+    assert any(not torch.equal(amp[k], plain[k]) for k in plain)
+    _assert_same_weights(plain, amp, rtol=0.2, atol=0.05)

@@ -1,7 +1,8 @@
 """Device and precision choice, shared by training and inference.
 
-``"auto"`` means CUDA when available; mixed precision runs on CUDA only (CPU autocast is slower
-for these convolutions) and prefers bfloat16, whose float32 range cannot overflow on loud input.
+``"auto"`` means CUDA when available; inference's mixed precision runs on CUDA only and prefers
+bfloat16, whose float32 range cannot overflow on loud input. (Training may also autocast to
+bfloat16 on the CPU, ``TrainConfig.cpu_amp``, which is fast only on CPUs with bfloat16 units.)
 """
 
 from __future__ import annotations

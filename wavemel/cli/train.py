@@ -74,6 +74,13 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
         default=S,
         help="NHWC memory format for cnn-spec on CUDA (default on)",
     )
+    parser.add_argument(
+        "--cpu-amp",
+        dest="cpu_amp",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="bfloat16 autocast for CPU training steps (fast with AMX / AVX512-BF16; default off)",
+    )
     parser.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
     parser.add_argument("--config", metavar="FILE.json", help="settings file (JSON object)")
     parser.add_argument(

@@ -119,6 +119,8 @@ LEVERS: dict[str, Lever] = _registry(
         comb=True,
         note="18 epochs, validation every 2nd",
     ),
+    # A speed lever: bfloat16 training steps on the CPU (oneDNN; this machine has AMX).
+    Lever("cpu-bf16", BRANCHES, {"cpu_amp": True}, comb=True, note="bfloat16 CPU training steps"),
     Lever(
         "comb-warm",
         (COMB,),

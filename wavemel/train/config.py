@@ -64,7 +64,12 @@ class _RunConfig:
         workers: DataLoader worker processes (0 loads in the main process).
         pin_memory: Page-locked host batches for faster CUDA copies (ignored on CPU).
         amp: Mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler).
-        channels_last: NHWC memory format for cnn-spec on CUDA (faster convolutions).
+        channels_last: NHWC memory format for cnn-spec on CUDA (faster convolutions), and on the
+            CPU with ``cpu_amp``.
+        cpu_amp: bfloat16 autocast for the training steps on the CPU (oneDNN's bfloat16
+            kernels: fast on CPUs with AMX or AVX512-BF16, slow on others). Off by default: it
+            changes the numerics, so whether a recipe keeps its MAP@3 is measured, not assumed.
+            Validation stays float32.
         compile: ``torch.compile`` the model.
         cache_dir: Clip cache; ``None`` uses ``$WAVEMEL_CACHE`` or ``~/.cache/wavemel``.
         force: Replace an existing run folder.
@@ -92,6 +97,7 @@ class _RunConfig:
     pin_memory: bool = True
     amp: bool = True
     channels_last: bool = True
+    cpu_amp: bool = False
     compile: bool = False
     cache_dir: str | None = None
     force: bool = False

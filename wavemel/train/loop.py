@@ -511,8 +511,7 @@ def _build_step(
 ) -> TrainStep:
     """Augmentation, mixup, precision, LR schedule and loss of a run (``steps`` per epoch)."""
     device = ctx.device
-    is_cuda = device.type == "cuda"
-    amp_dtype = half_dtype() if config.amp and is_cuda else None
+    amp_dtype = _amp_dtype(config, device)
     total_steps = steps * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps))
     mixup = Mixup(config.mixup_alpha) if config.mixup_alpha > 0 else None
@@ -562,12 +561,21 @@ def _spec_mask_for(model: nn.Module, config: TrainConfig) -> SpecMask | None:
     )
 
 
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The training steps' autocast dtype: CUDA's half type with ``amp``, bfloat16 on the CPU
+    with ``cpu_amp``, else ``None`` (float32). Validation and inference on the CPU stay float32.
+    """
+    if device.type == "cuda":
+        return half_dtype() if config.amp else None
+    return torch.bfloat16 if config.cpu_amp and device.type == "cpu" else None
+
+
 def _use_channels_last(model: nn.Module, config: TrainConfig, device: torch.device) -> bool:
-    # Only CUDA's 2-D convolutions gain from NHWC; the model says whether it has such a body.
+    # CUDA's 2-D convolutions gain from NHWC, and so do oneDNN's bfloat16 ones on the CPU (in
+    # float32 on the CPU NHWC was slower); the model says whether it has such a body.
+    fast_nhwc = device.type == "cuda" or (device.type == "cpu" and config.cpu_amp)
     return (
-        config.channels_last
-        and device.type == "cuda"
-        and bool(getattr(model, "prefers_channels_last", False))
+        config.channels_last and fast_nhwc and bool(getattr(model, "prefers_channels_last", False))
     )
 
 
