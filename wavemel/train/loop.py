@@ -226,7 +226,8 @@ class TrainStep:
         device: Training device.
         lr_schedule: Step -> learning rate.
         scaler: GradScaler (float16 AMP; disabled otherwise).
-        amp_dtype: Autocast dtype on CUDA, ``None`` for full precision.
+        amp_dtype: Autocast dtype of the training steps (CUDA's half type, or bfloat16 on the
+            CPU with ``cpu_amp``), ``None`` for full precision.
         spectrogram: When set, the network takes log-mels: (B, N) -> (B, 1, F, frames) on the
             device ("spec" mixup, or masking).
         mix_waveforms: Mixup blends the waveforms before ``spectrogram`` ("wave" mixup with
