@@ -9,6 +9,7 @@ also run with a bfloat16 autocast and channels-last log-mels on CPU, the code th
 
 from __future__ import annotations
 
+import importlib
 import math
 import shutil
 from pathlib import Path
@@ -29,6 +30,8 @@ from wavemel.train.loop import (
     train_one_epoch,
 )
 from wavemel.train.state import Progress
+
+loop_module = importlib.import_module("wavemel.train.loop")
 
 SR = 8000
 
@@ -227,6 +230,8 @@ def test_cpu_amp_trains_in_bfloat16_with_nhwc_and_validates_in_float32(
         return forward(self, spec)
 
     monkeypatch.setattr(CnnSpec, "forward_spectrogram", spy)
+    # Whatever CPU runs the test: the path a CPU with bfloat16 units takes.
+    monkeypatch.setattr(loop_module, "cpu_has_bf16_units", lambda: True)
     plain = _train(synth, tmp_path / "plain")
     seen_plain = {k: set(v) for k, v in seen.items()}
     for phase in seen.values():
@@ -241,3 +246,33 @@ def test_cpu_amp_trains_in_bfloat16_with_nhwc_and_validates_in_float32(
     assert all(t.dtype == torch.float32 for t in amp.values() if t.is_floating_point())
     assert any(not torch.equal(amp[k], plain[k]) for k in plain)
     _assert_same_weights(plain, amp, rtol=0.2, atol=0.05)
+
+
+def test_cpu_amp_without_bfloat16_units_trains_in_float32_and_says_so(
+    synth, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(loop_module, "cpu_has_bf16_units", lambda: False)
+    plain = _train(synth, tmp_path / "plain")
+    asked = _train(synth, tmp_path / "asked", cpu_amp=True)
+    # Emulated bfloat16 would only be slower: the run is the float32 one, bit for bit.
+    _assert_same_weights(plain, asked)
+    assert "cpu_amp: this CPU has no bfloat16 units" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n", True),
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16\n", True),
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n", False),
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),
+        ("processor\t: 0\nFeatures\t: fp asimd crc32\n", False),
+    ],
+)
+def test_cpu_bf16_units_are_read_from_the_cpu_flags(tmp_path, cpuinfo, expected):
+    from wavemel._device import cpu_has_bf16_units
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert cpu_has_bf16_units(str(path)) is expected
+    assert cpu_has_bf16_units(str(tmp_path / "absent")) is False

@@ -8,12 +8,16 @@ bfloat16 on the CPU, ``TrainConfig.cpu_amp``, which is fast only on CPUs with bf
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 
 from wavemel.errors import WavemelError
 
-__all__ = ["autocast", "half_dtype", "model_device", "resolve_device"]
+__all__ = ["autocast", "cpu_has_bf16_units", "half_dtype", "model_device", "resolve_device"]
+
+# CPU flags of native bfloat16 arithmetic: x86 AMX / AVX512-BF16, Arm's BF16 extension.
+_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 
 
 def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
@@ -51,6 +55,24 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def half_dtype() -> torch.dtype:
     """bfloat16 where the GPU supports it, else float16."""
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively (its ``flags`` / ``Features`` list it).
+
+    Without such units oneDNN emulates bfloat16 and is slower than float32 (torch's own
+    ``_is_mkldnn_bf16_supported`` is true for the emulation too, so it cannot tell). Where
+    ``/proc/cpuinfo`` is missing (macOS, Windows) the answer is no.
+    """
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return bool(_BF16_FLAGS & set(value.split()))
+    return False
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:

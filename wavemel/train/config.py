@@ -66,10 +66,11 @@ class _RunConfig:
         amp: Mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler).
         channels_last: NHWC memory format for cnn-spec on CUDA (faster convolutions), and on the
             CPU with ``cpu_amp``.
-        cpu_amp: bfloat16 autocast for the training steps on the CPU (oneDNN's bfloat16
-            kernels: fast on CPUs with AMX or AVX512-BF16, slow on others). Off by default: it
-            changes the numerics, so whether a recipe keeps its MAP@3 is measured, not assumed.
-            Validation stays float32.
+        cpu_amp: bfloat16 autocast for the training steps on a CPU with bfloat16 units (AMX,
+            AVX512-BF16 or Arm BF16: ``wavemel._device.cpu_has_bf16_units``); elsewhere oneDNN
+            would emulate it, slower than float32, so those CPUs train in float32 (and say so).
+            Off by default: it changes the numerics, so whether a recipe keeps its MAP@3 is
+            measured, not assumed. Validation stays float32.
         compile: ``torch.compile`` the model.
         cache_dir: Clip cache; ``None`` uses ``$WAVEMEL_CACHE`` or ``~/.cache/wavemel``.
         force: Replace an existing run folder.

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from wavemel._device import half_dtype
+from wavemel._device import cpu_has_bf16_units, half_dtype
 from wavemel._io import atomic_write_text, os_error_reason
 from wavemel._threads import retune_threads
 from wavemel.augment import Mixup, SpecMask, WaveformAugment, eval_fill_for
@@ -568,7 +568,8 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """
     if device.type == "cuda":
         return half_dtype() if config.amp else None
-    return torch.bfloat16 if config.cpu_amp and device.type == "cpu" else None
+    fast = config.cpu_amp and device.type == "cpu" and cpu_has_bf16_units()
+    return torch.bfloat16 if fast else None
 
 
 def _use_channels_last(model: nn.Module, config: TrainConfig, device: torch.device) -> bool:
@@ -730,6 +731,8 @@ def fit(
             f"{ctx.world_size} process(es))",
             flush=True,
         )
+        if config.cpu_amp and device.type == "cpu" and step.amp_dtype is None:
+            print("cpu_amp: this CPU has no bfloat16 units, so training stays float32", flush=True)
     noisy = _noisy_labels(config, data, step, objective, base_meta, out, ctx)
     if noisy is not None:
         noisy.start(model, progress, ctx)
