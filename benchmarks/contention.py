@@ -124,24 +124,15 @@ def worker(args: argparse.Namespace) -> None:
 
         plan = configure_threads(args.threads).reason
     import torch
-    from torch import nn
 
     from wavemel._threads import retune_threads, thread_summary
-    from wavemel.models import create_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from models import training_step  # benchmarks/models.py: the step of its table (b)
 
     if args.policy != "wavemel":
         torch.set_num_threads(args.threads)
-    sr = 16000
-    torch.manual_seed(0)
-    model = create_model(args.models[0], 10, size=args.size, sample_rate=sr).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = 0.1 * torch.randn(args.batch, int(sr * args.seconds))
-    y = torch.arange(args.batch) % 10
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
+    step, _, _ = training_step(args.models[0], args.size, args.seconds, args.batch)
 
     step()  # warm-up
     rivals = start_rivals(args.late_rivals, args.rival_limit)

@@ -104,7 +104,9 @@ def count_macs(model: nn.Module, num_samples: int) -> int:
     return total
 
 
-def bench_model(name: str, size: str, seconds: float, batch: int, budget_s: float) -> dict:
+def training_step(name: str, size: str, seconds: float, batch: int):
+    """``(step, model, params)``: one forward + backward + SGD step of a fresh 16 kHz model on a
+    fixed random batch (what table (b) and ``contention.py`` time)."""
     sr = 16000
     torch.manual_seed(0)
     model = create_model(name, 10, size=size, sample_rate=sr).train()
@@ -118,6 +120,12 @@ def bench_model(name: str, size: str, seconds: float, batch: int, budget_s: floa
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
+    return step, model, params
+
+
+def bench_model(name: str, size: str, seconds: float, batch: int, budget_s: float) -> dict:
+    sr = 16000
+    step, model, params = training_step(name, size, seconds, batch)
     step()  # warm-up
     times = []
     start = time.perf_counter()

@@ -92,21 +92,33 @@ def busy_cpus(read: Callable[[], str] | None = None, samples: int = _SAMPLES) ->
     reading process itself) a few times and takes the median; the 1-minute load average lags a
     minute behind and is the fallback where ``/proc`` is missing (macOS).
     """
-    read = read or _read_proc_loadavg
-    counts = []
-    for i in range(samples):
-        try:
-            counts.append(int(read().split()[3].split("/")[0]) - 1)
-        except (OSError, IndexError, ValueError):
-            break
-        if i + 1 < samples:
-            time.sleep(_SAMPLE_GAP_S)
+    counts = _runnable_others(read or _read_proc_loadavg, lambda: 1, samples)
     if counts:
         return max(0.0, statistics.median(counts))
     try:
         return os.getloadavg()[0]
     except OSError:
         return 0.0
+
+
+def _runnable_others(read: Callable[[], str], own: Callable[[], int], samples: int) -> list[int]:
+    """Snapshots of the run queue (``/proc/loadavg``'s 4th field) minus ``own()`` threads.
+
+    ``own`` is called just before and just after each reading and the larger count is taken:
+    an OpenMP worker of this process that falls asleep meanwhile is still not another process.
+    Stops at the first unreadable snapshot and returns those read until then.
+    """
+    counts = []
+    for i in range(samples):
+        before = own()
+        try:
+            runnable = int(read().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            break
+        counts.append(runnable - max(before, own()))
+        if i + 1 < samples:
+            time.sleep(_SAMPLE_GAP_S)
+    return counts
 
 
 def _read_proc_loadavg() -> str:
@@ -283,19 +295,10 @@ class ThreadGovernor:
 
     def others(self) -> float | None:
         """CPUs kept busy by other processes now, or ``None`` when the run queue is unreadable."""
-        counts = []
-        for i in range(_GOVERN_SAMPLES):
-            # Our own OpenMP workers go from spinning (running) to sleeping while we read: count
-            # a thread as ours if it ran just before or just after the run queue was read, or a
-            # worker that fell asleep in between would pass for another process.
-            before = self._own()
-            try:
-                runnable = int(self._read().split()[3].split("/")[0])
-            except (OSError, IndexError, ValueError):
-                return None
-            counts.append(max(0, runnable - max(before, self._own())))
-            if i + 1 < _GOVERN_SAMPLES:
-                time.sleep(_SAMPLE_GAP_S)
+        counts = _runnable_others(self._read, self._own, _GOVERN_SAMPLES)
+        if len(counts) < _GOVERN_SAMPLES:
+            return None
+        counts = [max(0, count) for count in counts]
         return statistics.median(counts)
 
     def tick(self) -> int:
