@@ -293,3 +293,22 @@ def test_study_overrides_reach_the_preset_and_the_recorded_command(tmp_path):
     from wavemel.study.presets import PRESETS
 
     assert StudyConfig(data="d", out="o").resolved_preset().val_every == PRESETS["cpu"].val_every
+
+
+def test_no_recipe_keeps_the_schedule_drops_the_recipe_and_is_recorded(tmp_path):
+    from wavemel.cli import build_parser
+    from wavemel.study.presets import PRESETS
+    from wavemel.study.report import equivalent_command
+
+    cpu = PRESETS["cpu"]
+    assert cpu.branch_recipe("cnn-spec"), "the cpu preset adopted a recipe; this test needs one"
+    config = StudyConfig(data=str(tmp_path), out=str(tmp_path / "o"), no_recipe=True)
+    bare = config.resolved_preset()
+    assert bare.recipe == {} and bare.branch_recipe("cnn-audio") == {}
+    assert (bare.epochs, bare.val_every, bare.lr) == (cpu.epochs, cpu.val_every, cpu.lr)
+    assert StudyConfig(data="d", out="o").resolved_preset().recipe == cpu.recipe
+    assert "--no-recipe" in equivalent_command(config)
+    assert "--no-recipe" not in equivalent_command(StudyConfig(data="d", out="o"))
+    for command in ("reproduce", "levers"):
+        args = build_parser().parse_args([command, "--data", "d", "--out", "o", "--no-recipe"])
+        assert args.no_recipe is True

@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="branches validate every N epochs and after the last (preset's)",
     )
+    parser.add_argument(
+        "--no-recipe",
+        action="store_true",
+        help="the preset's schedule without its recipe (the training settings it adopted, "
+        "such as bfloat16 CPU steps), e.g. to compare with a study made before them",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--cache-dir", default=None, help="clip cache (default OUT/cache)")
     parser.add_argument(
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         comb_epochs=args.comb_epochs,
         val_every=args.val_every,
+        no_recipe=args.no_recipe,
         device=args.device,
         cache_dir=args.cache_dir,
         force=args.force,
@@ -106,6 +113,8 @@ def _command_line(args: argparse.Namespace) -> str:
         value = getattr(args, option)
         if value is not None:
             words += ["--" + option.replace("_", "-"), str(value)]
+    if args.no_recipe:
+        words += ["--no-recipe"]
     if args.device != "auto":
         words += ["--device", args.device]
     return " ".join(shlex.quote(w) for w in words)

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=tuple(PRESETS),
         default="cpu",
         help="tiny: seconds, for tests; cpu: small models and 3 seeds (or every fold), about "
-        "12 min a seed on 2 idle cores for fsdk18-mini; paper: paper-size models and 3 seeds, "
+        "9 min a seed on 2 idle cores for fsdk18-mini; paper: paper-size models and 3 seeds, "
         "for a GPU (default cpu)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the preset's)")
@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="branches validate every N epochs and after the last (preset's)",
     )
     parser.add_argument("--sample-rate", type=int, default=None, help="model sample rate in Hz")
+    parser.add_argument(
+        "--no-recipe",
+        action="store_true",
+        help="the preset's schedule without its recipe (the training settings it adopted, "
+        "such as bfloat16 CPU steps), e.g. to compare with a study made before them",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--cache-dir", default=None, help="clip cache (default OUT/cache)")
     parser.add_argument(
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         comb_epochs=args.comb_epochs,
         val_every=args.val_every,
+        no_recipe=args.no_recipe,
         sample_rate=args.sample_rate,
         device=args.device,
         cache_dir=args.cache_dir,

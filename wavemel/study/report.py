@@ -138,6 +138,8 @@ def equivalent_command(config: StudyConfig) -> str:
         if values:
             words += ["--" + option]
             words += [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    if config.no_recipe:
+        words += ["--no-recipe"]
     if config.device != "auto":
         words += ["--device", config.device]
     return " ".join(shlex.quote(w) for w in words)
