@@ -312,3 +312,11 @@ def test_no_recipe_keeps_the_schedule_drops_the_recipe_and_is_recorded(tmp_path)
     for command in ("reproduce", "levers"):
         args = build_parser().parse_args([command, "--data", "d", "--out", "o", "--no-recipe"])
         assert args.no_recipe is True
+
+
+def test_the_report_header_states_the_validation_schedule_and_the_recipe():
+    from wavemel.study.report import _schedule_words
+
+    assert _schedule_words({"val_every": 1, "recipe": {}}) == ""
+    words = _schedule_words({"val_every": 2, "recipe": {"branches": {"cpu_amp": True}}})
+    assert "every 2 epochs" in words and "branches: `cpu_amp=True`" in words

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import wavemel
-from wavemel._device import resolve_device
+from wavemel._device import cpu_has_bf16_units, resolve_device
 from wavemel._io import atomic_write_text
 from wavemel._threads import thread_summary
 from wavemel.errors import DataError
@@ -47,7 +47,8 @@ def environment(device: str) -> dict:
     else:
         description = (
             f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
-            f"torch threads {thread_summary() or torch.get_num_threads()})"
+            f"torch threads {thread_summary() or torch.get_num_threads()}, bfloat16 units "
+            f"{'yes' if cpu_has_bf16_units() else 'no'})"
         )
     return {
         "python": platform.python_version(),
@@ -164,7 +165,9 @@ def _header_section(results: dict) -> list[str]:
         + f", {preset['epochs']} epoch{'s' if preset['epochs'] != 1 else ''} (cnn-comb head: "
         f"{preset['comb_epochs']}), batch "
         f"{preset['batch_size']}, learning rate {preset['lr']:g}, mixup alpha "
-        f"{preset['mixup_alpha']:g}, clips resampled to {preset['sample_rate']} Hz.",
+        f"{preset['mixup_alpha']:g}, clips resampled to {preset['sample_rate']} Hz"
+        + _schedule_words(preset)
+        + ".",
         f"- Seeds: {', '.join(map(str, preset['seeds']))}; runs (seed, and fold where there is "
         f"no test split): {', '.join(results['units'])}.",
         f"- Evaluated on: {results['evaluation_note']}",
@@ -173,6 +176,23 @@ def _header_section(results: dict) -> list[str]:
         "probabilities are averaged.",
         "",
     ]
+
+
+def _schedule_words(preset: dict) -> str:
+    """How often the branches validate, and the preset's recipe, as a clause of the header."""
+    every = preset.get("val_every", 1)
+    words = ""
+    if every != 1:
+        words = f"; the branches validate every {every} epochs (and after the last)"
+    recipe = preset.get("recipe") or {}
+    settings = [
+        f"{network}: " + ", ".join(f"`{k}={v!r}`" for k, v in fields.items())
+        for network, fields in recipe.items()
+        if fields
+    ]
+    if settings:
+        words += "; recipe " + "; ".join(settings)
+    return words
 
 
 def _metric_headers(has_usage: bool) -> list[str]:
