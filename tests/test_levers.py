@@ -320,3 +320,21 @@ def test_the_report_header_states_the_validation_schedule_and_the_recipe():
     assert _schedule_words({"val_every": 1, "recipe": {}}) == ""
     words = _schedule_words({"val_every": 2, "recipe": {"branches": {"cpu_amp": True}}})
     assert "every 2 epochs" in words and "branches: `cpu_amp=True`" in words
+
+
+def test_a_speed_lever_is_kept_when_faster_and_no_lower_and_dropped_when_it_loses(runs):
+    base = runs[BASELINE]["cnn-spec"]
+    # Faster, validation a little lower on two seeds and higher on one: a tie, so kept.
+    runs["fast-tie"] = {"cnn-spec": _per_seed((0.49, 0.61, 0.69), (0.5,) * 3, (5.0,) * 3)}
+    # Faster but clearly lower on every seed (beyond the 0.1 spread): dropped.
+    runs["fast-loss"] = {"cnn-spec": _per_seed((0.30, 0.40, 0.50), (0.5,) * 3, (5.0,) * 3)}
+    # The tie's numbers, but slower: dropped.
+    runs["slow-tie"] = {"cnn-spec": _per_seed((0.49, 0.61, 0.69), (0.5,) * 3, (20.0,) * 3)}
+    assert base["seed0"]["train_s"] == 10.0
+    rows = {row["lever"]: row for row in lever_table(runs, {"fast-tie", "fast-loss", "slow-tie"})}
+    assert rows["fast-tie"]["kept"] is True and rows["fast-tie"]["val_decision"]["verdict"] == "tie"
+    assert rows["fast-loss"]["kept"] is False
+    assert rows["fast-loss"]["val_decision"]["verdict"] == "loss"
+    assert rows["slow-tie"]["kept"] is False
+    # Judged as a quality lever, the same tie is dropped (not above on every seed).
+    assert {r["lever"]: r["kept"] for r in lever_table(runs)}["fast-tie"] is False

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,10 @@ BASELINE = "baseline"
 #: The decision rule, as the report states it.
 RULE = (
     "A lever is KEPT only when its validation MAP@3 (the clips that choose the epochs) is above "
-    "the baseline's on every seed, for the same model. Test MAP@3 is shown, never used to decide."
+    "the baseline's on every seed, for the same model. A speed lever (marked so below) is KEPT "
+    "when it trains faster and its validation MAP@3 is no lower: not a loss by the spread rule "
+    "(mean difference below minus the larger seed-to-seed std, with most seeds lower). Test "
+    "MAP@3 is shown, never used to decide."
 )
 #: Fields the study sets for every run (where it runs, which data and split, which network).
 _MANAGED = frozenset(
@@ -84,6 +87,7 @@ class Lever:
         comb: a branch lever also trains and scores cnn-comb on its branch(es) (the other
             branch from the baseline), with the baseline's head recipe.
         note: one line for the report.
+        speed: a speed lever: kept when it is faster and no lower on validation (:data:`RULE`).
     """
 
     name: str
@@ -91,6 +95,7 @@ class Lever:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     comb: bool = False
     note: str = ""
+    speed: bool = False
 
     @property
     def is_comb(self) -> bool:
@@ -118,9 +123,17 @@ LEVERS: dict[str, Lever] = _registry(
         {"epochs": 18, "val_every": 2},
         comb=True,
         note="18 epochs, validation every 2nd",
+        speed=True,
     ),
     # A speed lever: bfloat16 training steps on the CPU (oneDNN; this machine has AMX).
-    Lever("cpu-bf16", BRANCHES, {"cpu_amp": True}, comb=True, note="bfloat16 CPU training steps"),
+    Lever(
+        "cpu-bf16",
+        BRANCHES,
+        {"cpu_amp": True},
+        comb=True,
+        note="bfloat16 CPU training steps",
+        speed=True,
+    ),
     Lever(
         "comb-warm",
         (COMB,),
@@ -352,7 +365,7 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
-def _row(lever: str, model: str, runs: dict, base: dict) -> dict:
+def _row(lever: str, model: str, runs: dict, base: dict, speed: bool = False) -> dict:
     """One table row: a lever's model against the baseline's same model, seed by seed."""
     units = [u for u in runs if u in base]
     val = [runs[u]["val_map3"] for u in units]
@@ -363,6 +376,15 @@ def _row(lever: str, model: str, runs: dict, base: dict) -> dict:
     lever_time = _mean([runs[u]["train_s"] for u in units])
     base_time = _mean([base[u]["train_s"] for u in units])
     is_baseline = lever == BASELINE
+    val_decision = None if is_baseline or not units else decide(val, base_val)
+    cost = lever_time / base_time if lever_time is not None and base_time else None
+    if is_baseline:
+        kept = None
+    elif speed:
+        faster = cost is not None and cost < 1.0
+        kept = bool(units) and faster and val_decision["verdict"] != "loss"
+    else:
+        kept = bool(units) and all(d > 0 for d in val_delta)
     return {
         "lever": lever,
         "model": model,
@@ -374,19 +396,21 @@ def _row(lever: str, model: str, runs: dict, base: dict) -> dict:
         "val_wins": sum(d > 0 for d in val_delta),
         "val_ties": sum(d == 0 for d in val_delta),
         "val_losses": sum(d < 0 for d in val_delta),
-        "cost": lever_time / base_time if lever_time is not None and base_time else None,
-        # For information only; KEPT follows RULE.
-        "val_decision": None if is_baseline or not units else decide(val, base_val),
-        "kept": None if is_baseline else bool(units) and all(d > 0 for d in val_delta),
+        "cost": cost,
+        "speed": speed,
+        # The spread rule's verdict; KEPT follows RULE (it decides only speed levers).
+        "val_decision": val_decision,
+        "kept": kept,
     }
 
 
-def lever_table(runs: dict) -> list[dict]:
+def lever_table(runs: dict, speed: Collection[str] = ()) -> list[dict]:
     """A row per lever and scored model, compared with the baseline on the seeds both have.
 
     Args:
         runs: ``{lever: {model: {unit: {"val_map3", "test_map3", "train_s"}}}}``, the
             baseline under :data:`BASELINE`.
+        speed: the names of the speed levers (:attr:`Lever.speed`).
 
     Returns:
         Rows in ``runs`` order: means and sample standard deviations over the seeds, per-seed
@@ -402,7 +426,7 @@ def lever_table(runs: dict) -> list[dict]:
         for model, per_unit in models.items():
             if model not in base:
                 raise DataError(f"lever {lever!r}: no baseline {model} run to compare with")
-            rows.append(_row(lever, model, per_unit, base[model]))
+            rows.append(_row(lever, model, per_unit, base[model], lever in speed))
     return rows
 
 
@@ -460,6 +484,7 @@ def _report(results: dict) -> str:
     for name, lever in results["levers"].items():
         overrides = ", ".join(f"{k}={v!r}" for k, v in lever["overrides"].items()) or "none"
         comb = " (+ cnn-comb on its branches)" if lever["comb"] and name != BASELINE else ""
+        comb += " (speed lever)" if lever.get("speed") else ""
         lines.append(
             f"- **{name}**: trains {', '.join(lever['trains'])}{comb}; {overrides}. {lever['note']}"
         )
@@ -482,6 +507,7 @@ def _lever_dict(lever: Lever) -> dict:
         "overrides": dict(lever.overrides),
         "comb": lever.comb,
         "note": lever.note,
+        "speed": lever.speed,
     }
 
 
@@ -522,7 +548,7 @@ def run_levers(
         "units": [u.key for u in units],
         "rule": RULE,
         "levers": {lever.name: _lever_dict(lever) for lever in chosen},
-        "table": lever_table(runs),
+        "table": lever_table(runs, {lever.name for lever in chosen if lever.speed}),
         "runs": runs,
         "command": command,
         "environment": environment(config.device),
