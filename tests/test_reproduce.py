@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,3 +266,43 @@ def test_test_split_study_reports_public_private_and_total(tmp_path):
     assert rows[("baseline (MFCC + LR)", "whole clip")][2] != "n/a"
     assert "labelled test split (16 clips, Public / Private" in report
     assert "not FSDKaggle2018" in report
+
+
+def test_two_seeds_give_seed_ensembles_against_the_single_seed_best_on_validation(tmp_path):
+    data = _fsdk18_layout(tmp_path)
+    out = tmp_path / "study"
+    config = StudyConfig(
+        data=str(data), out=str(out), preset="tiny", lengths=(1.0,), seeds=(0, 1), progress=False
+    )
+    report = reproduce(config).read_text()
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["model"]: row for row in results["seed_ensembles"]}
+    assert set(rows) == {"cnn-audio", "cnn-spec", "cnn-comb"}
+    for model, row in rows.items():
+        path = out / "ensembles" / "1s" / model / "evaluation_test.json"
+        scored = json.loads(path.read_text())
+        members = [Path(m["run"]).resolve() for m in scored["members"]]
+        assert members == [(out / "runs" / u / "1s" / model).resolve() for u in ("seed0", "seed1")]
+        assert scored["n_clips"] == 16 and row["ensemble"]["map3"] == scored["map3"]
+        val = {
+            u: json.loads((out / "runs" / u / "1s" / model / "finished.json").read_text())[
+                "best_val_map3"
+            ]
+            for u in ("seed0", "seed1")
+        }
+        chosen = row["best_single"]["unit"]
+        assert val[chosen] == max(val.values())
+        single = results["runs"][chosen]["1s"][model]["map3"]
+        assert row["best_single"]["map3"] == single
+        assert row["gain_over_best"] == pytest.approx(scored["map3"] - single)
+    assert "## Seed ensembles" in report and "| cnn-comb | 1 s |" in report
+    # Resuming reads the ensembles back instead of scoring them again.
+    path = out / "ensembles" / "1s" / "cnn-comb" / "evaluation_test.json"
+    before = path.stat().st_mtime_ns
+    reproduce(config)
+    assert path.stat().st_mtime_ns == before
+    # One seed: nothing to ensemble, and the report says nothing about it.
+    single = tmp_path / "one"
+    text = reproduce(replace(config, out=str(single), seeds=(0,))).read_text()
+    assert "## Seed ensembles" not in text
+    assert json.loads((single / "results.json").read_text())["seed_ensembles"] == []

@@ -40,6 +40,7 @@ from wavemel.figures import plot_per_class_map3, render_augmentation_figure
 from wavemel.study import tables
 from wavemel.study.presets import (
     BRANCHES,
+    TABLE_MODELS,
     VARIANTS,
     Preset,
     StudyConfig,
@@ -54,7 +55,15 @@ from wavemel.study.report import (
     evaluation_note,
     write_report,
 )
-from wavemel.study.runs import Study, evaluate_variant, fit_baseline, train_branch, train_comb
+from wavemel.study.runs import (
+    Study,
+    best_val_map3,
+    evaluate_seed_ensemble,
+    evaluate_variant,
+    fit_baseline,
+    train_branch,
+    train_comb,
+)
 from wavemel.study.state import StudyState, open_study, write_study_json
 
 __all__ = ["open_data_study", "reproduce"]
@@ -83,6 +92,7 @@ def reproduce(config: StudyConfig, *, command: str | None = None) -> Path:
     command = command or equivalent_command(config)
     evaluations, baselines = _run_grid(study, units)
     results = _results(study, units, evaluations, baselines)
+    results["seed_ensembles"] = _seed_ensembles(study, units, evaluations)
     results["figure4"] = _figure4(study, evaluations)
     results["figure3"] = _figure3(study, units[0])
     this_wall = time.perf_counter() - started
@@ -201,6 +211,23 @@ def _results(study: Study, units: list[Unit], evaluations: dict, baselines: dict
         "runs": evaluations,
         "baseline": baselines,
     }
+
+
+def _seed_ensembles(study: Study, units: list[Unit], evaluations: dict) -> list[dict]:
+    """Every Table 1 network at every length as the ensemble of its seeds, against its best
+    single seed (chosen on validation). Test-split data with several seeds only."""
+    if not study.has_test or len(units) < 2:
+        return []
+    rows = []
+    for seconds in study.preset.lengths:
+        lk = length_key(seconds)
+        for model in TABLE_MODELS:
+            ensemble = evaluate_seed_ensemble(study, units, seconds, model)
+            singles = {u.key: evaluations[u.key][lk][model]["map3"] for u in units}
+            val = {u.key: best_val_map3(study.length_dir(u, seconds) / model) for u in units}
+            chosen = {k: v for k, v in val.items() if v is not None}
+            rows.append(tables.seed_ensemble_row(model, seconds, ensemble, singles, chosen))
+    return rows
 
 
 def _held_out_groups(study: Study, units: list[Unit]) -> list[str]:

@@ -280,6 +280,42 @@ def evaluate_variant(study: Study, length_dir: Path, variant: Variant) -> dict:
     return kept
 
 
+def evaluate_seed_ensemble(study: Study, units: list[Unit], seconds: float, model: str) -> dict:
+    """The seed ensemble of ``model`` at ``seconds``: the mean of its units' clip probabilities,
+    scored on the study's test split (read back when computed from the same members).
+
+    Each member chose its epochs on its own validation clips, none of them scored, and the
+    members weigh equally, so nothing about the ensemble is chosen on the scored clips. Only
+    for test-split data: on k-fold data every fold's models trained on the other folds.
+
+    Returns:
+        The scores (as :func:`evaluate_variant`) plus ``members``, the run keys.
+    """
+    runs = [study.length_dir(unit, seconds) / model for unit in units]
+    members = [study.run_key(run) for run in runs]
+    out_dir = study.out / "ensembles" / length_key(seconds) / model
+    path = out_dir / f"evaluation_{evaluation_name(study.split)}.json"
+    stale = not path.is_file() or [
+        str(Path(m["run"]).resolve()) for m in read_study_json(path, what="evaluation")["members"]
+    ] != [str(run.resolve()) for run in runs]
+    if stale:
+        study.log(f"evaluate the {len(runs)}-seed ensemble of {model} at {length_key(seconds)}")
+        evaluate_run(runs, split=study.split, device=study.config.device, out_dir=out_dir)
+    result = read_study_json(path, what="evaluation")
+    kept = {k: result[k] for k in _KEEP if k in result}
+    kept["members"] = members
+    return kept
+
+
+def best_val_map3(run_dir: Path) -> float | None:
+    """The validation MAP@3 that chose a finished run's best epoch (``finished.json``)."""
+    path = run_dir / "finished.json"
+    if not path.is_file():
+        return None
+    value = read_study_json(path, what="run summary").get("best_val_map3")
+    return None if value is None else float(value)
+
+
 def fit_baseline(study: Study, unit: Unit, feature_cache: dict) -> dict:
     """The MFCC + LR baseline of a unit (read back from ``baseline.json`` when present)."""
     unit_dir = study.out / "runs" / unit.key

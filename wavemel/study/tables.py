@@ -272,3 +272,39 @@ def observations_per_run(evaluations: dict, length: str, labels: list[str]) -> d
             tally["comb_beats_both"] += int(obs["comb_beats_both_overall"])
         counts[ablation] = {**tally, "n": len(evaluations)}
     return counts
+
+
+def seed_ensemble_row(
+    model: str, seconds: float, ensemble: dict, singles: dict[str, float], val: dict[str, float]
+) -> dict:
+    """A seed ensemble against its members: their mean, and the one best on validation.
+
+    Args:
+        model, seconds: what the ensemble is (a Table 1 model at one input length).
+        ensemble: its scores (``map3`` ...).
+        singles: ``{unit: total MAP@3}`` of the member runs on the same clips.
+        val: ``{unit: validation MAP@3}`` that chose each member's epoch; the best single run is
+            chosen by it, never by the scored clips.
+
+    Returns:
+        ``{"model", "input_seconds", "ensemble", "singles", "best_single": {"unit", "val_map3",
+        "map3"}, "gain_over_best", "members_below"}``; ``members_below`` counts the members
+        that score below the ensemble.
+    """
+    chosen = max(val, key=lambda unit: val[unit]) if val else None
+    best = (
+        None
+        if chosen is None
+        else {"unit": chosen, "val_map3": val[chosen], "map3": singles[chosen]}
+    )
+    return {
+        "model": model,
+        "input_seconds": seconds,
+        "ensemble": {
+            k: ensemble[k] for k in ("map3", "map3_public", "map3_private") if k in ensemble
+        },
+        "singles": summary(list(singles.values())),
+        "best_single": best,
+        "gain_over_best": None if best is None else ensemble["map3"] - best["map3"],
+        "members_below": sum(v < ensemble["map3"] for v in singles.values()),
+    }
