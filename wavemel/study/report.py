@@ -396,8 +396,14 @@ def _provenance_section(results: dict) -> list[str]:
         "splits and baseline; the network scores also depend on the machine, thread count and "
         "torch version, by about the spread between seeds stated under the claims.",
         f"- Wall time: {wall['this_invocation_s'] / 60:.1f} min for this invocation; "
-        f"{wall['all_invocations_s'] / 60:.1f} min over {wall['invocations']} invocation(s); "
-        f"training time summed over runs {wall['training_s'] / 60:.1f} min.",
+        f"{wall['all_invocations_s'] / 60:.1f} min over {wall['invocations']} finished "
+        f"invocation(s); training time summed over runs {wall['training_s'] / 60:.1f} min"
+        + (
+            " (more than the invocations: some runs were trained by an invocation that was "
+            "interrupted, which records no wall time)."
+            if wall["training_s"] > wall["all_invocations_s"]
+            else "."
+        ),
         "- Every number above is in `results.json`; per-run evaluations are in "
         "`runs/<unit>/<length>/<model>/evaluation_*.json`.",
         "",
