@@ -296,6 +296,15 @@ def test_two_seeds_give_seed_ensembles_against_the_single_seed_best_on_validatio
         assert row["best_single"]["map3"] == single
         assert row["gain_over_best"] == pytest.approx(scored["map3"] - single)
     assert "## Seed ensembles" in report and "| cnn-comb | 1 s |" in report
+    above = results["comb_above_both"]
+    expected = [
+        u
+        for u in ("seed0", "seed1")
+        if results["runs"][u]["1s"]["cnn-comb"]["map3"]
+        > max(results["runs"][u]["1s"][b]["map3"] for b in ("cnn-audio", "cnn-spec"))
+    ]
+    assert above["per_length"]["1s"] == expected
+    assert f"above both of its branches in {len(expected)} of 2 (run, input length)" in report
     # Resuming reads the ensembles back instead of scoring them again.
     path = out / "ensembles" / "1s" / "cnn-comb" / "evaluation_test.json"
     before = path.stat().st_mtime_ns

@@ -144,3 +144,23 @@ def test_claims_and_per_run_observations_count_agreeing_runs():
     measured = spread(evaluations, [2.0])
     assert measured["n_runs"] == 3 and measured["max_std"] == pytest.approx(0.01)
     assert spread({"seed0": evaluations["seed0"]}, [2.0])["max_std"] is None
+
+
+def test_comb_above_both_counts_each_run_and_length_against_the_better_branch():
+    from wavemel.study.tables import comb_above_both
+
+    def cell(audio, spec, comb):
+        return {
+            "cnn-audio": {"map3": audio},
+            "cnn-spec": {"map3": spec},
+            "cnn-comb": {"map3": comb},
+        }
+
+    evaluations = {
+        # above both / above audio only / equal to the better branch (not above)
+        "seed0": {"1s": cell(0.80, 0.90, 0.91), "2s": cell(0.80, 0.90, 0.85)},
+        "seed1": {"1s": cell(0.90, 0.80, 0.90), "2s": cell(0.70, 0.75, 0.95)},
+    }
+    above = comb_above_both(evaluations, (1.0, 2.0))
+    assert above["per_length"] == {"1s": ["seed0"], "2s": ["seed1"]}
+    assert (above["n_above"], above["n_cells"]) == (2, 4)

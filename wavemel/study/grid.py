@@ -208,6 +208,7 @@ def _results(study: Study, units: list[Unit], evaluations: dict, baselines: dict
         "ablation_table": tables.ablation_table(evaluations, preset.lengths, study.has_usage),
         "claims": tables.claims(evaluations, preset.lengths),
         "spread": tables.spread(evaluations, preset.lengths),
+        "comb_above_both": tables.comb_above_both(evaluations, preset.lengths),
         "runs": evaluations,
         "baseline": baselines,
     }

@@ -325,6 +325,18 @@ def _claims_section(results: dict) -> list[str]:
             f"| {row['claim']} | {row['input_seconds']:g} s | {row['verdict']} | "
             f"{row['mean_difference']:+.3f} | {row['spread']:.3f} | {row['agree']} of {row['n']} |"
         )
+    above = results.get("comb_above_both")
+    if above:
+        n_runs = len(results["units"])
+        per_length = "; ".join(
+            f"{length.replace('s', ' s')}: {len(units)} of {n_runs}"
+            for length, units in above["per_length"].items()
+        )
+        lines += [
+            "",
+            f"cnn-comb is above both of its branches in {above['n_above']} of "
+            f"{above['n_cells']} (run, input length) pairs ({per_length}).",
+        ]
     return lines
 
 

@@ -235,6 +235,29 @@ def claims(evaluations: dict, lengths: Sequence[float]) -> list[dict]:
     return rows
 
 
+def comb_above_both(evaluations: dict, lengths: Sequence[float]) -> dict:
+    """The runs in which cnn-comb's total MAP@3 is above both branches', per input length.
+
+    Returns:
+        ``{"per_length": {length key: [units]}, "n_above": k, "n_cells": n}`` over every
+        (run, length) pair.
+    """
+    per_length = {
+        length_key(seconds): [
+            unit
+            for unit, ev in evaluations.items()
+            if ev[length_key(seconds)]["cnn-comb"]["map3"]
+            > max(ev[length_key(seconds)][b]["map3"] for b in ("cnn-audio", "cnn-spec"))
+        ]
+        for seconds in lengths
+    }
+    return {
+        "per_length": per_length,
+        "n_above": sum(len(units) for units in per_length.values()),
+        "n_cells": len(evaluations) * len(lengths),
+    }
+
+
 def spread(evaluations: dict, lengths: Sequence[float]) -> dict:
     """The smallest and largest standard deviation over runs of a Table 1 cell (total MAP@3)."""
     stds = []
