@@ -338,3 +338,20 @@ def test_a_speed_lever_is_kept_when_faster_and_no_lower_and_dropped_when_it_lose
     assert rows["slow-tie"]["kept"] is False
     # Judged as a quality lever, the same tie is dropped (not above on every seed).
     assert {r["lever"]: r["kept"] for r in lever_table(runs)}["fast-tie"] is False
+
+
+def test_a_speed_levers_head_row_is_judged_on_its_branches_time(runs):
+    runs[BASELINE]["cnn-comb"] = _per_seed((0.6, 0.7, 0.8), (0.6,) * 3, (3.0,) * 3)
+    runs = {BASELINE: runs[BASELINE]}
+    # Branch steps twice as fast; the head on them happened to take longer (a busy machine).
+    runs["bf16"] = {
+        "cnn-spec": _per_seed((0.50, 0.61, 0.69), (0.5,) * 3, (5.0,) * 3),
+        "cnn-comb": _per_seed((0.61, 0.69, 0.80), (0.6,) * 3, (4.0,) * 3),
+    }
+    rows = {(r["lever"], r["model"]): r for r in lever_table(runs, {"bf16"})}
+    assert rows[("bf16", "cnn-comb")]["cost"] > 1.0
+    assert rows[("bf16", "cnn-comb")]["kept"] is True and rows[("bf16", "cnn-spec")]["kept"]
+    # Slower branches: no row of the lever is kept, whatever its head's time.
+    for record in runs["bf16"]["cnn-spec"].values():
+        record["train_s"] = 12.0
+    assert not any(r["kept"] for r in lever_table(runs, {"bf16"}) if r["lever"] == "bf16")
