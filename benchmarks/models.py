@@ -123,6 +123,28 @@ def training_step(name: str, size: str, seconds: float, batch: int):
     return step, model, params
 
 
+def bf16_compare(name: str, size: str, seconds: float, batch: int, rounds: int) -> dict:
+    """Training steps in float32 and with ``cpu_amp``'s bfloat16 autocast (NHWC for a model that
+    prefers it, as ``fit`` does), timed in alternation on the same batch: median step times."""
+    runs = {}
+    for mode in ("float32", "bfloat16"):
+        step, model, _ = training_step(name, size, seconds, batch)
+        if mode == "bfloat16" and getattr(model, "prefers_channels_last", False):
+            model.to(memory_format=torch.channels_last)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "float32")
+        runs[mode] = (step, autocast)
+    times: dict[str, list[float]] = {mode: [] for mode in runs}
+    for step, autocast in runs.values():
+        with autocast:
+            step()  # warm-up (oneDNN picks its kernels)
+    for _ in range(rounds):
+        for mode, (step, autocast) in runs.items():
+            with autocast:
+                times[mode].append(_best_time(step, 1))
+    medians = {mode: float(np.median(t)) for mode, t in times.items()}
+    return {mode: batch / t for mode, t in medians.items()}
+
+
 def bench_model(name: str, size: str, seconds: float, batch: int, budget_s: float) -> dict:
     sr = 16000
     step, model, params = training_step(name, size, seconds, batch)
@@ -151,6 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="front-end timing repeats")
     parser.add_argument("--budget", type=float, default=1.5, help="seconds per model timing")
     parser.add_argument("--skip-frontend", action="store_true")
+    parser.add_argument(
+        "--bf16-compare",
+        type=int,
+        metavar="ROUNDS",
+        help="instead of table (b): float32 against bfloat16 autocast training steps (the cpu "
+        "preset's cpu_amp), batch 32, alternated for ROUNDS rounds",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -169,6 +198,23 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_frontend:
         bench_frontend(args.repeats)
 
+    if args.bf16_compare:
+        from wavemel._device import cpu_has_bf16_units
+
+        units = "yes" if cpu_has_bf16_units() else "no (oneDNN emulates bfloat16)"
+        print(f"## float32 vs bfloat16 training steps, batch 32; CPU bfloat16 units: {units}")
+        print("| model | size | input | float32 clips/s | bfloat16 clips/s | ratio |")
+        print("|---|---|---|---:|---:|---:|")
+        for name in args.models:
+            for size in args.sizes:
+                for seconds in args.seconds:
+                    r = bf16_compare(name, size, seconds, 32, args.bf16_compare)
+                    print(
+                        f"| {name} | {size} | {seconds:g} s | {r['float32']:.1f} | "
+                        f"{r['bfloat16']:.1f} | {r['bfloat16'] / r['float32']:.2f}x |",
+                        flush=True,
+                    )
+        return
     print("## (b) models: 16 kHz input, 10 classes, forward+backward+SGD step on CPU")
     print("| model | size | input | params (trainable / total) | MMACs/clip | batch | "
           "step ms | clips/s |")  # fmt: skip
