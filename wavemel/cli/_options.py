@@ -1,9 +1,9 @@
-"""Command-line options shared by the sub-commands that score clips (``evaluate``, ``predict``,
-``embed``).
+"""Command-line options shared by several sub-commands.
 
-All load a checkpoint into a ``wavemel.infer.Tagger`` and score whole clips, so they take the
-same window hop, aggregation, batch size, device and decoding-thread options with the same
-defaults.
+The commands that score clips (``evaluate``, ``predict``, ``embed``) all load a checkpoint into a
+``wavemel.infer.Tagger`` and score whole clips, so they take the same window hop, aggregation,
+batch size, device and decoding-thread options with the same defaults. The two studies
+(``reproduce``, ``levers``) take the same schedule overrides and study-folder options.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 
 from wavemel.errors import WavemelError
 
-__all__ = ["add_inference_options", "inference_kwargs"]
+__all__ = ["add_inference_options", "add_study_options", "inference_kwargs", "study_kwargs"]
 
 
 def add_inference_options(parser: argparse.ArgumentParser, *, aggregate: bool = True) -> None:
@@ -74,3 +74,42 @@ def inference_kwargs(args: argparse.Namespace) -> dict:
     if hasattr(args, "aggregate"):
         kwargs["aggregate"] = args.aggregate
     return kwargs
+
+
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    """Add the schedule overrides (``--epochs``, ``--comb-epochs``, ``--val-every``,
+    ``--no-recipe``) and ``--device``, ``--cache-dir``, ``--force``, ``--quiet`` to ``parser``."""
+    parser.add_argument("--epochs", type=int, default=None, help="branch epochs (preset's)")
+    parser.add_argument("--comb-epochs", type=int, default=None, help="cnn-comb head epochs")
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        default=None,
+        help="branches validate every N epochs and after the last (preset's)",
+    )
+    parser.add_argument(
+        "--no-recipe",
+        action="store_true",
+        help="the preset's schedule without its recipe (the training settings it adopted, "
+        "such as bfloat16 CPU steps), e.g. to compare with a study made before them",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--cache-dir", default=None, help="clip cache (default OUT/cache)")
+    parser.add_argument(
+        "--force", action="store_true", help="discard a previous study in OUT and start over"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def study_kwargs(args: argparse.Namespace) -> dict:
+    """The ``StudyConfig`` fields of :func:`add_study_options`' options."""
+    return {
+        "epochs": args.epochs,
+        "comb_epochs": args.comb_epochs,
+        "val_every": args.val_every,
+        "no_recipe": args.no_recipe,
+        "device": args.device,
+        "cache_dir": args.cache_dir,
+        "force": args.force,
+        "progress": not args.quiet,
+    }

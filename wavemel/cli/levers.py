@@ -6,6 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from wavemel.cli._options import add_study_options, study_kwargs
 from wavemel.errors import WavemelError
 from wavemel.study.presets import PRESETS, StudyConfig
 
@@ -44,26 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="data without a test split: run only the first N folds",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="branch epochs (preset's)")
-    parser.add_argument("--comb-epochs", type=int, default=None, help="cnn-comb head epochs")
-    parser.add_argument(
-        "--val-every",
-        type=int,
-        default=None,
-        help="branches validate every N epochs and after the last (preset's)",
-    )
-    parser.add_argument(
-        "--no-recipe",
-        action="store_true",
-        help="the preset's schedule without its recipe (the training settings it adopted, "
-        "such as bfloat16 CPU steps), e.g. to compare with a study made before them",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--cache-dir", default=None, help="clip cache (default OUT/cache)")
-    parser.add_argument(
-        "--force", action="store_true", help="discard a previous study in OUT and start over"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_study_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -86,14 +68,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=tuple(args.seeds) if args.seeds else None,
         lengths=(args.length,),
         max_folds=args.max_folds,
-        epochs=args.epochs,
-        comb_epochs=args.comb_epochs,
-        val_every=args.val_every,
-        no_recipe=args.no_recipe,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        force=args.force,
-        progress=not args.quiet,
+        **study_kwargs(args),
     )
     report = run_levers(config, args.levers, command=_command_line(args))
     print(f"report: {report}")

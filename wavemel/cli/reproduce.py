@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wavemel.cli._options import add_study_options, study_kwargs
 from wavemel.study.presets import PRESETS, StudyConfig
 
 
@@ -41,27 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--folds", type=int, default=None, help="k folds for data without a labelled test split"
     )
     parser.add_argument("--max-folds", type=int, default=None, help="run only the first N folds")
-    parser.add_argument("--epochs", type=int, default=None, help="branch epochs (preset's)")
-    parser.add_argument("--comb-epochs", type=int, default=None, help="cnn-comb head epochs")
-    parser.add_argument(
-        "--val-every",
-        type=int,
-        default=None,
-        help="branches validate every N epochs and after the last (preset's)",
-    )
     parser.add_argument("--sample-rate", type=int, default=None, help="model sample rate in Hz")
-    parser.add_argument(
-        "--no-recipe",
-        action="store_true",
-        help="the preset's schedule without its recipe (the training settings it adopted, "
-        "such as bfloat16 CPU steps), e.g. to compare with a study made before them",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--cache-dir", default=None, help="clip cache (default OUT/cache)")
-    parser.add_argument(
-        "--force", action="store_true", help="discard a previous study in OUT and start over"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_study_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -80,15 +62,8 @@ def run(args: argparse.Namespace) -> int:
         lengths=tuple(args.lengths) if args.lengths else None,
         folds=args.folds,
         max_folds=args.max_folds,
-        epochs=args.epochs,
-        comb_epochs=args.comb_epochs,
-        val_every=args.val_every,
-        no_recipe=args.no_recipe,
         sample_rate=args.sample_rate,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        force=args.force,
-        progress=not args.quiet,
+        **study_kwargs(args),
     )
     report = reproduce(config, command=_command_line(config, args.force))
     print(f"report: {report}")
