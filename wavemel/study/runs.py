@@ -295,13 +295,12 @@ def evaluate_seed_ensemble(study: Study, units: list[Unit], seconds: float, mode
     members = [study.run_key(run) for run in runs]
     out_dir = study.out / "ensembles" / length_key(seconds) / model
     path = out_dir / f"evaluation_{evaluation_name(study.split)}.json"
-    stale = not path.is_file() or [
-        str(Path(m["run"]).resolve()) for m in read_study_json(path, what="evaluation")["members"]
-    ] != [str(run.resolve()) for run in runs]
-    if stale:
+    result = read_study_json(path, what="evaluation") if path.is_file() else None
+    scored = [Path(m["run"]).resolve() for m in result["members"]] if result else None
+    if scored != [run.resolve() for run in runs]:
         study.log(f"evaluate the {len(runs)}-seed ensemble of {model} at {length_key(seconds)}")
         evaluate_run(runs, split=study.split, device=study.config.device, out_dir=out_dir)
-    result = read_study_json(path, what="evaluation")
+        result = read_study_json(path, what="evaluation")  # as every later reading sees it
     kept = {k: result[k] for k in _KEEP if k in result}
     kept["members"] = members
     return kept
