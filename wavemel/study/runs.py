@@ -30,7 +30,7 @@ from wavemel.study.presets import (
 )
 from wavemel.study.state import StudyState, read_study_json, write_study_json
 from wavemel.train import CombineConfig, TrainConfig, combine, train
-from wavemel.train.run_folder import inspect_run_folder
+from wavemel.train.run_folder import inspect_run_folder, read_finished
 
 __all__ = ["Study", "evaluate_variant", "fit_baseline", "train_branch", "train_comb"]
 
@@ -308,10 +308,8 @@ def evaluate_seed_ensemble(study: Study, units: list[Unit], seconds: float, mode
 
 def best_val_map3(run_dir: Path) -> float | None:
     """The validation MAP@3 that chose a finished run's best epoch (``finished.json``)."""
-    path = run_dir / "finished.json"
-    if not path.is_file():
-        return None
-    value = read_study_json(path, what="run summary").get("best_val_map3")
+    finished = read_finished(run_dir) or {}
+    value = finished.get("best_val_map3")
     return None if value is None else float(value)
 
 
